@@ -1,0 +1,97 @@
+"""Evaluation: restore a run, predict ages for a split or a folder, and report the metrics."""
+import json
+import os
+
+import jax
+import numpy as np
+
+from age_jax import checkpoint, metrics, report as report_lib
+from age_jax.data import datasets, pipeline
+from age_jax.train import experiment as experiment_lib
+from age_jax.train import sharding, step as step_lib
+
+
+class Evaluator:
+  """Predicts every example of a record source exactly once, across all processes."""
+
+  def __init__(self, exp, cfg, normalizer, split: str | None = None, records=None):
+    records = experiment_lib.load_split(cfg, split) if records is None else records
+    self.exp, self.cfg, self.normalizer = exp, cfg, normalizer
+    self.source = experiment_lib.loaded_source(cfg, records)
+    self.file_names = [_str(records[i].get("file_name", "")) for i in range(len(records))]
+    predict = step_lib.make_predict_step(exp.model, exp.formulation)
+    self._predict = step_lib.jit_predict_step(predict, exp.state_sharding.params,
+                                              exp.state_sharding.batch_stats, exp.batch_sharding,
+                                              exp.replicated)
+
+  def predict(self, state) -> dict[str, np.ndarray]:
+    """Returns per-example arrays in record order: predicted 'age' (+ gender/race) and true labels."""
+    batches = pipeline.eval_batches(self.source, self.cfg.data, global_batch_size=self.cfg.eval.batch_size,
+                                    normalizer=self.normalizer, process_index=jax.process_index(),
+                                    process_count=jax.process_count())
+    sharding.check_batch_size(self.cfg.eval.batch_size, self.exp.mesh, "config.eval.batch_size")
+    collected = []
+    for local in batches:
+      batch = sharding.to_global(local, self.exp.mesh)
+      collected.append(jax.device_get(self._predict(state.params, state.batch_stats, batch)))
+    out = {}
+    for key in collected[0]:
+      out[key] = np.concatenate([c[key] for c in collected])
+    keep = out.pop("mask") > 0
+    order = np.argsort(out["index"][keep], kind="stable")
+    return {k: v[keep][order] for k, v in out.items()}
+
+  def summary(self, state) -> dict:
+    p = self.predict(state)
+    return {"mae": metrics.mae(p["pred_age"], p["age"]),
+            "aar": metrics.aar(p["pred_age"], p["age"])["aar"]}
+
+  def report(self, state) -> dict:
+    p = self.predict(state)
+    known = lambda key: p[key] if key in p and np.any(p[key] >= 0) else None
+    return report_lib.evaluation_report(
+        p["pred_age"], p["age"], gender=known("gender"), race=known("race"),
+        pred_gender=p.get("pred_gender"), pred_race=p.get("pred_race"), file_names=self.file_names)
+
+
+def _str(value):
+  return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def restore(workdir: str, step: int | None = None):
+  """(experiment, cfg, state, normalizer) of a training workdir's checkpoint."""
+  cfg = experiment_lib.load_config(workdir)
+  exp = experiment_lib.build(cfg)
+  ckpt = checkpoint.Checkpointer(workdir)
+  state = ckpt.restore(exp.abstract_state, step)
+  ckpt.close()
+  return exp, cfg, state, experiment_lib.normalizer(cfg, workdir)
+
+
+def evaluate_workdir(workdir: str, *, split: str | None = None, folder: str | None = None,
+                     out_dir: str | None = None, step: int | None = None) -> dict:
+  """Evaluates a checkpoint on a split of its dataset (default: config.data.eval_split) or a
+  labelled folder, writes report.json and plots to out_dir, and returns the report."""
+  exp, cfg, state, normalizer = restore(workdir, step)
+  if folder:
+    records, source_name = datasets.folder_source(folder), folder
+  else:
+    split = split or cfg.data.eval_split
+    records, source_name = experiment_lib.load_split(cfg, split), f"{cfg.data.name}:{split}"
+  evaluator = Evaluator(exp, cfg, normalizer, records=records)
+  result = evaluator.report(state)
+  result["source"] = source_name
+  result["step"] = int(state.step)
+  result["workdir"] = os.path.abspath(workdir)
+  out_dir = out_dir or os.path.join(workdir, "eval", _slug(source_name))
+  if jax.process_index() == 0:
+    report_lib.write_report(result, out_dir)
+  return result
+
+
+def _slug(name: str) -> str:
+  return "".join(c if c.isalnum() or c in "-_" else "_" for c in name).strip("_")[-80:]
+
+
+def dumps(report: dict) -> str:
+  return json.dumps(report, indent=2)

@@ -1,0 +1,70 @@
+"""The jitted train and eval steps: pure functions of (state, batch, rng).
+
+Neither knows which model, formulation or mesh it runs: the model returns named outputs,
+the objective turns them into a per-example loss, and shardings are given by the caller.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from age_jax import objective
+
+
+def _variables(params, batch_stats):
+  return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+
+
+def _masked_mean(values, weights):
+  return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def make_train_step(model, tx, formulation, cfg):
+  def loss_fn(params, batch_stats, batch, rng):
+    outputs, updates = model.apply(_variables(params, batch_stats), batch["image"], train=True,
+                                   rngs={"dropout": rng}, mutable=["batch_stats"])
+    per_example, terms = objective.per_example_loss(outputs, batch, formulation, cfg)
+    weights = batch.get("mask", jnp.ones_like(per_example))
+    metrics = {name: _masked_mean(value, weights) for name, value in terms.items()}
+    metrics["mae"] = _masked_mean(jnp.abs(formulation.decode(outputs["age"]) - batch["age"]), weights)
+    return _masked_mean(per_example, weights), (updates.get("batch_stats", batch_stats), metrics)
+
+  def train_step(state, batch, rng):
+    rng = jax.random.fold_in(rng, state.step)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, (batch_stats, metrics)), grads = grad_fn(state.params, state.batch_stats, batch, rng)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics.update(loss=loss, grad_norm=optax.tree.norm(grads))
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state)
+    return new_state, metrics
+
+  return train_step
+
+
+def make_predict_step(model, formulation):
+  """(params, batch_stats, batch) -> {'pred_age': years, 'pred_gender'/'pred_race': argmax where the
+  model has them, and the batch's other fields (labels, mask, index) passed through}."""
+  def predict_step(params, batch_stats, batch):
+    outputs = model.apply(_variables(params, batch_stats), batch["image"], train=False)
+    predictions = {k: v for k, v in batch.items() if k != "image"}
+    predictions["pred_age"] = formulation.decode(outputs["age"])
+    for task in ("gender", "race"):
+      if task in outputs:
+        predictions[f"pred_{task}"] = jnp.argmax(outputs[task], axis=-1).astype(jnp.int32)
+    return predictions
+  return predict_step
+
+
+def jit_train_step(train_step, state_sharding, batch_sharding, replicated):
+  # The old state's buffers are donated: the step updates parameters in place.
+  return jax.jit(train_step, in_shardings=(state_sharding, batch_sharding, replicated),
+                 out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+
+
+def jit_predict_step(predict_step, params_sharding, batch_stats_sharding, batch_sharding, replicated):
+  # Predictions come back replicated, so every process sees the whole global batch.
+  return jax.jit(predict_step, in_shardings=(params_sharding, batch_stats_sharding, batch_sharding),
+                 out_shardings=replicated)

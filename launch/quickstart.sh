@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The main job on a fresh machine: set up, build UTKFace from the folder given, train the
+# quickstart configuration, evaluate it on the test split and print the metrics table.
+#   bash launch/quickstart.sh /path/to/UTKFace [WORKDIR] [--config.key=value ...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+folder=${1:?usage: bash launch/quickstart.sh /path/to/UTKFace [WORKDIR] [--config.key=value ...]}
+workdir=${2:-workdirs/quickstart}
+shift $(( $# >= 2 ? 2 : 1 ))
+[ -d "$folder" ] || { echo "error: UTKFace folder '$folder' does not exist" >&2; exit 2; }
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q -e .
+start=$(date +%s)
+.venv/bin/python -m launch.train --config=configs/quickstart.py --workdir="$workdir" \
+  --config.data.manual_dir="$folder" "$@"
+.venv/bin/python -m launch.evaluate --workdir="$workdir"
+echo "main job wall time: $(( $(date +%s) - start )) s (train + evaluate; set-up excluded)"

@@ -1,0 +1,26 @@
+"""Train an experiment:  python -m launch.train --config=configs/x.py --workdir=DIR [--config.key=value]
+
+Re-running the same command on the same workdir resumes from its latest checkpoint.
+"""
+from absl import app, flags
+from ml_collections import config_flags
+
+from launch import common
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and reports.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  common.setup_jax()
+  from age_jax.train import loop  # after the JAX set-up
+  result = loop.train(_CONFIG.value, _WORKDIR.value)
+  print("final:", " ".join(f"{k}={v:.4g}" for k, v in result.items()), flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,24 @@
+"""Tiny configs shared by tests: small widths and 64 px inputs keep compilation short."""
+from age_jax import config as config_lib
+
+
+def tiny_config(**overrides):
+  c = config_lib.default_config()
+  c.model.conv_features = (8, 8, 8)
+  c.model.fc_features = (16, 16)
+  c.data.load_size = 72
+  c.data.image_size = 64
+  c.data.num_threads = 1
+  c.train.batch_size = 16
+  c.train.num_steps = 4
+  c.train.log_every = 2
+  c.train.checkpoint_every = 2
+  c.eval.batch_size = 16
+  c.optim.learning_rate = 1e-2
+  for dotted, value in overrides.items():
+    node = c
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c

@@ -1,0 +1,86 @@
+"""The jitted train step: same numbers on 1 and 8 devices; masks; optimizer semantics."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from age_jax.train import experiment, optim, sharding, step as step_lib
+from tests.tiny import tiny_config
+
+
+def _batches(n, batch_size, image_size, seed=0):
+  rng = np.random.default_rng(seed)
+  for _ in range(n):
+    yield {"image": rng.normal(size=(batch_size, image_size, image_size, 3)).astype(np.float32),
+           "age": rng.uniform(1, 90, size=batch_size).astype(np.float32)}
+
+
+def _run(devices, num_steps=3):
+  cfg = tiny_config()
+  exp = experiment.build(cfg, devices=devices)
+  state = exp.init_state(jax.random.key(0))
+  train_step = step_lib.jit_train_step(step_lib.make_train_step(exp.model, exp.tx, exp.formulation, cfg),
+                                       exp.state_sharding, exp.batch_sharding, exp.replicated)
+  losses = []
+  for batch in _batches(num_steps, cfg.train.batch_size, cfg.data.image_size):
+    state, metrics = train_step(state, sharding.to_global(batch, exp.mesh), jax.random.key(1))
+    losses.append(float(metrics["loss"]))
+  return losses, jax.device_get(state.params)
+
+
+def test_one_and_eight_devices_give_the_same_losses_and_params():
+  assert len(jax.devices()) == 8, "tests/conftest.py should fake 8 CPU devices"
+  losses_1, params_1 = _run(jax.devices()[:1])
+  losses_8, params_8 = _run(jax.devices())
+  np.testing.assert_allclose(losses_1, losses_8, rtol=1e-5, atol=1e-5)
+  assert losses_1[0] != losses_1[-1]  # it trains
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), params_1, params_8)
+
+
+def test_padded_examples_do_not_change_the_loss():
+  cfg = tiny_config(**{"model.dropout_rate": 0.0})
+  exp = experiment.build(cfg, devices=jax.devices()[:1])
+  state = exp.init_state(jax.random.key(0))
+  train_step = jax.jit(step_lib.make_train_step(exp.model, exp.tx, exp.formulation, cfg))
+  batch = next(_batches(1, 8, 64))
+  _, clean = train_step(state, batch, jax.random.key(1))
+  padded = {k: np.concatenate([v, v[:4] * 0 + 7]) for k, v in batch.items()}
+  padded["mask"] = np.array([1] * 8 + [0] * 4, np.float32)
+  _, masked = train_step(state, padded, jax.random.key(1))
+  np.testing.assert_allclose(clean["loss"], masked["loss"], rtol=1e-6)
+
+
+def test_step_schedule_divides_by_ten_every_interval():
+  cfg = tiny_config(**{"optim.schedule": "step", "optim.step_every": 10, "optim.learning_rate": 1e-3})
+  schedule = optim.make_schedule(cfg.optim, 35)
+  np.testing.assert_allclose([schedule(0), schedule(9), schedule(10), schedule(20), schedule(34)],
+                             [1e-3, 1e-3, 1e-4, 1e-5, 1e-6], rtol=1e-6)
+
+
+def test_sgd_applies_weight_decay_to_kernels_before_momentum():
+  cfg = tiny_config(**{"optim.schedule": "constant", "optim.learning_rate": 0.1,
+                       "optim.momentum": 0.9, "optim.weight_decay": 0.5})
+  tx = optim.make_optimizer(cfg.optim, 10)
+  params = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))}
+  grads = {"kernel": jnp.full((2, 2), 0.2), "bias": jnp.full((2,), 0.2)}
+  opt_state = tx.init(params)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  # Caffe: v = g + wd * w (kernels only); update = -lr * v on the first step.
+  np.testing.assert_allclose(updates["kernel"], -0.1 * (0.2 + 0.5 * 1.0), rtol=1e-6)
+  np.testing.assert_allclose(updates["bias"], -0.1 * 0.2, rtol=1e-6)
+  updates, _ = tx.update(grads, opt_state, params)  # momentum: v2 = g' + 0.9 v1
+  np.testing.assert_allclose(updates["kernel"], -0.1 * 0.7 * 1.9, rtol=1e-6)
+
+
+def test_batch_not_divisible_by_devices_is_rejected():
+  cfg = tiny_config(**{"train.batch_size": 12})
+  mesh = sharding.make_mesh(cfg.mesh)
+  with pytest.raises(ValueError, match="config.train.batch_size=12 is not divisible by the 8 devices"):
+    sharding.check_batch_size(cfg.train.batch_size, mesh)
+
+
+def test_mesh_that_does_not_match_the_devices_is_rejected():
+  cfg = tiny_config(**{"mesh.data": 3})
+  with pytest.raises(ValueError, match="config.mesh.data=3 does not match the 8 available devices"):
+    sharding.make_mesh(cfg.mesh)
