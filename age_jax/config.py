@@ -6,6 +6,8 @@ Experiment configs in configs/ start from `default_config()` and override fields
 import ml_collections
 
 from age_jax import formulations
+from age_jax.data import augment, samplers
+from age_jax.models import multitask
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -16,9 +18,14 @@ def default_config() -> ml_collections.ConfigDict:
       "name": "utkface",            # builder name, see age_jax.data.datasets
       "manual_dir": "",             # the folder of source files the user downloaded
       "data_dir": "",               # where the prepared ArrayRecord dataset lives ('' = ~/.cache/age_jax/tfds)
+      # Options of the dataset builder (see age_jax/data/builders/base.py); each distinct set of
+      # options is prepared once, side by side. Dataset-specific ones (e.g. MORPH's num_folds) can
+      # be added here by an experiment config.
       "builder_options": ml_collections.ConfigDict({
           "keep_conflicting_duplicates": False,
           "skip_corrupt": False,
+          "skip_bad_labels": False,
+          "split_file": "",
       }),
       "train_split": "train",
       "val_split": "validation",
@@ -29,7 +36,16 @@ def default_config() -> ml_collections.ConfigDict:
       "normalize": "mean_image",    # 'mean_image' (Xing 3.1.1) | 'imagenet'
       "pixel_scale": 1.0 / 255.0,   # applied after mean subtraction
       "cache": "none",              # 'memory': decode+resize each image once and keep it in RAM
-      "sampler": "shuffle",
+      "sampler": "shuffle",         # 'shuffle' | 'age_aware' (Xing 4.1) | 'class_balanced' (LAE 2.4)
+      "balance_by": "age",          # class_balanced: 'age' | 'age_group' | 'gender' | 'race' | 'gender_race'
+      # 'lae' preset (LAE 2.3): random resized crop, colour jitter, RandAugment N, M.
+      "crop_scale": (0.08, 1.0),
+      "crop_ratio": (0.75, 4 / 3),
+      "color_jitter": (0.4, 0.4, 0.4, 0.1),   # brightness, contrast, saturation, hue
+      "randaugment_num_ops": 2,
+      "randaugment_magnitude": 9,
+      "randaugment_op_prob": 0.5,
+      "eval_crop_fraction": 0.875,  # 'lae' evaluation: resize to image_size / fraction, centre crop
       "num_threads": 2,             # grain read threads for decode/augment
       "prefetch": 2,                # batches prefetched to device
   })
@@ -41,7 +57,10 @@ def default_config() -> ml_collections.ConfigDict:
       "conv_features": (96, 256, 384),
       "fc_features": (512, 512),
       "dropout_rate": 0.5,
+      "stochastic_depth_rate": 0.2,  # EfficientNetV2 only
   })
+
+  c.multitask = multitask.default_config()
 
   c.formulation = formulations.default_config()
 
@@ -66,6 +85,7 @@ def default_config() -> ml_collections.ConfigDict:
       "checkpoint_every": 5_000,
       "eval_every": 0,              # validation MAE every N steps (0 = only at the end)
       "max_to_keep": 2,
+      "trainable": "all",           # 'all' | 'head' (only the age head learns; batch statistics frozen)
   })
 
   c.eval = ml_collections.ConfigDict({
@@ -73,20 +93,25 @@ def default_config() -> ml_collections.ConfigDict:
   })
 
   c.mesh = ml_collections.ConfigDict({
-      "data": -1,                   # -1: all devices on the data axis
+      "data": -1,                   # -1: all devices not on the fsdp axis
+      "fsdp": 1,                    # devices sharing one copy of params/optimizer state (1 = pure data parallel)
+      "fsdp_min_size": 2**18,       # arrays with fewer elements stay replicated (all-gathers cost latency)
   })
+  # Named stages, each overriding fields of this config (see age_jax/train/stages.py).
+  c.stages = ml_collections.ConfigDict()
   return c
 
 
 _CHOICES = {
-    "data.augment": ("xing", "none"),
+    "data.augment": augment.PRESETS,
     "data.normalize": ("mean_image", "imagenet"),
     "data.cache": ("none", "memory"),
-    "data.sampler": ("shuffle",),
+    "data.sampler": samplers.SAMPLERS,
     "model.dtype": ("float32", "bfloat16"),
     "model.conv_lowering": ("auto", "xla", "patches"),
     "optim.name": ("sgd", "adamw"),
     "optim.schedule": ("step", "cosine", "onecycle", "constant"),
+    "train.trainable": ("all", "head"),
 }
 
 _POSITIVE = ("data.load_size", "data.image_size", "train.batch_size", "train.num_steps",
@@ -100,14 +125,22 @@ def _get(cfg, dotted):
 
 
 def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """Checks values that ml_collections' types cannot; raises ValueError naming the field."""
+  """Checks values that ml_collections' types cannot, in every stage; raises ValueError
+  naming the field."""
+  from age_jax.train import stages
+  for stage in stages.plan(cfg):
+    _validate_stage(stage.cfg)
+  return cfg
+
+
+def _validate_stage(cfg):
   for field, choices in _CHOICES.items():
     if _get(cfg, field) not in choices:
       raise ValueError(f"config.{field}={_get(cfg, field)!r}; expected one of {list(choices)}")
   for field in _POSITIVE:
     if not _get(cfg, field) > 0:
       raise ValueError(f"config.{field}={_get(cfg, field)!r}; expected a positive number")
-  if cfg.data.image_size > cfg.data.load_size:
+  if cfg.data.augment != "lae" and cfg.data.image_size > cfg.data.load_size:
     raise ValueError(f"config.data.image_size={cfg.data.image_size} is larger than "
                      f"config.data.load_size={cfg.data.load_size}; crops are taken from the loaded image")
   if not 0 <= cfg.model.dropout_rate < 1:
@@ -115,5 +148,6 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   from age_jax import models  # the registry lists what exists
   if cfg.model.name not in models.names():
     raise ValueError(f"config.model.name={cfg.model.name!r}; known models: {models.names()}")
-  formulations.get_formulation(cfg.formulation)  # raises with the known names
-  return cfg
+  if not formulations.needs_age_counts(cfg.formulation):  # else checked once training counts are in
+    formulations.get_formulation(cfg.formulation)  # raises with the known names
+  multitask.validate(cfg.multitask)

@@ -8,7 +8,7 @@ import numpy as np
 from age_jax import checkpoint, metrics, report as report_lib
 from age_jax.data import datasets, pipeline
 from age_jax.train import experiment as experiment_lib
-from age_jax.train import sharding, step as step_lib
+from age_jax.train import sharding, stages, step as step_lib
 
 
 class Evaluator:
@@ -59,13 +59,17 @@ def _str(value):
 
 
 def restore(workdir: str, step: int | None = None):
-  """(experiment, cfg, state, normalizer) of a training workdir's checkpoint."""
+  """(experiment, stage config, state, normalizer) of a training workdir's checkpoint."""
   cfg = experiment_lib.load_config(workdir)
-  exp = experiment_lib.build(cfg)
   ckpt = checkpoint.Checkpointer(workdir)
+  step = ckpt.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: has launch.train run in {workdir}?")
+  stage_cfg = stages.stage_at(stages.plan(cfg), step).cfg  # the optimizer state differs by stage
+  exp = experiment_lib.build(stage_cfg)
   state = ckpt.restore(exp.abstract_state, step)
   ckpt.close()
-  return exp, cfg, state, experiment_lib.normalizer(cfg, workdir)
+  return exp, stage_cfg, state, experiment_lib.normalizer(cfg, workdir)
 
 
 def evaluate_workdir(workdir: str, *, split: str | None = None, folder: str | None = None,

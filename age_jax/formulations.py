@@ -1,12 +1,49 @@
 """Formulations: a head size, a pure per-example loss and an age decoder, by name.
 
-(Placeholder holding only MAE regression until the formulations issue lands.)
+  name              paper                          head (num_outputs)     loss                  decode
+  'oh'              Xing 3.2.1 NetOH, eq. 5        K softmax logits       one-hot CE            argmax
+  'oh_expectation'  DEX (Rothe 2015)               K softmax logits       one-hot CE            expectation
+  'ldl'             Xing 3.2.1 NetLDL, eqs. 6-8    K softmax logits       CE to Gaussian dist.  argmax
+  'mse', 'mae'      Xing 3.2.2, eqs. 9-10          1 linear output        (yhat-y)^2, |yhat-y|  offset + scale*out
+  'or'              Xing 3.2.3 NetOR, eq. 11       K-1 binary logits      sum of K-1 BCEs       count of logits > 0
+  'coral'           Cao et al. 2020 (CORAL)        K-1 logits, CORAL head sum of K-1 BCEs       count of logits > 0
+  'dldl_v2'         LAE eqs. 1-3 (Gao 2018)        K softmax logits       KL + lambda*|y-E|     expectation
+  'lae_stage2'      LAE eq. 4 (classifier stage)   K softmax logits       KL + (|y-E| - mae)^2  expectation
+
+Bins: classification and ordinal heads cover the ages min_age .. min_age + K - 1
+(K = config.formulation.num_classes, 101 as in LAE). Regression predicts
+age = regression_offset + regression_scale * output: the defaults 33 and 20 are about the mean
+and standard deviation of UTKFace's ages (33.3, 19.9), so a freshly initialised head (outputs
+near 0) starts at the mean age with unit-scale outputs; the losses stay in years (eqs. 9-10).
+
+Ordinal imbalance (Xing 3.2.3: task k has almost only negatives for large k). The paper's two
+measures: (1) one network trains all K-1 tasks together (always the case here); (2) mini-batches
+with as many positives as negatives per task, available as a loss weighting:
+  or_class_balance  'none'    plain BCE;
+                    'batch'   per task, positives and negatives get equal total weight within
+                              each batch (a batch with padded examples counts them too);
+                    'dataset' w+ = 1/(2 p_k), w- = 1/(2 (1 - p_k)), p_k the training fraction
+                              above bin k (needs age_counts), capped at or_max_class_weight.
+  or_task_weights   'uniform' lambda_k = 1;
+                    'sqrt_count' lambda_k proportional to sqrt(N_k), N_k the training count of
+                              bin k (Niu et al. 2016, OR-CNN), rescaled to mean 1 so the loss keeps
+                              the scale of 'uniform' (needs age_counts).
+`with_age_counts(cfg, ages)` fills config.formulation.age_counts from the training labels.
+
+CORAL's rank consistency needs a head with one shared weight vector and K-1 biases:
+logits_k = features . w + b_k (w: (D, 1), no bias; b: (K-1,)). `Formulation.head` says 'coral'
+so the model can build that head instead of a plain Dense(num_outputs); the loss and decoder are
+the ordinal ones.
 """
 import dataclasses
 from typing import Callable
 
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
+from absl import logging
+
+from age_jax import losses
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,18 +54,207 @@ class Formulation:
   loss: Callable
   # outputs (B, num_outputs) -> predicted ages (B,) float32
   decode: Callable
+  # the output layer the model must provide: 'dense' = Dense(num_outputs);
+  # 'coral' = shared Dense(1, no bias) + num_outputs biases (see the module docstring)
+  head: str = "dense"
+
+
+SOFTMAX = ("oh", "oh_expectation", "ldl", "dldl_v2", "lae_stage2")
+REGRESSION = ("mse", "mae")
+ORDINAL = ("or", "coral")
+NAMES = SOFTMAX + REGRESSION + ORDINAL
+_DEFAULT_DECODE = {"oh": "argmax", "oh_expectation": "expectation", "ldl": "argmax",
+                   "dldl_v2": "expectation", "lae_stage2": "expectation"}
+DECODES = ("default", "argmax", "expectation")
+OUT_OF_RANGE = ("clip", "error")
+OR_TASK_WEIGHTS = ("uniform", "sqrt_count")
+OR_CLASS_BALANCE = ("none", "batch", "dataset")
 
 
 def default_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
-      "name": "mae",
-      "regression_offset": 33.0,  # predicted age = offset + scale * output
+      "name": "mae",                # one of NAMES
+      "num_classes": 101,           # K: bins of classification / ordinal heads (LAE: 101)
+      "min_age": 0,                 # age of bin 0
+      "out_of_range": "clip",       # training ages outside the bins: 'clip' (with a warning) | 'error'
+      "regression_offset": 33.0,    # 'mse'/'mae': predicted age = offset + scale * output
       "regression_scale": 20.0,
+      "sigma": 1.0,                 # std (years) of the Gaussian label distribution (LAE 2.1: 1)
+      "dldl_lambda": 1.0,           # 'dldl_v2': weight of L_er (LAE 3.3: 1)
+      "lae_mae": -1.0,              # 'lae_stage2': stage 1's validation MAE (eq. 5); must be set
+      "decode": "default",          # softmax heads: 'default' | 'argmax' | 'expectation'
+      "or_task_weights": "uniform",  # 'or'/'coral': task importance lambda_k
+      "or_class_balance": "none",   # 'or'/'coral': per-task positive/negative weights
+      "or_max_class_weight": 10.0,  # cap on 'dataset' class weights (rare tasks would explode)
+      "age_counts": (),             # K training counts per bin, see with_age_counts()
   })
 
 
+def _fail(field, value, expected):
+  raise ValueError(f"config.formulation.{field}={value!r}; expected {expected}")
+
+
+def _check_choice(cfg, field, choices):
+  if cfg[field] not in choices:
+    _fail(field, cfg[field], f"one of {list(choices)}")
+
+
+def _age_counts(cfg, why: str) -> np.ndarray:
+  counts = np.asarray(cfg.age_counts, np.float64)
+  if counts.shape != (cfg.num_classes,) or counts.sum() <= 0 or np.any(counts < 0):
+    raise ValueError(
+        f"config.formulation.age_counts has {counts.size} entries; {why} needs the training count of "
+        f"each of the num_classes={cfg.num_classes} bins (fill it with "
+        f"age_jax.formulations.with_age_counts(config.formulation, training_ages))")
+  return counts
+
+
+def _ordinal_weights(cfg):
+  """(task_weights (K-1,) or None, class-weight mode, (pos_w, neg_w) or None), from config."""
+  k = cfg.num_classes
+  task_weights = None
+  if cfg.or_task_weights == "sqrt_count":
+    root = np.sqrt(_age_counts(cfg, "or_task_weights='sqrt_count'")[:k - 1])
+    if root.sum() <= 0:
+      raise ValueError("config.formulation.age_counts: no training ages in bins 0..K-2, so "
+                       "or_task_weights='sqrt_count' gives every task weight 0")
+    task_weights = (root / root.sum() * (k - 1)).astype(np.float32)
+  fixed = None
+  if cfg.or_class_balance == "dataset":
+    counts = _age_counts(cfg, "or_class_balance='dataset'")
+    above = counts[::-1].cumsum()[::-1][1:] / counts.sum()  # p_k = P(class > k), k = 0..K-2
+    inside = (above > 0) & (above < 1)
+    cap = float(cfg.or_max_class_weight)
+    with np.errstate(divide="ignore"):
+      pos = np.where(inside, np.minimum(0.5 / above, cap), 1.0)
+      neg = np.where(inside, np.minimum(0.5 / (1.0 - above), cap), 1.0)
+    fixed = (pos.astype(np.float32), neg.astype(np.float32))
+  return task_weights, fixed
+
+
+def _validate(cfg):
+  if cfg.name not in NAMES:
+    raise ValueError(f"config.formulation.name={cfg.name!r} is not a known formulation; known: {list(NAMES)}")
+  if not isinstance(cfg.num_classes, int) or cfg.num_classes < 2:
+    _fail("num_classes", cfg.num_classes, "an integer >= 2")
+  _check_choice(cfg, "out_of_range", OUT_OF_RANGE)
+  _check_choice(cfg, "decode", DECODES)
+  _check_choice(cfg, "or_task_weights", OR_TASK_WEIGHTS)
+  _check_choice(cfg, "or_class_balance", OR_CLASS_BALANCE)
+  if cfg.name not in SOFTMAX and cfg.decode != "default":
+    _fail("decode", cfg.decode, f"'default' for formulation {cfg.name!r} (argmax / expectation need a softmax head)")
+  if cfg.name in ("ldl", "dldl_v2", "lae_stage2") and not cfg.sigma > 0:
+    _fail("sigma", cfg.sigma, "a positive number of years")
+  if cfg.name in REGRESSION and cfg.regression_scale == 0:
+    _fail("regression_scale", cfg.regression_scale, "a non-zero number")
+  if cfg.name == "lae_stage2" and not cfg.lae_mae >= 0:
+    _fail("lae_mae", cfg.lae_mae, "the validation MAE of the stage-1 (representation) run, >= 0 (LAE eq. 5)")
+  if cfg.name in ORDINAL and not cfg.or_max_class_weight >= 1:
+    _fail("or_max_class_weight", cfg.or_max_class_weight, "a number >= 1")
+
+
+def _softmax_decoder(how, num_classes, min_age):
+  if how == "argmax":
+    return lambda out: min_age + jnp.argmax(out, axis=-1).astype(jnp.float32)
+  ages = losses.bin_ages(num_classes, min_age)
+  return lambda out: losses.softmax_expectation(out, ages)
+
+
 def get_formulation(cfg) -> Formulation:
-  if cfg.name != "mae":
-    raise ValueError(f"config.formulation.name={cfg.name!r}; known: ['mae']")
-  decode = lambda out: cfg.regression_offset + cfg.regression_scale * out[:, 0]
-  return Formulation("mae", 1, lambda out, ages: jnp.abs(decode(out) - ages), decode)
+  """cfg: config.formulation. Raises ValueError naming the field when a value is invalid."""
+  _validate(cfg)
+  name, k, min_age = cfg.name, int(cfg.num_classes), float(cfg.min_age)
+
+  if name in REGRESSION:
+    offset, scale = float(cfg.regression_offset), float(cfg.regression_scale)
+    decode = lambda out: offset + scale * jnp.asarray(out, jnp.float32)[:, 0]
+    error = losses.squared_error if name == "mse" else losses.absolute_error
+    return Formulation(name, 1, lambda out, ages: error(decode(out), ages), decode)
+
+  if name in ORDINAL:
+    task_weights, fixed = _ordinal_weights(cfg)
+    balance = cfg.or_class_balance
+
+    def ordinal_loss(out, ages):
+      targets = losses.ordinal_targets(losses.age_to_class(ages, k, min_age), k - 1)
+      pos_w, neg_w = fixed if balance == "dataset" else (
+          losses.batch_balanced_class_weights(targets) if balance == "batch" else (None, None))
+      return losses.ordinal_binary_cross_entropy(out, targets, task_weights, pos_w, neg_w)
+
+    # Xing eq. 11: yhat = 1 + sum_k f_k(x) with ages from 1; here bin 0 is min_age. logit > 0 <=> p > 0.5.
+    decode = lambda out: min_age + jnp.sum(jnp.asarray(out) > 0, axis=-1).astype(jnp.float32)
+    return Formulation(name, k - 1, ordinal_loss, decode, head="coral" if name == "coral" else "dense")
+
+  decode = _softmax_decoder(_DEFAULT_DECODE[name] if cfg.decode == "default" else cfg.decode, k, min_age)
+  sigma = float(cfg.sigma)
+  if name in ("oh", "oh_expectation"):
+    loss = lambda out, ages: losses.one_hot_cross_entropy(out, losses.age_to_class(ages, k, min_age))
+  elif name == "ldl":
+    loss = lambda out, ages: losses.label_distribution_cross_entropy(
+        out, losses.gaussian_label_distribution(ages, k, sigma, min_age))
+  elif name == "dldl_v2":
+    lam = float(cfg.dldl_lambda)
+    loss = lambda out, ages: losses.dldl_v2_loss(out, ages, sigma, lam, min_age)
+  else:  # lae_stage2
+    mae = float(cfg.lae_mae)
+    loss = lambda out, ages: losses.lae_stage2_loss(out, ages, sigma, mae, min_age)
+  return Formulation(name, k, loss, decode)
+
+
+def head_range(cfg):
+  """(lowest, highest) age the head can output, or None for regression (unbounded)."""
+  if cfg.name in REGRESSION:
+    return None
+  return float(cfg.min_age), float(cfg.min_age + cfg.num_classes - 1)
+
+
+def check_ages(ages: np.ndarray, cfg) -> np.ndarray:
+  """Checks the training labels against the head's range before training.
+
+  Non-finite ages always raise. Ages outside [min_age, min_age + K - 1] raise when
+  config.formulation.out_of_range='error'; with 'clip' they are clipped (the losses clip the
+  same way inside, so training sees exactly these values) and a warning says how many.
+  """
+  _validate(cfg)
+  ages = np.asarray(ages, np.float32)
+  if not np.all(np.isfinite(ages)):
+    bad = np.flatnonzero(~np.isfinite(ages))
+    raise ValueError(f"training ages at indices {bad[:10].tolist()} are not finite ({ages[bad[:10]].tolist()})")
+  limits = head_range(cfg)
+  if limits is None:
+    return ages
+  lo, hi = limits
+  outside = (ages < lo) | (ages > hi)
+  if not outside.any():
+    return ages
+  values, counts = np.unique(ages[outside], return_counts=True)
+  listed = ", ".join(f"{v:g} (x{c})" for v, c in zip(values[:20], counts[:20]))
+  message = (f"{int(outside.sum())} training ages are outside the head's range [{lo:g}, {hi:g}] "
+             f"(config.formulation.min_age={cfg.min_age}, num_classes={cfg.num_classes}): {listed}")
+  if cfg.out_of_range == "error":
+    raise ValueError(f"{message}; config.formulation.out_of_range='error' (set it to 'clip' or widen "
+                     f"num_classes / min_age)")
+  logging.warning("%s; clipped to the range (config.formulation.out_of_range='clip')", message)
+  return np.clip(ages, lo, hi)
+
+
+def age_counts(ages: np.ndarray, num_classes: int, min_age: float = 0) -> tuple:
+  """Training count of each bin (ages rounded to the nearest bin and clipped like the losses do)."""
+  clipped = np.clip(np.asarray(ages, np.float64) - min_age, 0, num_classes - 1)
+  index = np.round(clipped).astype(np.int64)  # half to even, as losses.age_to_class
+  return tuple(int(c) for c in np.bincount(index, minlength=num_classes))
+
+
+def needs_age_counts(cfg) -> bool:
+  """Whether get_formulation(cfg) needs config.formulation.age_counts (and it is still empty)."""
+  uses = cfg.name in ORDINAL and (cfg.or_task_weights == "sqrt_count" or cfg.or_class_balance == "dataset")
+  return uses and len(cfg.age_counts) == 0
+
+
+def with_age_counts(cfg, ages: np.ndarray) -> ml_collections.ConfigDict:
+  """A copy of config.formulation with age_counts filled from the training ages (needed by
+  or_task_weights='sqrt_count' and or_class_balance='dataset'; stored in the run's config so a
+  resume rebuilds the same loss)."""
+  out = ml_collections.ConfigDict(cfg.to_dict())
+  out.age_counts = age_counts(ages, cfg.num_classes, cfg.min_age)
+  return out

@@ -1,12 +1,138 @@
 """The training objective: model outputs + batch -> per-example loss and named terms.
 
 The train step calls `per_example_loss` and averages over the batch with the mask;
-it never looks inside. Multi-task terms (gender, race, group) join here.
+it never looks inside. Multi-task terms (Xing 2017, 3.3) join here:
+  parallel / deep  eq. 12: L = L_age + alpha * L_gender + beta * L_race, softmax
+                   cross-entropies; an example whose gender (race) is unknown (-1) adds
+                   no gender (race) term.
+  hybrid           three steps (3.3.3), chosen by config.multitask.stage:
+                   'group'      group cross-entropy only (train shared conv1-2 + classifier);
+                   'group_age'  each example trains only its own group's age estimator;
+                   'end_to_end' / 'all'  age loss on the eq. 13 fusion + group_weight * group CE.
+`trainable_mask` gives the parameters each hybrid step trains: freeze the rest with
+optax.multi_transform({'train': tx, 'freeze': optax.set_to_zero()}, labels) (optax.masked
+alone passes the frozen leaves' gradients through unchanged); `predicted_age` applies eq. 13 exactly for any formulation.
 """
+import jax
 import jax.numpy as jnp
+import numpy as np
+
+from age_jax.models import multitask as multitask_lib
+
+# Hybrid step -> top-level parameter subtrees it trains (None: all of them).
+_HYBRID_TRAINABLE = {
+    "group": ("shared", "group_classifier", "group_head"),
+    "group_age": None,   # the 'group_<k>' estimators, see trainable_mask
+    "end_to_end": None,
+    "all": None,
+}
 
 
-def per_example_loss(outputs: dict, batch: dict, formulation, cfg) -> tuple[jnp.ndarray, dict]:
-  """Returns (loss (B,), {term name: (B,) values}) for one batch."""
-  age_loss = formulation.loss(outputs["age"], batch["age"])
-  return age_loss, {"age_loss": age_loss}
+def _multitask(cfg):
+  mt = cfg.get("multitask", None)
+  return mt if mt is not None else multitask_lib.default_config()
+
+
+def cross_entropy(logits, labels):
+  """Softmax cross-entropy per example; 0 where the label is unknown (< 0)."""
+  known = labels >= 0
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  picked = jnp.take_along_axis(log_probs, jnp.maximum(labels, 0)[:, None].astype(jnp.int32), axis=-1)[:, 0]
+  return jnp.where(known, -picked, 0.0)
+
+
+def _group_ids(batch, mt):
+  gender = batch.get("gender", jnp.full(batch["age"].shape, -1, jnp.int32))
+  race = batch.get("race", jnp.full(batch["age"].shape, -1, jnp.int32))
+  return multitask_lib.group_ids(jnp.asarray(gender), jnp.asarray(race), mt.groups, mt.num_races)
+
+
+def per_example_loss(outputs: dict, batch: dict, formulation, cfg, stage: str | None = None
+                     ) -> tuple[jnp.ndarray, dict]:
+  """Returns (loss (B,), {term name: (B,) values}) for one batch.
+
+  stage: a hybrid training step; None reads config.multitask.stage.
+  """
+  mt = _multitask(cfg)
+  stage = mt.stage if stage is None else stage
+  if mt.kind == "none":
+    age_loss = formulation.loss(outputs["age"], batch["age"])
+    return age_loss, {"age_loss": age_loss}
+  if mt.kind in ("parallel", "deep"):
+    age_loss = formulation.loss(outputs["age"], batch["age"])
+    gender_loss = cross_entropy(outputs["gender"], batch["gender"])
+    race_loss = cross_entropy(outputs["race"], batch["race"])
+    loss = age_loss + mt.alpha * gender_loss + mt.beta * race_loss   # eq. 12
+    return loss, {"age_loss": age_loss, "gender_loss": gender_loss, "race_loss": race_loss}
+  if mt.kind != "hybrid":
+    raise ValueError(f"config.multitask.kind={mt.kind!r}; expected one of {list(multitask_lib.KINDS)}")
+  groups = _group_ids(batch, mt)
+  group_loss = cross_entropy(outputs["group"], groups)
+  if stage == "group":
+    return group_loss, {"group_loss": group_loss}
+  if stage == "group_age":
+    # The true group's estimator only: group k's parameters see group k's examples alone.
+    own = jnp.take_along_axis(outputs["group_age"], jnp.maximum(groups, 0)[:, None, None], axis=1)[:, 0]
+    own_loss = jnp.where(groups >= 0, formulation.loss(own, batch["age"]), 0.0)
+    return own_loss, {"group_age_loss": own_loss}
+  if stage in ("end_to_end", "all"):
+    age_loss = formulation.loss(outputs["age"], batch["age"])
+    return age_loss + mt.group_weight * group_loss, {"age_loss": age_loss, "group_loss": group_loss}
+  raise ValueError(f"config.multitask.stage={stage!r}; expected one of {list(multitask_lib.STAGES)}")
+
+
+def predicted_age(outputs: dict, formulation) -> jnp.ndarray:
+  """Predicted ages (B,) in years. For the hybrid: eq. 13, sum_g p_g * decode(group_age_g),
+  exact for any decoder; otherwise decode(outputs['age'])."""
+  if "group_age" not in outputs:
+    return formulation.decode(outputs["age"])
+  b, g, k = outputs["group_age"].shape
+  per_group = formulation.decode(outputs["group_age"].reshape(b * g, k)).reshape(b, g)
+  return jnp.sum(jax.nn.softmax(outputs["group"], axis=-1) * per_group, axis=-1)
+
+
+def trainable_mask(params, stage: str):
+  """Pytree of bools like `params`: True where the hybrid training `stage` updates the leaf.
+
+  'group': shared conv1-2, group classifier and its head; 'group_age': the group_<k> age
+  estimators; 'end_to_end' / 'all': everything.
+  """
+  if stage not in _HYBRID_TRAINABLE:
+    raise ValueError(f"training stage {stage!r}; expected one of {list(_HYBRID_TRAINABLE)}")
+  if stage in ("end_to_end", "all"):
+    return jax.tree.map(lambda _: True, params)
+  if "shared" not in params:
+    raise ValueError(f"stage {stage!r} is a hybrid multi-task step, but the parameters have no 'shared' "
+                     f"subtree (top-level: {sorted(params)}); use stage 'all'")
+  if stage == "group":
+    trains = lambda top: top in _HYBRID_TRAINABLE["group"]
+  else:
+    trains = lambda top: top.startswith("group_") and top[len("group_"):].isdigit()
+  return {top: jax.tree.map(lambda _, t=trains(top): t, sub) for top, sub in params.items()}
+
+
+def _required_labels(mt) -> tuple[str, ...]:
+  if mt.kind in ("parallel", "deep"):
+    return ("gender", "race")
+  if mt.kind == "hybrid":
+    return {"gender_race": ("gender", "race"), "gender": ("gender",), "race": ("race",)}[mt.groups]
+  return ()
+
+
+def check_labels(cfg, labels: dict) -> None:
+  """Raises ValueError when a multi-task config meets a dataset without the labels it needs
+  (missing or all -1), or with gender/race values outside the configured classes."""
+  mt = _multitask(cfg)
+  limits = {"gender": multitask_lib.NUM_GENDERS, "race": mt.num_races}
+  for name in _required_labels(mt):
+    values = labels.get(name)
+    if values is None or not np.any(np.asarray(values) >= 0):
+      why = "has no such field" if values is None else "has only unknown (-1) values"
+      raise ValueError(f"config.multitask.kind={mt.kind!r} needs '{name}' labels, but the dataset {why}; "
+                       f"use a dataset with {name} labels or set config.multitask.kind='none'")
+    values = np.asarray(values)
+    bad = values[(values < -1) | (values >= limits[name])]
+    if bad.size:
+      field = "config.multitask.num_races" if name == "race" else "the 2 genders"
+      raise ValueError(f"'{name}' labels {sorted(set(bad.tolist()))[:10]} are outside 0..{limits[name] - 1} "
+                       f"({field}); -1 marks unknown")

@@ -91,7 +91,12 @@ class Normalizer:
     return (image - self.mean) * self.scale
 
 
-def mean_image(source: LoadedSource, image_size: int, max_images: int = 0) -> np.ndarray:
+def eval_transform(data_cfg):
+  return augment.eval_transform(data_cfg.image_size, data_cfg.augment,
+                                **augment.options_from_config(data_cfg, augment.EVAL_OPTIONS))
+
+
+def mean_image(source: LoadedSource, data_cfg, max_images: int = 0) -> np.ndarray:
   """Mean of the centre-cropped training images at the network input size (Xing 3.1.1).
 
   Taken at input size rather than load size: a random crop then shifts the mean by at most
@@ -99,29 +104,33 @@ def mean_image(source: LoadedSource, image_size: int, max_images: int = 0) -> np
   """
   n = len(source)
   indices = np.arange(n) if not max_images or max_images >= n else np.linspace(0, n - 1, max_images).astype(int)
-  to_input = augment.eval_transform(image_size)
-  total = np.zeros((image_size, image_size, 3), np.float64)
+  to_input = eval_transform(data_cfg)
+  size = data_cfg.image_size
+  total = np.zeros((size, size, 3), np.float64)
   for i in indices:
     total += to_input(source[int(i)]["image"])
   return (total / len(indices)).astype(np.float32)
 
 
 def _labels_to_arrays(example):
-  return {k: np.asarray(v, np.float32 if k == "age" else np.int32) for k, v in example.items()}
+  for field in LABEL_FIELDS:
+    example[field] = np.asarray(example[field], np.float32 if field == "age" else np.int32)
+  return example
 
 
 def train_batches(source: LoadedSource, labels: dict, data_cfg, *, local_batch_size: int, seed: int,
                   normalizer: Normalizer, start_step: int = 0, process_index: int = 0,
                   process_count: int = 1) -> Iterator[dict]:
   """Endless iterator of this process's local training batches, from global step start_step."""
-  transform = augment.train_transform(data_cfg.augment, data_cfg.image_size)
+  transform = augment.train_transform(data_cfg.augment, data_cfg.image_size,
+                                      **augment.options_from_config(data_cfg, augment.TRAIN_OPTIONS))
 
   def augment_example(example, rng):
     example = dict(example)
     example["image"] = normalizer(transform(example["image"], rng))
     return _labels_to_arrays(example)
 
-  ds = (samplers.index_sampler(data_cfg.sampler, labels, len(source), seed)
+  ds = (samplers.index_sampler(data_cfg.sampler, labels, len(source), seed, balance_by=data_cfg.balance_by)
         .map(lambda index: source[int(index)])
         .random_map(augment_example, seed=seed + 1)
         .batch(local_batch_size, drop_remainder=True))
@@ -148,7 +157,7 @@ def eval_batches(source: LoadedSource, data_cfg, *, global_batch_size: int, norm
     raise ValueError(f"eval batch size {global_batch_size} is not divisible by {process_count} processes")
   local = global_batch_size // process_count
   padded = -(-n // global_batch_size) * global_batch_size
-  to_input = augment.eval_transform(data_cfg.image_size)
+  to_input = eval_transform(data_cfg)
 
   def load(position):
     example = dict(source[min(position, n - 1)])

@@ -1,11 +1,20 @@
-"""Model registry: get_model(model_config, num_outputs) -> flax.linen.Module.
+"""Model registry: get_model(model_config, num_outputs, multitask=None) -> flax.linen.Module.
 
 Every model's __call__(images, train) returns a dict of named outputs
 ('age' always; 'features', 'gender', 'race', ... where the model has them).
+With a multitask config whose kind is not 'none', the named model is the trunk of a
+Xing 2017 multi-task network (models/multitask.py); only trunks in MULTITASK_TRUNKS can.
 """
+import dataclasses
+import functools
+
 import jax.numpy as jnp
 
+from age_jax.models import heads, multitask as multitask_lib
 from age_jax.models.baseline import XingBaseline
+from age_jax.models.efficientnetv2 import STAGES as _EFFICIENTNETV2_STAGES, efficientnetv2
+from age_jax.models.resnet import RESNETS, resnet
+from age_jax.models.vgg import VGG16
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -16,9 +25,31 @@ def _xing_baseline(cfg, num_outputs):
                       conv_lowering=cfg.conv_lowering, dtype=_DTYPES[cfg.dtype])
 
 
+def _vgg16(cfg, num_outputs):
+  # FC widths stay VGG's 4096 (config.model.fc_features sizes the Xing baseline only).
+  return VGG16(num_outputs=num_outputs, dropout_rate=cfg.dropout_rate,
+               conv_lowering=cfg.conv_lowering, dtype=_DTYPES[cfg.dtype])
+
+
+def _resnet(name, cfg, num_outputs):
+  return resnet(name, num_outputs=num_outputs, conv_lowering=cfg.conv_lowering, dtype=_DTYPES[cfg.dtype])
+
+
+def _efficientnetv2(name, cfg, num_outputs):
+  return efficientnetv2(name, num_outputs=num_outputs, dropout_rate=cfg.dropout_rate,
+                        stochastic_depth_rate=cfg.get("stochastic_depth_rate", 0.2),
+                        conv_lowering=cfg.conv_lowering, dtype=_DTYPES[cfg.dtype])
+
+
 _REGISTRY = {
     "xing_baseline": _xing_baseline,
+    "vgg16": _vgg16,
+    **{name: functools.partial(_resnet, name) for name in RESNETS},
+    **{name: functools.partial(_efficientnetv2, name) for name in _EFFICIENTNETV2_STAGES},
 }
+
+# Trunks with the stem/top/head parts the multi-task networks need.
+MULTITASK_TRUNKS = ("xing_baseline", "vgg16")
 
 
 def names():
@@ -30,9 +61,41 @@ def register(name, factory):
   _REGISTRY[name] = factory
 
 
-def get_model(cfg, num_outputs: int):
+def _multitask_model(cfg, mt, num_outputs):
+  if cfg.name not in MULTITASK_TRUNKS:
+    raise ValueError(f"config.multitask.kind={mt.kind!r} needs a trunk with stem/top/head parts; "
+                     f"config.model.name={cfg.name!r} is not one of {list(MULTITASK_TRUNKS)}")
+  dtype = _DTYPES[cfg.dtype]
+  # A constructor taking `name=`: the registry's module, re-created with its own field values.
+  template = _REGISTRY[cfg.name](cfg, num_outputs)
+  fields = {f.name: getattr(template, f.name) for f in dataclasses.fields(template)
+            if f.init and f.name not in ("parent", "name")}
+  make_trunk = functools.partial(type(template), **fields)
+  make_branch = functools.partial(
+      multitask_lib.Branch, reduce=mt.branch_reduce, pool=mt.branch_pool,
+      fc_features=tuple(mt.branch_features), dropout_rate=cfg.dropout_rate,
+      conv_lowering=cfg.conv_lowering, dtype=dtype)
+  if mt.kind == "parallel":
+    return multitask_lib.Parallel(make_trunk, mt.num_races, dtype=dtype)
+  if mt.kind == "deep":
+    return multitask_lib.DeeplySupervised(make_trunk, make_branch, mt.num_races, dtype=dtype)
+  if mt.kind == "hybrid":
+    return multitask_lib.Hybrid(make_trunk, make_branch, mt.num_races, groups=mt.groups,
+                                group_classifier=mt.group_classifier, dtype=dtype)
+  raise ValueError(f"config.multitask.kind={mt.kind!r}; expected one of {list(multitask_lib.KINDS)}")
+
+
+def get_model(cfg, num_outputs: int, multitask=None, head: str = "dense"):
+  """cfg: config.model; multitask: config.multitask (None or kind 'none' = single task);
+  head: the formulation's head kind, 'dense' or 'coral' (see models/heads.py)."""
+  if head == "coral":
+    return heads.CoralHead(get_model(cfg, 1, multitask), num_thresholds=num_outputs)
+  if head != "dense":
+    raise ValueError(f"unknown head kind {head!r}; expected 'dense' or 'coral'")
   if cfg.name not in _REGISTRY:
     raise ValueError(f"config.model.name={cfg.name!r} is not a known model; known: {names()}")
   if cfg.dtype not in _DTYPES:
     raise ValueError(f"config.model.dtype={cfg.dtype!r}; expected one of {sorted(_DTYPES)}")
+  if multitask is not None and multitask.kind != "none":
+    return _multitask_model(cfg, multitask, num_outputs)
   return _REGISTRY[cfg.name](cfg, num_outputs)

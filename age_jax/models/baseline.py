@@ -5,7 +5,12 @@ conv 256x5x5 -> max-pool 3/2 -> LRN -> conv 384x3x3 -> max-pool 3/2 -> FC 512 ->
 FC 512, ReLU after every layer, dropout 0.5 after each FC. Pooling uses floor
 ('VALID') arithmetic, so a 227 px input gives a 6x6x384 map before FC1 (Caffe's
 ceil-mode pooling would give 7x7; see BUILD_NOTES.md).
+
+Layers are declared in `setup` so the multi-task networks (models/multitask.py) can
+call the three parts on their own: `stem` (conv1-2, the shared/tapped part), `top`
+(conv3, FC1, FC2) and `head` (the formulation's output layer).
 """
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -27,29 +32,39 @@ class XingBaseline(nn.Module):
   conv_lowering: str = "auto"
   dtype: Any = jnp.float32
 
-  def setup_conv(self, features, kernel, stride, padding, name):
-    return layers.Conv(features, kernel, stride, padding, lowering=self.conv_lowering,
-                       dtype=self.dtype, name=name)
+  def setup(self):
+    c1, c2, c3 = self.conv_features
+    conv = functools.partial(layers.Conv, lowering=self.conv_lowering, dtype=self.dtype)
+    self.conv1 = conv(c1, 7, 4, "VALID")
+    self.conv2 = conv(c2, 5, 1, ((2, 2), (2, 2)))
+    self.conv3 = conv(c3, 3, 1, ((1, 1), (1, 1)))
+    for i, width in enumerate(self.fc_features):
+      setattr(self, f"fc{i + 1}", nn.Dense(width, dtype=self.dtype))
+    self.dropout = nn.Dropout(self.dropout_rate)
+    self.lrn = layers.LocalResponseNorm()
+    self.age_head = nn.Dense(self.num_outputs, dtype=self.dtype)
 
   def stem(self, x, train: bool):
     """conv1-2 with pooling and LRN: the part the multi-task networks share or tap."""
-    c1, c2, _ = self.conv_features
-    x = nn.relu(self.setup_conv(c1, 7, 4, "VALID", "conv1")(x))
-    x = layers.LocalResponseNorm()(_max_pool(x))
+    x = self.lrn(_max_pool(nn.relu(self.conv1(x))))
     conv1 = x
-    x = nn.relu(self.setup_conv(c2, 5, 1, ((2, 2), (2, 2)), "conv2")(x))
-    x = layers.LocalResponseNorm()(_max_pool(x))
+    x = self.lrn(_max_pool(nn.relu(self.conv2(x))))
     return conv1, x
 
-  @nn.compact
+  def top(self, x, train: bool):
+    """conv3 -> pool -> FC1 -> FC2 (with dropout): conv2 activations to features."""
+    x = _max_pool(nn.relu(self.conv3(x)))
+    x = x.reshape(x.shape[0], -1)
+    for i in range(len(self.fc_features)):
+      x = nn.relu(getattr(self, f"fc{i + 1}")(x))
+      x = self.dropout(x, deterministic=not train)
+    return x
+
+  def head(self, features):
+    return self.age_head(features).astype(jnp.float32)
+
   def __call__(self, images, train: bool = False):
     x = images.astype(self.dtype)
-    conv1, x = self.stem(x, train)
-    x = nn.relu(self.setup_conv(self.conv_features[2], 3, 1, ((1, 1), (1, 1)), "conv3")(x))
-    x = _max_pool(x)
-    x = x.reshape(x.shape[0], -1)
-    for i, width in enumerate(self.fc_features):
-      x = nn.relu(nn.Dense(width, dtype=self.dtype, name=f"fc{i + 1}")(x))
-      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    age = nn.Dense(self.num_outputs, dtype=self.dtype, name="age_head")(x)
-    return {"features": x, "age": age.astype(jnp.float32)}
+    _, x = self.stem(x, train)
+    features = self.top(x, train)
+    return {"features": features, "age": self.head(features)}

@@ -10,7 +10,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from age_jax import config as config_lib
-from age_jax import formulations, models
+from age_jax import formulations, models, objective
 from age_jax.data import datasets, pipeline
 from age_jax.train import optim, sharding, state as state_lib
 
@@ -43,15 +43,38 @@ class Experiment:
 
 
 def build(cfg: ml_collections.ConfigDict, devices=None) -> Experiment:
+  """Builds one stage's experiment (cfg: a stage config, see train/stages.py)."""
   config_lib.validate(cfg)
   mesh = sharding.make_mesh(cfg.mesh, devices)
   formulation = formulations.get_formulation(cfg.formulation)
-  model = models.get_model(cfg.model, formulation.num_outputs)
-  tx = optim.make_optimizer(cfg.optim, cfg.train.num_steps)
-  shapes = jax.eval_shape(lambda r: state_lib.create(model, tx, r, cfg.data.image_size), jax.random.key(0))
-  shardings = sharding.state_sharding(mesh, shapes)
+  model = models.get_model(cfg.model, formulation.num_outputs, cfg.multitask, head=formulation.head)
+  image_size = cfg.data.image_size
+  params = jax.eval_shape(lambda r: state_lib.init_variables(model, r, image_size)[0], jax.random.key(0))
+  tx = optim.make_optimizer(cfg.optim, cfg.train.num_steps, trainable_mask(cfg, params))
+  shapes = jax.eval_shape(lambda r: state_lib.create(model, tx, r, image_size), jax.random.key(0))
+  shardings = sharding.state_sharding(mesh, shapes, cfg.mesh.fsdp_min_size)
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
   return Experiment(cfg, mesh, model, formulation, tx, abstract, shardings)
+
+
+def _is_head(path) -> bool:
+  return any(getattr(k, "key", None) in ("age_head", "coral_bias") for k in path)
+
+
+def trainable_mask(cfg, params):
+  """Pytree of bools (True = trained) or None when everything trains.
+
+  train.trainable='head' trains the age head only (LAE 2.4 classification stage); a hybrid
+  multi-task step trains its own parts (Xing 3.3.3, objective.trainable_mask).
+  """
+  masks = []
+  if cfg.train.trainable == "head":
+    masks.append(jax.tree_util.tree_map_with_path(lambda path, _: _is_head(path), params))
+  if cfg.multitask.kind == "hybrid" and cfg.multitask.stage != "all":
+    masks.append(objective.trainable_mask(params, cfg.multitask.stage))
+  if not masks:
+    return None
+  return jax.tree.map(lambda *m: all(m), *masks)
 
 
 def data_dir(cfg) -> str:
@@ -90,7 +113,7 @@ def normalizer(cfg, workdir: str, train_source: pipeline.LoadedSource | None = N
   else:
     if train_source is None:
       raise FileNotFoundError(f"{path} is missing: the mean training image is written by training")
-    mean = pipeline.mean_image(train_source, cfg.data.image_size)
+    mean = pipeline.mean_image(train_source, cfg.data)
     if jax.process_index() == 0:
       os.makedirs(workdir, exist_ok=True)
       _atomic_save(path, mean)
@@ -119,7 +142,9 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   with open(path) as f:
     loaded = json.load(f)
   cfg = config_lib.default_config()
+  stages = loaded.pop("stages", {})
   cfg.update_from_flattened_dict(_flatten(loaded))
+  cfg.stages = ml_collections.ConfigDict(stages)
   return cfg
 
 

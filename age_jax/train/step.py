@@ -21,14 +21,19 @@ def _masked_mean(values, weights):
 
 
 def make_train_step(model, tx, formulation, cfg):
+  freeze_batch_stats = cfg.train.trainable == "head"
+
   def loss_fn(params, batch_stats, batch, rng):
     outputs, updates = model.apply(_variables(params, batch_stats), batch["image"], train=True,
                                    rngs={"dropout": rng}, mutable=["batch_stats"])
     per_example, terms = objective.per_example_loss(outputs, batch, formulation, cfg)
     weights = batch.get("mask", jnp.ones_like(per_example))
     metrics = {name: _masked_mean(value, weights) for name, value in terms.items()}
-    metrics["mae"] = _masked_mean(jnp.abs(formulation.decode(outputs["age"]) - batch["age"]), weights)
-    return _masked_mean(per_example, weights), (updates.get("batch_stats", batch_stats), metrics)
+    metrics["mae"] = _masked_mean(jnp.abs(objective.predicted_age(outputs, formulation) - batch["age"]),
+                                  weights)
+    # A frozen backbone keeps its batch statistics too (LAE 2.4: only the classifier changes).
+    new_stats = batch_stats if freeze_batch_stats else updates.get("batch_stats", batch_stats)
+    return _masked_mean(per_example, weights), (new_stats, metrics)
 
   def train_step(state, batch, rng):
     rng = jax.random.fold_in(rng, state.step)
@@ -50,7 +55,7 @@ def make_predict_step(model, formulation):
   def predict_step(params, batch_stats, batch):
     outputs = model.apply(_variables(params, batch_stats), batch["image"], train=False)
     predictions = {k: v for k, v in batch.items() if k != "image"}
-    predictions["pred_age"] = formulation.decode(outputs["age"])
+    predictions["pred_age"] = objective.predicted_age(outputs, formulation)
     for task in ("gender", "race"):
       if task in outputs:
         predictions[f"pred_{task}"] = jnp.argmax(outputs[task], axis=-1).astype(jnp.int32)

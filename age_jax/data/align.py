@@ -1,0 +1,92 @@
+"""Five-point face alignment: a similarity transform of the landmarks onto a fixed template.
+
+LAE 3.3 aligns faces "with five landmarks (two eyes, nose tip, two mouth corners)" in the
+face-recognition way; the template is the standard ArcFace / InsightFace 112x112 one,
+scaled to the output size. Points are (x, y) in pixel-index coordinates: the centre of
+pixel (row i, column j) is (j, i), as dlib, MTCNN and OpenCV report them.
+"""
+import numpy as np
+from PIL import Image
+
+# ArcFace 112x112 template, in the order: image-left eye, image-right eye, nose tip,
+# image-left mouth corner, image-right mouth corner.
+ARCFACE_TEMPLATE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
+                                 [41.5493, 92.3655], [70.7299, 92.2041]], np.float64)
+
+# iBUG 68-point scheme (0-based), as in FG-NET's .pts files (read by builders/fgnet.py): the
+# subject's right eye (image left) is 36-41, the left eye 42-47, the nose tip 30, the mouth corners 48 and 54.
+_RIGHT_EYE, _LEFT_EYE, _NOSE_TIP, _MOUTH_RIGHT, _MOUTH_LEFT = slice(36, 42), slice(42, 48), 30, 48, 54
+
+
+def template(output_size: int) -> np.ndarray:
+  """The five template points for a square output_size x output_size face."""
+  return ARCFACE_TEMPLATE_112 * (output_size / 112.0)
+
+
+def five_points_from_68(pts68: np.ndarray) -> np.ndarray:
+  """(68, 2) iBUG landmarks -> (5, 2): eye centres (mean of each eye's 6 points), nose tip,
+  mouth corners, in the template's order."""
+  pts = np.asarray(pts68, np.float64)
+  if pts.shape != (68, 2):
+    raise ValueError(f"expected 68 (x, y) landmarks, got an array of shape {pts.shape}")
+  return np.stack([pts[_RIGHT_EYE].mean(0), pts[_LEFT_EYE].mean(0), pts[_NOSE_TIP],
+                   pts[_MOUTH_RIGHT], pts[_MOUTH_LEFT]])
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+  """Least-squares similarity (rotation, uniform scale, translation; no reflection) taking
+  src points onto dst points, as a 2x3 matrix M with dst ~ M @ [x, y, 1] (Umeyama 1991)."""
+  src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+  if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or len(src) < 2:
+    raise ValueError(f"expected two (N, 2) point arrays with N >= 2, got {src.shape} and {dst.shape}")
+  src_mean, dst_mean = src.mean(0), dst.mean(0)
+  src_c, dst_c = src - src_mean, dst - dst_mean
+  src_var = np.mean(np.sum(src_c ** 2, axis=1))
+  if src_var < 1e-12 * max(1.0, np.abs(src).max()) ** 2:
+    raise ValueError("cannot align a face: its landmarks all coincide (degenerate points)")
+  cov = dst_c.T @ src_c / len(src)
+  u, s, vt = np.linalg.svd(cov)
+  d = np.ones(2)
+  if np.linalg.det(u) * np.linalg.det(vt) < 0:  # the best fit would mirror: take the best rotation
+    d[1] = -1
+  rotation = u @ np.diag(d) @ vt
+  scale = np.sum(s * d) / src_var
+  translation = dst_mean - scale * rotation @ src_mean
+  return np.concatenate([scale * rotation, translation[:, None]], axis=1)
+
+
+def apply_transform(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+  """(N, 2) points through a 2x3 matrix."""
+  points = np.asarray(points, np.float64)
+  return points @ matrix[:, :2].T + matrix[:, 2]
+
+
+def warp_affine(image: np.ndarray, matrix: np.ndarray, output_size: int, fill: int = 0) -> np.ndarray:
+  """Warps an HxWxC uint8 image by the 2x3 matrix (input pixel -> output pixel) into a square
+  output_size image, bilinear, uncovered pixels set to fill."""
+  full = np.vstack([matrix, [0, 0, 1]])
+  inverse = np.linalg.inv(full)[:2]
+  # PIL samples the output pixel (x, y) at the continuous point (x + 0.5, y + 0.5) and reads the
+  # input in the same continuous coordinates, so shift by half a pixel on both sides.
+  a, b, c = inverse[0]
+  d, e, f = inverse[1]
+  c = c + 0.5 - 0.5 * (a + b)
+  f = f + 0.5 - 0.5 * (d + e)
+  pil = Image.fromarray(np.ascontiguousarray(image))
+  fillcolor = fill if pil.mode == "L" else (fill,) * len(pil.getbands())
+  out = pil.transform((output_size, output_size), Image.AFFINE, (a, b, c, d, e, f), Image.BILINEAR,
+                      fillcolor=fillcolor)
+  return np.asarray(out)
+
+
+def align_face(image: np.ndarray, points5: np.ndarray, output_size: int = 112) -> np.ndarray:
+  """The face warped so its five landmarks land (least squares) on the template scaled to
+  output_size; returns uint8 output_size x output_size x C."""
+  image = np.asarray(image)
+  if image.dtype != np.uint8 or image.ndim not in (2, 3):
+    raise ValueError(f"align_face expects a uint8 HxW or HxWxC image, got {image.dtype} {image.shape}")
+  points5 = np.asarray(points5, np.float64)
+  if points5.shape != (5, 2):
+    raise ValueError(f"align_face expects five (x, y) landmarks, got shape {points5.shape}")
+  matrix = similarity_transform(points5, template(output_size))
+  return warp_affine(image, matrix, output_size)

@@ -1,0 +1,150 @@
+"""Pure per-example loss functions of Xing 2017 (3.2) and LAE (Bao 2021, 2.4), and their targets.
+
+Every function maps (B, ...) arrays to a (B,) float32 loss; masking, weighting by the batch and
+averaging belong to the train step. No framework state: safe under jit, grad and vmap.
+Bins: a classification / ordinal head covers the ages `bin_ages` = min_age + 0..K-1.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _f32(x):
+  return jnp.asarray(x, jnp.float32)
+
+
+def bin_ages(num_classes: int, min_age: float = 0.0) -> np.ndarray:
+  """The age (years) each of the K classification bins stands for. numpy, so that building a
+  formulation starts no JAX backend (jax.distributed.initialize must come first)."""
+  return (min_age + np.arange(num_classes)).astype(np.float32)
+
+
+def clip_to_bins(ages, num_classes: int, min_age: float = 0.0) -> jnp.ndarray:
+  """Ages clipped into the head's range [min_age, min_age + K - 1]: out-of-range ages never wrap
+  or vanish (a one-hot of an index >= K is all zeros and would silently give a zero loss)."""
+  return jnp.clip(_f32(ages), min_age, min_age + num_classes - 1)
+
+
+def age_to_class(ages, num_classes: int, min_age: float = 0.0) -> jnp.ndarray:
+  """Class index of the nearest bin (ages are whole years in the papers; halves round to even)."""
+  return jnp.round(clip_to_bins(ages, num_classes, min_age) - min_age).astype(jnp.int32)
+
+
+# --- classification: one-hot (Xing eq. 5) and label distributions (Xing eqs. 6-8, LAE eq. 1) ---
+
+def one_hot_cross_entropy(logits, class_index) -> jnp.ndarray:
+  """Softmax loss against a one-hot label, Xing eq. 5 per example: -log p_{y_i}."""
+  log_p = jax.nn.log_softmax(_f32(logits), axis=-1)
+  return -jnp.take_along_axis(log_p, jnp.asarray(class_index, jnp.int32)[:, None], axis=-1)[:, 0]
+
+
+def gaussian_label_distribution(ages, num_classes: int, sigma: float, min_age: float = 0.0) -> jnp.ndarray:
+  """Gaussian label distribution over the K bins, normalised to sum to 1 (Xing eqs. 6-7).
+
+  d_k = exp(-(a_k - y)^2 / 2 sigma^2) / sum_j exp(-(a_j - y)^2 / 2 sigma^2); the 1/(sigma sqrt(2 pi))
+  factors of eq. 6 cancel against Z of eq. 7. Computed as a softmax so that it stays finite for any
+  y. Ages are clipped into the bins first: outside them, every bin would get ~0 mass.
+  """
+  y = clip_to_bins(ages, num_classes, min_age)
+  sq = (bin_ages(num_classes, min_age)[None, :] - y[:, None]) ** 2
+  return jax.nn.softmax(-sq / (2.0 * sigma ** 2), axis=-1)
+
+
+def label_distribution_cross_entropy(logits, target) -> jnp.ndarray:
+  """Xing eq. 8 per example: -sum_k d_k log p_k (the NetLDL objective)."""
+  return -jnp.sum(_f32(target) * jax.nn.log_softmax(_f32(logits), axis=-1), axis=-1)
+
+
+def kl_divergence(logits, target) -> jnp.ndarray:
+  """LAE eq. 1 per example: sum_k z_k log(z_k / zhat_k), with 0 log 0 = 0.
+
+  Equals the cross-entropy of eq. 8 minus the target's entropy: same gradient, but 0 at a
+  perfect prediction."""
+  target = _f32(target)
+  return jnp.sum(jax.scipy.special.xlogy(target, target), axis=-1) + label_distribution_cross_entropy(
+      logits, target)
+
+
+def softmax_expectation(logits, ages_of_bins) -> jnp.ndarray:
+  """Expected age under the softmax (DEX; LAE: yhat = sum_k k zhat_k)."""
+  return jnp.sum(jax.nn.softmax(_f32(logits), axis=-1) * _f32(ages_of_bins), axis=-1)
+
+
+def dldl_v2_loss(logits, ages, sigma: float, lam: float, min_age: float = 0.0) -> jnp.ndarray:
+  """LAE eq. 3 (DLDL-v2): L_ld + lambda * L_er, with L_ld the KL of eq. 1 and L_er = |y - yhat| (eq. 2).
+  The age in L_er is clipped into the bins like the target distribution (the head cannot go beyond)."""
+  num_classes = logits.shape[-1]
+  target = gaussian_label_distribution(ages, num_classes, sigma, min_age)
+  expected = softmax_expectation(logits, bin_ages(num_classes, min_age))
+  l_er = jnp.abs(clip_to_bins(ages, num_classes, min_age) - expected)
+  return kl_divergence(logits, target) + lam * l_er
+
+
+def lae_stage2_loss(logits, ages, sigma: float, validation_mae: float, min_age: float = 0.0) -> jnp.ndarray:
+  """LAE eq. 4, the classifier-stage loss: L_ld + (L_er - mae)^2, per example.
+
+  L_ld and L_er are per-example terms in eqs. 1-2 (index i), `mae` is a constant (stage 1's
+  validation MAE, eq. 5), so (L_er,i - mae)^2 is per example: it pulls every example's absolute
+  error towards the stage-1 MAE, shrinking the spread of errors (the paper's aim: a smaller
+  sigma across age groups). The other reading, (batch mean of L_er - mae)^2, would only move the
+  batch MAE and leave the spread alone.
+  """
+  num_classes = logits.shape[-1]
+  target = gaussian_label_distribution(ages, num_classes, sigma, min_age)
+  expected = softmax_expectation(logits, bin_ages(num_classes, min_age))
+  l_er = jnp.abs(clip_to_bins(ages, num_classes, min_age) - expected)
+  return kl_divergence(logits, target) + (l_er - validation_mae) ** 2
+
+
+# --- regression (Xing eqs. 9-10) ---
+
+def squared_error(predicted_ages, ages) -> jnp.ndarray:
+  """Xing eq. 9 per example: (yhat - y)^2, in years^2."""
+  return (_f32(predicted_ages) - _f32(ages)) ** 2
+
+
+def absolute_error(predicted_ages, ages) -> jnp.ndarray:
+  """Xing eq. 10 per example: |yhat - y|, in years."""
+  return jnp.abs(_f32(predicted_ages) - _f32(ages))
+
+
+# --- ordinal regression (Xing eq. 11 and 3.2.3; Niu et al. 2016; CORAL, Cao et al. 2020) ---
+
+def ordinal_targets(class_index, num_tasks: int) -> jnp.ndarray:
+  """(B, K-1) binary labels: task k asks 'is the age above bin k?' (Xing 3.2.3, y_i^k)."""
+  return (jnp.asarray(class_index, jnp.int32)[:, None] > jnp.arange(num_tasks)[None, :]).astype(jnp.float32)
+
+
+def batch_balanced_class_weights(targets):
+  """Per-task (positive, negative) weights that give both classes of every task the same total
+  weight within this batch, B/2 each: the loss-side equivalent of Xing's 'same amount of positive
+  and negative samples for each task' in a mini-batch (3.2.3). A task whose batch holds only one
+  class keeps weight 1 (there is nothing to balance). Weights are constants (no gradient)."""
+  targets = jax.lax.stop_gradient(_f32(targets))
+  batch = targets.shape[0]
+  positives = jnp.sum(targets, axis=0)
+  negatives = batch - positives
+  both = (positives > 0) & (negatives > 0)
+  pos_w = jnp.where(both, batch / (2.0 * jnp.maximum(positives, 1.0)), 1.0)
+  neg_w = jnp.where(both, batch / (2.0 * jnp.maximum(negatives, 1.0)), 1.0)
+  return pos_w, neg_w
+
+
+def ordinal_binary_cross_entropy(logits, targets, task_weights=None, pos_weights=None,
+                                 neg_weights=None) -> jnp.ndarray:
+  """sum_k lambda_k w_ik BCE(sigmoid(logit_ik), y_ik): the K-1 binary tasks trained jointly in one
+  network (Xing 3.2.3), with task importance lambda_k (Niu et al. 2016, eq. 1) and per-task class
+  weights w (positive / negative). All weights default to 1; the sum (not the mean) over tasks
+  matches K-1 separate unit-weight loss layers."""
+  logits, targets = _f32(logits), _f32(targets)
+  # -log sigmoid(x) = softplus(-x), -log(1 - sigmoid(x)) = softplus(x): stable for large |x|.
+  pos_term = targets * jax.nn.softplus(-logits)
+  neg_term = (1.0 - targets) * jax.nn.softplus(logits)
+  if pos_weights is not None:
+    pos_term = pos_term * _f32(pos_weights)
+  if neg_weights is not None:
+    neg_term = neg_term * _f32(neg_weights)
+  per_task = pos_term + neg_term
+  if task_weights is not None:
+    per_task = per_task * _f32(task_weights)
+  return jnp.sum(per_task, axis=-1)

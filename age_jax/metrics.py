@@ -1,0 +1,137 @@
+"""Evaluation metrics of Xing 2017 (3.1.3, 4.x) and LAE (Bao 2021, 3.2), in plain numpy.
+
+  MAE        Xing eq. 1, on the raw predicted ages.
+  CCS(t)     Xing eqs. 2-3: the number of test images with |yhat - y| <= t. Predicted ages are
+             rounded to the nearest whole year first (round_predictions=True): Xing's CCS(0)
+             counts (Tables 5-6, ~14% of the test set for a regression net) only make sense for
+             whole-year predictions, since a real-valued prediction almost never equals y exactly.
+  RCCS(t)    Xing eq. 4: CCS_a(t) - CCS_b(t), two methods on the same test set.
+  AAR, sigma LAE eqs. 6-7 over the eight age groups of LAE Table 1 (1-10, ..., 61-70, 71-81); the
+             last group is open-ended (every age above 70) and the first takes ages below 1 too.
+             An empty group has no MAE^j: sigma is the root mean square over the non-empty groups
+             (eq. 7 with 8 replaced by their number); the report shows the group's MAE as null.
+Per-age MAE (Xing Figs. 6-7), per-label MAE (gender / race, Fig. 9) and label accuracy skip
+unknown labels (-1).
+"""
+from typing import Iterable
+
+import numpy as np
+
+# LAE Table 1: (first, last) age of each group, both inclusive; the last is open above.
+AGE_GROUPS = ((1, 10), (11, 20), (21, 30), (31, 40), (41, 50), (51, 60), (61, 70), (71, 81))
+AGE_GROUP_NAMES = tuple(f"{a}-{b}" for a, b in AGE_GROUPS[:-1]) + (f"{AGE_GROUPS[-1][0]}+",)
+CCS_THRESHOLDS = tuple(range(11))
+
+
+def _pair(pred_age, true_age):
+  pred = np.asarray(pred_age, np.float64).reshape(-1)
+  true = np.asarray(true_age, np.float64).reshape(-1)
+  if pred.shape != true.shape:
+    raise ValueError(f"{pred.size} predicted ages but {true.size} true ages")
+  if pred.size == 0:
+    raise ValueError("no examples to evaluate")
+  return pred, true
+
+
+def absolute_errors(pred_age, true_age) -> np.ndarray:
+  pred, true = _pair(pred_age, true_age)
+  return np.abs(pred - true)
+
+
+def mae(pred_age, true_age) -> float:
+  """Xing eq. 1."""
+  return float(np.mean(absolute_errors(pred_age, true_age)))
+
+
+def round_age(pred_age) -> np.ndarray:
+  """Nearest whole year, halves up."""
+  return np.floor(np.asarray(pred_age, np.float64) + 0.5)
+
+
+def ccs(pred_age, true_age, thresholds: Iterable[float] = CCS_THRESHOLDS,
+        round_predictions: bool = True) -> np.ndarray:
+  """Xing eqs. 2-3: CCS(t) = sum_i h(|yhat_i - y_i| - t), h(x) = 1 if x <= 0; one count per t."""
+  pred, true = _pair(pred_age, true_age)
+  errors = np.abs((round_age(pred) if round_predictions else pred) - true)
+  return np.array([int(np.sum(errors - t <= 0)) for t in thresholds], np.int64)
+
+
+def ccs_fraction(pred_age, true_age, thresholds: Iterable[float] = CCS_THRESHOLDS,
+                 round_predictions: bool = True) -> np.ndarray:
+  """CCS(t) divided by the number of test images."""
+  return ccs(pred_age, true_age, thresholds, round_predictions) / np.asarray(true_age).size
+
+
+def rccs(pred_a, pred_b, true_age, thresholds: Iterable[float] = CCS_THRESHOLDS,
+         round_predictions: bool = True) -> np.ndarray:
+  """Xing eq. 4: RCCS^a_b(t) = CCS_a(t) - CCS_b(t); positive where method a is better."""
+  thresholds = tuple(thresholds)
+  return (ccs(pred_a, true_age, thresholds, round_predictions)
+          - ccs(pred_b, true_age, thresholds, round_predictions))
+
+
+def age_group_index(true_age) -> np.ndarray:
+  """LAE Table 1 group (0..7) of each age: <= 10 -> 0, (10, 20] -> 1, ..., > 70 -> 7."""
+  true = np.asarray(true_age, np.float64)
+  return np.clip(np.ceil(true / 10.0) - 1, 0, len(AGE_GROUPS) - 1).astype(np.int64)
+
+
+def aar_from(mae_value: float, sigma: float) -> float:
+  """LAE eq. 6: AAR = max(0, 7 - MAE) + max(0, 3 - sigma)."""
+  return max(0.0, 7.0 - mae_value) + max(0.0, 3.0 - sigma)
+
+
+def sigma_from(group_maes, mae_value: float) -> float:
+  """LAE eq. 7: sqrt(mean_j (MAE^j - MAE)^2), over the groups whose MAE^j is not None / NaN."""
+  known = np.array([m for m in group_maes if m is not None and not np.isnan(m)], np.float64)
+  if known.size == 0:
+    raise ValueError("sigma (LAE eq. 7) needs at least one non-empty age group")
+  return float(np.sqrt(np.mean((known - mae_value) ** 2)))
+
+
+def aar(pred_age, true_age) -> dict:
+  """LAE eqs. 6-7: {'aar', 'mae', 'sigma', 'group_mae' (None where empty), 'group_count',
+  'group_names', 'groups_used'}."""
+  errors = absolute_errors(pred_age, true_age)
+  group = age_group_index(true_age)
+  counts = np.bincount(group, minlength=len(AGE_GROUPS))
+  group_mae = [float(np.mean(errors[group == j])) if counts[j] else None for j in range(len(AGE_GROUPS))]
+  overall = float(np.mean(errors))
+  sigma = sigma_from(group_mae, overall)
+  return {"aar": aar_from(overall, sigma), "mae": overall, "sigma": sigma, "group_mae": group_mae,
+          "group_count": [int(c) for c in counts], "group_names": list(AGE_GROUP_NAMES),
+          "groups_used": int(np.sum(counts > 0))}
+
+
+def mae_per_age(pred_age, true_age) -> dict:
+  """MAE at each true age present (rounded to whole years), as in Xing Figs. 6-7:
+  {'age': [...], 'mae': [...], 'count': [...]}, ages ascending."""
+  errors = absolute_errors(pred_age, true_age)
+  ages = np.rint(np.asarray(true_age, np.float64).reshape(-1)).astype(np.int64)
+  present = np.unique(ages)
+  return {"age": [int(a) for a in present],
+          "mae": [float(np.mean(errors[ages == a])) for a in present],
+          "count": [int(np.sum(ages == a)) for a in present]}
+
+
+def mae_by_label(pred_age, true_age, labels) -> dict:
+  """MAE per label value (gender, race or a combined group; Xing Fig. 9), skipping labels < 0:
+  {label (str): {'mae': float, 'count': int}}."""
+  errors = absolute_errors(pred_age, true_age)
+  labels = np.asarray(labels).reshape(-1)
+  if labels.shape != errors.shape:
+    raise ValueError(f"{labels.size} labels for {errors.size} examples")
+  return {str(int(v)): {"mae": float(np.mean(errors[labels == v])), "count": int(np.sum(labels == v))}
+          for v in np.unique(labels) if v >= 0}
+
+
+def accuracy(pred_labels, true_labels):
+  """Fraction of correct predictions among examples with a known label (>= 0); None if none."""
+  pred = np.asarray(pred_labels).reshape(-1)
+  true = np.asarray(true_labels).reshape(-1)
+  if pred.shape != true.shape:
+    raise ValueError(f"{pred.size} predicted labels but {true.size} true labels")
+  known = true >= 0
+  if not known.any():
+    return None
+  return float(np.mean(pred[known] == true[known]))

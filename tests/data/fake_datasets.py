@@ -1,0 +1,207 @@
+"""Small synthetic datasets written in each dataset's published layout (tiny JPEGs, tens of files).
+
+Reusable by other tests: make_utkface_folder(path, n=40, quirks=True, size=16) writes a UTKFace
+release folder and returns what it wrote. Images are random noise seeded by an index, so two
+files are byte-identical exactly when a generator makes them so (the duplicate quirks).
+"""
+import csv
+import io
+import os
+
+import numpy as np
+from PIL import Image
+
+
+def jpeg_bytes(seed: int, size: int = 16) -> bytes:
+  rng = np.random.default_rng(seed)
+  buf = io.BytesIO()
+  Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
+  return buf.getvalue()
+
+
+def corrupt_jpeg_bytes(size: int = 16) -> bytes:
+  # A real JPEG cut short after its first bytes: PIL cannot decode it.
+  return jpeg_bytes(10**6, size)[:60]
+
+
+def _write(path: str, data: bytes) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "wb") as f:
+    f.write(data)
+
+
+# ---------------- UTKFace ----------------
+
+# The five malformed names of the release (data README), with their parsed labels.
+UTK_MALFORMED = {
+    "24_0_1_20170116220224657 .jpg.chip.jpg": (24.0, 0, 1),
+    "55_0_0_20170116232725357jpg.chip.jpg": (55.0, 0, 0),
+    "39_1_20170116174525125.jpg.chip.jpg": (39.0, 1, -1),
+    "61_1_20170109142408075.jpg.chip.jpg": (61.0, 1, -1),
+    "61_1_20170109150557335.jpg.chip.jpg": (61.0, 1, -1),
+}
+
+
+def utk_name(age: int, gender: int, race: int, index: int) -> str:
+  return f"{age}_{gender}_{race}_{20170101000000000 + index}.jpg.chip.jpg"
+
+
+def make_utkface_folder(path: str, n: int = 40, quirks: bool = True, size: int = 16,
+                        corrupt: bool = False, seed: int = 0) -> dict:
+  """Writes n plain UTKFace files (+ the release's quirks when asked) into path.
+
+  Returns {'labels': {file name: (age, gender, race)} of every labelled image written,
+  'malformed': [...], 'same_label_duplicates': [[names]], 'conflicting_duplicates': [[names]],
+  'unparsable': [...], 'corrupt': name or None, 'expected_kept_default': number of images a
+  default build keeps, 'expected_kept_keep_conflicting': with keep_conflicting_duplicates}.
+  """
+  rng = np.random.default_rng(seed)
+  os.makedirs(path, exist_ok=True)
+  labels, image_seed = {}, seed * 100_000
+  for i in range(n):
+    age, gender, race = int(rng.integers(1, 100)), int(rng.integers(0, 2)), int(rng.integers(0, 5))
+    name = utk_name(age, gender, race, i)
+    _write(os.path.join(path, name), jpeg_bytes(image_seed + i, size))
+    labels[name] = (float(age), gender, race)
+  out = {"labels": labels, "malformed": [], "same_label_duplicates": [], "conflicting_duplicates": [],
+         "unparsable": [], "corrupt": None}
+  kept_default = kept_keep = n
+  if quirks:
+    for j, (name, label) in enumerate(UTK_MALFORMED.items()):
+      _write(os.path.join(path, name), jpeg_bytes(image_seed + n + j, size))
+      labels[name] = label
+      out["malformed"].append(name)
+    # Byte-identical copies: one group agreeing on labels, two groups that disagree.
+    groups = [("same", [(30, 0, 0), (30, 0, 0)]),
+              ("conflict", [(30, 0, 0), (30, 0, 0), (31, 1, 0)]),
+              ("conflict", [(20, 0, 2), (45, 1, 2)])]
+    for g, (kind, members) in enumerate(groups):
+      data, names = jpeg_bytes(image_seed + n + 50 + g, size), []
+      for k, (age, gender, race) in enumerate(members):
+        name = utk_name(age, gender, race, 10_000 + 10 * g + k)
+        _write(os.path.join(path, name), data)
+        labels[name] = (float(age), gender, race)
+        names.append(name)
+      out["same_label_duplicates" if kind == "same" else "conflicting_duplicates"].append(names)
+    _write(os.path.join(path, "not_a_face.jpg"), jpeg_bytes(image_seed + n + 90, size))
+    _write(os.path.join(path, "README.txt"), b"not an image")
+    out["unparsable"].append("not_a_face.jpg")
+    kept_default += len(UTK_MALFORMED) + 1          # malformed + one copy of the same-label group
+    kept_keep += len(UTK_MALFORMED) + 1 + 2 + 2     # + one copy per distinct label of each conflict
+  if corrupt:
+    name = utk_name(42, 1, 3, 20_000)
+    _write(os.path.join(path, name), corrupt_jpeg_bytes(size))
+    out["corrupt"] = name
+  out["expected_kept_default"] = kept_default
+  out["expected_kept_keep_conflicting"] = kept_keep
+  return out
+
+
+# ---------------- generic labelled folder: images + labels.csv ----------------
+
+def make_labelled_folder(path: str, n: int = 30, subjects: int = 0, size: int = 16, seed: int = 1,
+                         columns=("file", "age", "gender", "race", "subject"), image_dir: str = "images",
+                         csv_name: str = "labels.csv") -> dict:
+  """images/<i>.jpg plus a labels CSV; with subjects > 0 image i belongs to subject i % subjects."""
+  rng = np.random.default_rng(seed)
+  rows = []
+  for i in range(n):
+    name = f"{image_dir}/{i:04d}.jpg" if image_dir else f"{i:04d}.jpg"
+    _write(os.path.join(path, name), jpeg_bytes(seed * 100_000 + i, size))
+    row = {"file": name, "age": str(int(rng.integers(1, 90))), "gender": str(int(rng.integers(0, 2))),
+           "race": str(int(rng.integers(0, 5))), "subject": f"p{i % subjects}" if subjects else ""}
+    rows.append(row)
+  write_csv(os.path.join(path, csv_name), rows, columns)
+  return {"rows": rows}
+
+
+def write_csv(path: str, rows: list[dict], columns, header: bool = True) -> None:
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    if header:
+      writer.writerow(columns)
+    for row in rows:
+      writer.writerow([row.get(c, "") for c in columns])
+
+
+# ---------------- MORPH II: metadata CSV + Album2/ ----------------
+
+MORPH_COLUMNS = ("id_num", "picture_num", "dob", "doa", "race", "gender", "facial_hair", "age",
+                 "age_diff", "glasses", "photo")
+
+
+def make_morph_folder(path: str, subjects_per_cell: int = 6, images_per_subject: int = 3, others: int = 4,
+                      size: int = 8, seed: int = 2) -> dict:
+  """Black and White subjects of both genders (plus a few Hispanic/Asian), several images each."""
+  rng = np.random.default_rng(seed)
+  rows, subject = [], 0
+  cells = [(r, g, subjects_per_cell) for r in "BW" for g in "MF"] + [("H", "M", others), ("A", "F", others)]
+  for race, gender, count in cells:
+    for _ in range(count):
+      subject += 1
+      base_age = int(rng.integers(16, 70))
+      for k in range(images_per_subject):
+        age = base_age + k
+        photo = f"Album2/{subject:06d}_{k}{gender}{age}.JPG"
+        _write(os.path.join(path, photo), jpeg_bytes(seed * 100_000 + len(rows), size))
+        rows.append({"id_num": f"{subject:06d}", "picture_num": str(k), "dob": "", "doa": "", "race": race,
+                     "gender": gender, "facial_hair": "0", "age": str(age), "age_diff": "0", "glasses": "0",
+                     "photo": photo})
+  write_csv(os.path.join(path, "morph_2008_nonCommercial.csv"), rows, MORPH_COLUMNS)
+  return {"rows": rows}
+
+
+# ---------------- FG-NET: images/ + points/ ----------------
+
+def pts_text(points: np.ndarray) -> str:
+  lines = ["version: 1", f"n_points:  {len(points)}", "{"] + [f"{x:.3f} {y:.3f}" for x, y in points] + ["}"]
+  return "\n".join(lines) + "\n"
+
+
+def make_fgnet_folder(path: str, subjects: int = 5, images_per_subject: int = 3, size: int = 8,
+                      seed: int = 3) -> dict:
+  rng = np.random.default_rng(seed)
+  written = {}
+  for s in range(1, subjects + 1):
+    for k in range(images_per_subject):
+      age = 2 + 7 * k + s
+      suffix = "a" if k == images_per_subject - 1 and s == 1 else ""
+      name = f"{s:03d}A{age:02d}{suffix}.JPG"
+      points = rng.uniform(0, 100, (68, 2)).round(3).astype(np.float32)
+      _write(os.path.join(path, "images", name), jpeg_bytes(seed * 100_000 + len(written), size))
+      _write(os.path.join(path, "points", name[:-4].lower() + ".pts"), pts_text(points).encode())
+      written[f"images/{name}"] = {"age": float(age), "subject": f"{s:03d}", "landmarks": points}
+  return written
+
+
+# ---------------- All-Age-Faces ----------------
+
+def make_aaf_folder(path: str, ids=(0, 1, 2, 7380, 7381, 7382, 9000, 13321), size: int = 8, seed: int = 4,
+                    unlisted=(9000,)) -> dict:
+  written, lists = {}, {"train.txt": [], "val.txt": []}
+  for k, image_id in enumerate(ids):
+    name = f"{image_id:05d}A{(k * 9) % 78 + 2:02d}.jpg"
+    _write(os.path.join(path, "aglined faces", name), jpeg_bytes(seed * 100_000 + k, size))
+    split = "val.txt" if k % 3 == 2 else "train.txt"
+    if image_id not in unlisted:
+      lists[split].append(f"{name} {1 if image_id > 7380 else 0}")
+    written[name] = {"split": None if image_id in unlisted else ("validation" if split == "val.txt" else "train"),
+                     "gender": 1 if image_id <= 7380 else 0, "age": float((k * 9) % 78 + 2)}
+  for list_name, lines in lists.items():
+    _write(os.path.join(path, "image sets", list_name), ("\n".join(lines) + "\n").encode())
+  return written
+
+
+# ---------------- MIVIA (Guess The Age 2021) ----------------
+
+def make_mivia_folder(path: str, identities: int = 10, per_identity: int = 4, size: int = 8,
+                      seed: int = 5) -> dict:
+  rng = np.random.default_rng(seed)
+  rows = []
+  for i in range(identities):
+    for k in range(per_identity):
+      name = f"n{i:06d}/{k:04d}_01.jpg"
+      _write(os.path.join(path, "training_caip_contest", name), jpeg_bytes(seed * 100_000 + len(rows), size))
+      rows.append({"file": name, "age": f"{rng.uniform(1, 80):.1f}"})
+  write_csv(os.path.join(path, "training_caip_contest.csv"), rows, ("file", "age"), header=False)
+  return {"rows": rows}

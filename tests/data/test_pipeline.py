@@ -1,0 +1,107 @@
+"""The grain pipeline: shapes, dtypes, normalisation, masking, determinism and process sharding."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from age_jax import config as config_lib
+from age_jax.data import pipeline
+
+
+def _jpeg(seed, size=20):
+  rng = np.random.default_rng(seed)
+  buf = io.BytesIO()
+  Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, "JPEG")
+  return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def records():
+  return [{"image": _jpeg(i), "age": float(i + 1), "gender": i % 2, "race": i % 5, "file_name": f"{i}.jpg"}
+          for i in range(11)]
+
+
+def _data_cfg(**kw):
+  data = config_lib.default_config().data
+  data.update(dict(load_size=24, image_size=16, augment="xing", sampler="shuffle", num_threads=1, **kw))
+  return data
+
+
+def _take(iterator, n):
+  return [next(iterator) for _ in range(n)]
+
+
+def test_decode_resizes_to_a_uint8_square_and_names_a_corrupt_file():
+  image = pipeline.decode_image(_jpeg(0, size=20), 24)
+  assert image.shape == (24, 24, 3) and image.dtype == np.uint8
+  with pytest.raises(ValueError, match="cannot decode image broken.jpg"):
+    pipeline.decode_image(b"not a jpeg", 24, "broken.jpg")
+
+
+def test_cached_and_uncached_sources_agree(records):
+  cached = pipeline.LoadedSource(records, 24, cache=True)
+  plain = pipeline.LoadedSource(records, 24)
+  for i in (0, 5, 10):
+    np.testing.assert_array_equal(cached[i]["image"], plain[i]["image"])
+    assert cached[i]["age"] == records[i]["age"]
+
+
+def test_train_batches_shapes_dtypes_and_determinism(records):
+  source = pipeline.LoadedSource(records, 24, cache=True)
+  normalizer = pipeline.Normalizer("imagenet")
+  make = lambda **kw: pipeline.train_batches(source, {}, _data_cfg(), local_batch_size=4, seed=3,
+                                             normalizer=normalizer, **kw)
+  first, again = _take(make(), 5), _take(make(), 5)
+  batch = first[0]
+  assert batch["image"].shape == (4, 16, 16, 3) and batch["image"].dtype == np.float32
+  assert batch["age"].dtype == np.float32 and batch["gender"].dtype == np.int32
+  for a, b in zip(first, again):
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+  # 5 batches of 4 = 20 draws: every record is seen in the first epoch of 11.
+  ages = np.concatenate([b["age"] for b in first])
+  assert set(ages[:11]) == {float(i + 1) for i in range(11)}
+  # A resumed pipeline continues exactly where the uninterrupted one was.
+  resumed = _take(make(start_step=3), 2)
+  for a, b in zip(first[3:], resumed):
+    np.testing.assert_array_equal(a["image"], b["image"])
+
+
+def test_processes_split_each_global_batch_without_overlap(records):
+  source = pipeline.LoadedSource(records, 24, cache=True)
+  normalizer = pipeline.Normalizer("imagenet")
+  whole = _take(pipeline.train_batches(source, {}, _data_cfg(), local_batch_size=4, seed=1,
+                                       normalizer=normalizer), 4)
+  halves = [_take(pipeline.train_batches(source, {}, _data_cfg(), local_batch_size=2, seed=1,
+                                         normalizer=normalizer, process_index=p, process_count=2), 4)
+            for p in range(2)]
+  for step in range(4):
+    joined = np.concatenate([halves[0][step]["image"], halves[1][step]["image"]])
+    np.testing.assert_array_equal(whole[step]["image"], joined)
+
+
+def test_eval_batches_pad_mask_and_cover_every_record_once(records):
+  source = pipeline.LoadedSource(records, 24)
+  normalizer = pipeline.Normalizer("imagenet")
+  seen = []
+  for p in range(2):
+    for batch in pipeline.eval_batches(source, _data_cfg(), global_batch_size=4, normalizer=normalizer,
+                                       process_index=p, process_count=2):
+      assert batch["image"].shape == (2, 16, 16, 3)
+      seen.extend(batch["index"][batch["mask"] > 0].tolist())
+      assert np.all(batch["mask"][batch["index"] >= 11] == 0)
+  assert sorted(seen) == list(range(11))
+  assert pipeline.num_eval_batches(11, 4) == 3
+
+
+def test_mean_image_normalisation_centres_the_training_images(records):
+  source = pipeline.LoadedSource(records, 24, cache=True)
+  mean = pipeline.mean_image(source, _data_cfg())
+  assert mean.shape == (16, 16, 3)
+  normalizer = pipeline.Normalizer("mean_image", mean, 1 / 255)
+  centred = np.stack([normalizer(pipeline.augment.center_crop(source[i]["image"], 16).astype(np.float32))
+                      for i in range(len(source))])
+  np.testing.assert_allclose(centred.mean(axis=0), 0, atol=1e-5)
+  with pytest.raises(ValueError, match="config.data.normalize='bogus'"):
+    pipeline.Normalizer("bogus")

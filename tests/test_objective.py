@@ -1,0 +1,149 @@
+"""The objective: eq. 12 (parallel / deep), the hybrid's three training steps and eq. 13,
+trainable masks per step, and label checks, against hand computations."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from age_jax import formulations, objective
+from age_jax.models import multitask
+from age_jax.models.baseline import XingBaseline
+from tests.tiny import tiny_config
+
+
+def _config(kind="none", **mt):
+  c = tiny_config()
+  c.multitask = multitask.default_config()
+  c.multitask.kind, c.multitask.num_races = kind, 2
+  c.multitask.update(mt)
+  return c
+
+
+MAE = formulations.get_formulation(formulations.default_config())  # age = 33 + 20 * output
+
+
+def _log_softmax(z):
+  z = np.asarray(z, np.float64)
+  return z - np.log(np.sum(np.exp(z), axis=-1, keepdims=True))
+
+
+def test_single_task_loss_is_the_formulation_loss_also_without_a_multitask_section():
+  cfg = tiny_config()  # no config.multitask yet: single task
+  outputs = {"age": jnp.array([[0.0], [1.0]])}
+  loss, terms = objective.per_example_loss(outputs, {"age": jnp.array([30.0, 50.0])}, MAE, cfg)
+  np.testing.assert_allclose(loss, [3.0, 3.0])
+  assert set(terms) == {"age_loss"}
+
+
+def test_equation_12_with_unknown_labels_masked():
+  cfg = _config("parallel", alpha=0.5, beta=2.0)
+  outputs = {"age": jnp.array([[0.1], [-0.2], [0.0]]),
+             "gender": jnp.array([[2.0, -1.0], [0.5, 0.5], [0.0, 3.0]]),
+             "race": jnp.array([[1.0, 0.0], [0.0, 2.0], [-1.0, 1.0]])}
+  batch = {"age": jnp.array([30.0, 40.0, 33.0]), "gender": jnp.array([0, 1, -1]),
+           "race": jnp.array([1, -1, 0])}
+  loss, terms = objective.per_example_loss(outputs, batch, MAE, cfg)
+  age = np.abs(33 + 20 * np.array([0.1, -0.2, 0.0]) - [30, 40, 33])       # |35-30|, |29-40|, 0
+  g = -_log_softmax(outputs["gender"])
+  r = -_log_softmax(outputs["race"])
+  gender = np.array([g[0, 0], g[1, 1], 0.0])
+  race = np.array([r[0, 1], 0.0, r[2, 0]])
+  np.testing.assert_allclose(terms["age_loss"], [5.0, 11.0, 0.0], rtol=1e-6)
+  np.testing.assert_allclose(terms["gender_loss"], gender, rtol=1e-6)
+  np.testing.assert_allclose(loss, age + 0.5 * gender + 2.0 * race, rtol=1e-6)
+
+
+def _hybrid_outputs():
+  # B = 2, G = 4 (race-major: race * 2 + gender), one regression output per group.
+  group = jnp.array([[1.0, 0.0, -1.0, 2.0], [0.0, 0.0, 0.0, 0.0]])
+  group_age = jnp.array([[[0.0], [0.5], [-0.5], [1.0]], [[0.1], [0.2], [0.3], [0.4]]])
+  p = jax.nn.softmax(group)
+  return {"group": group, "group_age": group_age, "age": jnp.einsum("bg,bgk->bk", p, group_age)}
+
+
+def test_hybrid_stage_losses():
+  cfg = _config("hybrid", group_weight=0.3)
+  outputs = _hybrid_outputs()
+  batch = {"age": jnp.array([50.0, 40.0]), "gender": jnp.array([1, 0]), "race": jnp.array([1, -1])}
+  ce = -_log_softmax(outputs["group"])
+  # Example 0 is group 3 (race 1, gender 1); example 1's race is unknown: no group.
+  loss, terms = objective.per_example_loss(outputs, batch, MAE, cfg, stage="group")
+  np.testing.assert_allclose(loss, [ce[0, 3], 0.0], rtol=1e-6)
+  loss, terms = objective.per_example_loss(outputs, batch, MAE, cfg, stage="group_age")
+  np.testing.assert_allclose(loss, [abs(33 + 20 * 1.0 - 50), 0.0], rtol=1e-6)   # group 3's estimator
+  cfg.multitask.stage = "end_to_end"
+  loss, terms = objective.per_example_loss(outputs, batch, MAE, cfg)
+  p = np.exp(_log_softmax(outputs["group"]))
+  fused = 33 + 20 * np.sum(p * np.asarray(outputs["group_age"])[..., 0], axis=1)
+  np.testing.assert_allclose(terms["age_loss"], np.abs(fused - [50, 40]), rtol=1e-5)
+  np.testing.assert_allclose(loss, np.abs(fused - [50, 40]) + 0.3 * np.array([ce[0, 3], 0.0]), rtol=1e-5)
+
+
+def test_group_age_step_sends_gradient_only_to_the_examples_own_group():
+  cfg = _config("hybrid")
+  outputs = _hybrid_outputs()
+  batch = {"age": jnp.array([50.0, 40.0]), "gender": jnp.array([0, 1]), "race": jnp.array([0, 1])}
+  grad = jax.grad(lambda ga: jnp.sum(objective.per_example_loss(
+      {**outputs, "group_age": ga}, batch, MAE, cfg, stage="group_age")[0]))(outputs["group_age"])
+  nonzero = np.argwhere(np.asarray(grad)[..., 0] != 0).tolist()
+  assert nonzero == [[0, 0], [1, 3]]
+
+
+def test_equation_13_decodes_each_group_before_fusing():
+  outputs = _hybrid_outputs()
+  p = np.exp(_log_softmax(outputs["group"]))
+  ages = 33 + 20 * np.asarray(outputs["group_age"])[..., 0]
+  np.testing.assert_allclose(objective.predicted_age(outputs, MAE), np.sum(p * ages, axis=1), rtol=1e-5)
+  # Linear decode: fusing outputs first gives the same ages.
+  np.testing.assert_allclose(MAE.decode(outputs["age"]), np.sum(p * ages, axis=1), rtol=1e-5)
+  # A non-linear decoder (softmax expectation over ages 0..2): only per-group decoding is eq. 13.
+  expect = formulations.Formulation("ex", 3, None, lambda o: jax.nn.softmax(o) @ jnp.arange(3.0))
+  logits = jnp.array([[[9.0, 0.0, 0.0], [0.0, 0.0, 9.0]]])   # group 0 says 0, group 1 says 2
+  out = {"group": jnp.array([[0.0, 0.0]]), "group_age": logits}
+  np.testing.assert_allclose(objective.predicted_age(out, expect), [1.0], atol=1e-3)
+  np.testing.assert_allclose(objective.predicted_age({"age": logits[:, 1]}, expect), [2.0], atol=1e-3)
+
+
+def _hybrid_params():
+  trunk = functools.partial(XingBaseline, conv_features=(4, 4, 4), fc_features=(8, 8))
+  model = multitask.Hybrid(trunk, None, num_races=2, groups="gender")
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))["params"]
+
+
+def test_trainable_masks_per_hybrid_step():
+  params = _hybrid_params()
+  def trained(stage):
+    mask = objective.trainable_mask(params, stage)
+    return sorted({path[0].key for path, m in jax.tree_util.tree_flatten_with_path(mask)[0] if m})
+  assert trained("group") == ["group_classifier", "group_head", "shared"]
+  assert trained("group_age") == ["group_0", "group_1"]
+  assert trained("end_to_end") == sorted(params)
+  # optax.masked alone passes frozen gradients through unchanged; multi_transform with
+  # set_to_zero freezes them.
+  zeros = jax.tree.map(lambda s: jnp.zeros(s.shape), params)
+  labels = jax.tree.map(lambda t: "train" if t else "freeze", objective.trainable_mask(params, "group_age"))
+  tx = optax.multi_transform({"train": optax.sgd(1.0), "freeze": optax.set_to_zero()}, labels)
+  grads = jax.tree.map(jnp.ones_like, zeros)
+  updates, _ = tx.update(grads, tx.init(zeros), zeros)
+  assert float(jnp.abs(updates["shared"]["conv1"]["kernel"]).sum()) == 0
+  np.testing.assert_array_equal(updates["group_1"]["fc2"]["bias"], -1.0)
+  with pytest.raises(ValueError, match="no 'shared' subtree"):
+    objective.trainable_mask({"conv1": {}}, "group")
+  with pytest.raises(ValueError, match="training stage 'warmup'"):
+    objective.trainable_mask(params, "warmup")
+
+
+def test_check_labels_names_the_missing_label():
+  good = {"gender": np.array([0, 1, -1]), "race": np.array([1, 0, 0])}
+  objective.check_labels(_config("parallel"), good)
+  objective.check_labels(_config("none"), {})  # single task needs nothing
+  with pytest.raises(ValueError, match="needs 'race' labels, but the dataset has only unknown"):
+    objective.check_labels(_config("deep"), {"gender": good["gender"], "race": np.full(3, -1)})
+  with pytest.raises(ValueError, match="needs 'gender' labels, but the dataset has no such field"):
+    objective.check_labels(_config("hybrid", groups="gender"), {"race": good["race"]})
+  objective.check_labels(_config("hybrid", groups="race"), {"race": good["race"]})
+  with pytest.raises(ValueError, match=r"'race' labels \[4\] are outside 0..1 \(config.multitask.num_races\)"):
+    objective.check_labels(_config("parallel"), {"gender": good["gender"], "race": np.array([0, 4])})
