@@ -18,8 +18,9 @@ def get_config():
   c.train.log_every = 200
   c.train.checkpoint_every = 1000
   c.train.eval_every = 2000
-  c.optim.name = "sgd"
-  c.optim.learning_rate = 0.01
+  c.optim.name = "adamw"
+  c.optim.learning_rate = 1e-3
+  c.optim.weight_decay = 1e-4
   c.optim.schedule = "cosine"
   c.optim.warmup_steps = 200
   return c

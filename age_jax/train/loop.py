@@ -57,15 +57,17 @@ def train(cfg, workdir: str) -> dict:
   logger = MetricLogger(workdir, total, cfg.train.batch_size, len(train_source) / cfg.train.batch_size)
   exp = state = None
   last = {}
-  for stage in plan:
-    latest = ckpt.latest_step() or 0
-    if latest >= stage.last_step:
-      continue
-    exp = experiment_lib.build(stage.cfg)
-    state = _initial_state(exp, stage, plan, ckpt, latest, state)
-    state, last = _run_stage(exp, stage, state, ckpt, logger, train_source, labels, normalizer,
-                             start=max(latest, stage.first_step), many_stages=len(plan) > 1)
-  ckpt.wait()
+  try:
+    for stage in plan:
+      latest = ckpt.latest_step() or 0
+      if latest >= stage.last_step:
+        continue
+      exp = experiment_lib.build(stage.cfg)
+      state = _initial_state(exp, stage, plan, ckpt, latest, state)
+      state, last = _run_stage(exp, stage, state, ckpt, logger, train_source, labels, normalizer,
+                               start=max(latest, stage.first_step), many_stages=len(plan) > 1)
+  finally:  # also on an interruption: let a checkpoint being written finish, intact
+    ckpt.wait()
   if state is not None and cfg.data.val_split:  # this call trained: report the final validation
     summary = evaluate.Evaluator(exp, exp.cfg, normalizer, exp.cfg.data.val_split).summary(state)
     logger.write(total, summary, prefix="validation")

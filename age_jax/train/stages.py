@@ -1,8 +1,9 @@
 """Training in stages (LAE's decoupled training, Xing's hybrid three-step training) as config.
 
-`config.stages` maps stage names, in order, to overrides of the base config, nested like it:
-    c.stages.representation = {"train": {"num_steps": 3000}}
-    c.stages.classifier = {"train": {"num_steps": 1000, "trainable": "head"},
+`config.stages` maps stage names to overrides of the base config, nested like it. Stages run in
+the sorted order of their names (ConfigDict keeps no insertion order), so number them:
+    c.stages.stage1_representation = {"train": {"num_steps": 3000}}
+    c.stages.stage2_classifier = {"train": {"num_steps": 1000, "trainable": "head"},
                            "data": {"sampler": "class_balanced"},
                            "formulation": {"name": "lae_stage2", "lae_mae": 5.1}}
 Each stage runs `train.num_steps` steps of its own config, starting from the previous stage's
@@ -40,7 +41,7 @@ def _merge(base: ml_collections.ConfigDict, overrides, path: str):
 
 
 def plan(cfg: ml_collections.ConfigDict) -> list[Stage]:
-  named = list(cfg.stages.items()) if len(cfg.stages) else [("train", {})]
+  named = sorted(cfg.stages.items()) if len(cfg.stages) else [("train", {})]
   stages, step = [], 0
   for index, (name, overrides) in enumerate(named):
     stage_cfg = ml_collections.ConfigDict(cfg.to_dict())
