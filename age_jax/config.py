@@ -36,6 +36,7 @@ def default_config() -> ml_collections.ConfigDict:
       "normalize": "mean_image",    # 'mean_image' (Xing 3.1.1) | 'imagenet'
       "pixel_scale": 1.0 / 255.0,   # applied after mean subtraction
       "cache": "none",              # 'memory': decode+resize each image once and keep it in RAM
+      "align": False,               # five-point alignment from the records' landmarks (FG-NET; LAE 3.3)
       "sampler": "shuffle",         # 'shuffle' | 'age_aware' (Xing 4.1) | 'class_balanced' (LAE 2.4)
       "balance_by": "age",          # class_balanced: 'age' | 'age_group' | 'gender' | 'race' | 'gender_race'
       # 'lae' preset (LAE 2.3): random resized crop, colour jitter, RandAugment N, M.
@@ -47,6 +48,7 @@ def default_config() -> ml_collections.ConfigDict:
       "randaugment_op_prob": 0.5,
       "eval_crop_fraction": 0.875,  # 'lae' evaluation: resize to image_size / fraction, centre crop
       "num_threads": 2,             # grain read threads for decode/augment
+      "num_workers": 0,             # grain worker processes (0: threads in the training process)
       "prefetch": 2,                # batches prefetched to device
   })
 

@@ -16,20 +16,28 @@ import grain
 import numpy as np
 from PIL import Image
 
-from age_jax.data import augment, samplers
+from age_jax.data import align, augment, samplers
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
 LABEL_FIELDS = ("age", "gender", "race")
 
 
-def decode_image(image_bytes: bytes, load_size: int, name: str = "") -> np.ndarray:
-  """JPEG/PNG bytes -> uint8 load_size x load_size x 3 (RGB, squashed to a square as Xing 4.1)."""
+def decode_image(image_bytes: bytes, load_size: int, name: str = "", landmarks=None) -> np.ndarray:
+  """JPEG/PNG bytes -> uint8 load_size x load_size x 3 (RGB, squashed to a square as Xing 4.1).
+
+  With landmarks (68 iBUG points, or 5: eyes, nose tip, mouth corners) the face is aligned to
+  the five-point template instead (LAE 3.3).
+  """
   try:
     image = Image.open(io.BytesIO(image_bytes))
     image = image.convert("RGB")
   except Exception as e:  # PIL raises several types for broken files
     raise ValueError(f"cannot decode image {name or '(unnamed)'}: {e}") from e
+  if landmarks is not None:
+    points = np.asarray(landmarks, np.float64)
+    points = align.five_points_from_68(points) if len(points) == 68 else points
+    return align.align_face(np.asarray(image, np.uint8), points, load_size)
   if image.size != (load_size, load_size):
     image = image.resize((load_size, load_size), Image.BILINEAR)
   return np.asarray(image, np.uint8)
@@ -42,9 +50,11 @@ class LoadedSource:
   20k UTKFace images at 72 px are 300 MB and the per-step decode cost disappears.
   """
 
-  def __init__(self, records: Sequence[dict], load_size: int, cache: bool = False, num_threads: int = 2):
+  def __init__(self, records: Sequence[dict], load_size: int, cache: bool = False, num_threads: int = 2,
+               align_faces: bool = False):
     self.records = records
     self.load_size = load_size
+    self.align_faces = align_faces
     self.images = None
     if cache:
       self.images = np.empty((len(records), load_size, load_size, 3), np.uint8)
@@ -55,7 +65,10 @@ class LoadedSource:
 
   def _decode(self, i):
     record = self.records[i]
-    return decode_image(record["image"], self.load_size, _name(record))
+    landmarks = record.get("landmarks") if self.align_faces else None
+    if self.align_faces and landmarks is None:
+      raise ValueError(f"config.data.align=True but record {_name(record)!r} has no landmarks")
+    return decode_image(record["image"], self.load_size, _name(record), landmarks)
 
   def __len__(self):
     return len(self.records)
@@ -135,12 +148,17 @@ def train_batches(source: LoadedSource, labels: dict, data_cfg, *, local_batch_s
         .random_map(augment_example, seed=seed + 1)
         .batch(local_batch_size, drop_remainder=True))
   ds = ds[process_index::process_count][start_step:]
-  return iter(ds.to_iter_dataset(_read_options(data_cfg)))
+  return iter(_to_iter(ds, data_cfg))
 
 
-def _read_options(data_cfg):
-  return grain.ReadOptions(num_threads=data_cfg.num_threads,
-                           prefetch_buffer_size=max(2, 2 * data_cfg.num_threads))
+def _to_iter(ds: grain.MapDataset, data_cfg) -> grain.IterDataset:
+  """Threads decode and augment in this process; num_workers > 0 moves the work to grain worker
+  processes (each runs the threaded dataset on its share of the batches, in order)."""
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=data_cfg.num_threads,
+                                            prefetch_buffer_size=max(2, 2 * data_cfg.num_threads)))
+  if data_cfg.num_workers > 0:
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_cfg.num_workers))
+  return ds
 
 
 def eval_batches(source: LoadedSource, data_cfg, *, global_batch_size: int, normalizer: Normalizer,
@@ -168,7 +186,7 @@ def eval_batches(source: LoadedSource, data_cfg, *, global_batch_size: int, norm
     return example
 
   ds = grain.MapDataset.range(padded).map(load).batch(local)[process_index::process_count]
-  return iter(ds.to_iter_dataset(_read_options(data_cfg)))
+  return iter(_to_iter(ds, data_cfg))
 
 
 def num_eval_batches(n: int, global_batch_size: int) -> int:

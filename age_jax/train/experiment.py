@@ -100,7 +100,7 @@ def load_split(cfg, split: str):
 
 def loaded_source(cfg, records) -> pipeline.LoadedSource:
   return pipeline.LoadedSource(records, cfg.data.load_size, cache=cfg.data.cache == "memory",
-                               num_threads=cfg.data.num_threads)
+                               num_threads=cfg.data.num_threads, align_faces=cfg.data.align)
 
 
 def normalizer(cfg, workdir: str, train_source: pipeline.LoadedSource | None = None) -> pipeline.Normalizer:

@@ -28,14 +28,14 @@ class Stage:
     return self.first_step <= step < self.last_step
 
 
-def _merge(base: ml_collections.ConfigDict, overrides, path: str):
+def merge_overrides(base: ml_collections.ConfigDict, overrides, path: str):
   for key, value in overrides.items():
     if key not in base:
       raise ValueError(f"config.{path}{key} is not a config field (stage overrides mirror the base config)")
     if isinstance(base[key], ml_collections.ConfigDict):
       if not isinstance(value, (dict, ml_collections.ConfigDict)):
         raise ValueError(f"config.{path}{key} must be a nested dict of overrides, got {value!r}")
-      _merge(base[key], value, f"{path}{key}.")
+      merge_overrides(base[key], value, f"{path}{key}.")
     else:
       base[key] = value
 
@@ -46,7 +46,7 @@ def plan(cfg: ml_collections.ConfigDict) -> list[Stage]:
   for index, (name, overrides) in enumerate(named):
     stage_cfg = ml_collections.ConfigDict(cfg.to_dict())
     del stage_cfg.stages
-    _merge(stage_cfg, overrides, f"stages.{name}.")
+    merge_overrides(stage_cfg, overrides, f"stages.{name}.")
     stage_cfg.stages = ml_collections.ConfigDict()
     stages.append(Stage(index, name, stage_cfg, step, step + stage_cfg.train.num_steps))
     step += stage_cfg.train.num_steps

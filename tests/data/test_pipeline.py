@@ -105,3 +105,27 @@ def test_mean_image_normalisation_centres_the_training_images(records):
   np.testing.assert_allclose(centred.mean(axis=0), 0, atol=1e-5)
   with pytest.raises(ValueError, match="config.data.normalize='bogus'"):
     pipeline.Normalizer("bogus")
+
+
+def test_alignment_uses_the_records_landmarks():
+  from age_jax.data import align
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, "PNG")
+  # Landmarks already on the 40 px template: alignment to a 40 px output is the identity.
+  record = {"image": buf.getvalue(), "age": 3.0, "landmarks": align.template(40), "file_name": "a.png"}
+  aligned = pipeline.LoadedSource([record], 40, align_faces=True)[0]["image"]
+  np.testing.assert_allclose(aligned.astype(int), image.astype(int), atol=1)
+  with pytest.raises(ValueError, match="'b.png' has no landmarks"):
+    pipeline.LoadedSource([{"image": buf.getvalue(), "file_name": "b.png"}], 40, align_faces=True)[0]
+
+
+def test_worker_processes_deliver_the_same_batches_as_threads(records):
+  source = pipeline.LoadedSource(records, 24, cache=True)
+  normalizer = pipeline.Normalizer("imagenet")
+  make = lambda workers: pipeline.train_batches(source, {}, _data_cfg(num_workers=workers), local_batch_size=4,
+                                                seed=3, normalizer=normalizer)
+  threaded, multiprocess = _take(make(0), 3), _take(make(2), 3)
+  for a, b in zip(threaded, multiprocess):
+    np.testing.assert_array_equal(a["image"], b["image"])

@@ -1,0 +1,81 @@
+"""Input-pipeline throughput per augmentation preset and number of grain workers, next to
+what the quickstart model's train step consumes.
+
+  python -m launch.bench_pipeline --manual_dir=/path/to/UTKFace [--batches=40] [--workers=0,1,2]
+"""
+import time
+
+from absl import app, flags
+
+from launch import common
+
+_MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "UTKFace release folder.")
+_DATA_DIR = flags.DEFINE_string("data_dir", "", "Prepared datasets (default ~/.cache/age_jax/tfds).")
+_BATCHES = flags.DEFINE_integer("batches", 40, "Batches timed per setting (after 3 warm-up batches).")
+_WORKERS = flags.DEFINE_list("workers", ["0", "1", "2"], "Grain worker counts to time.")
+# (preset, load_size, image_size, cache): the paper settings and the quickstart's.
+SETTINGS = [("xing", 256, 227, "none"), ("lae", 256, 224, "none"), ("none", 256, 224, "none"),
+            ("xing", 72, 64, "none"), ("xing", 72, 64, "memory")]
+flags.mark_flag_as_required("manual_dir")
+
+
+def _images_per_second(batches, batch_size, count):
+  for _ in range(3):
+    next(batches)
+  start = time.perf_counter()
+  for _ in range(count):
+    next(batches)
+  return count * batch_size / (time.perf_counter() - start)
+
+
+def _train_step_rate(cfg, steps=20):
+  """Images/s of the quickstart train step on synthetic batches (what the pipeline must feed)."""
+  import jax
+  import numpy as np
+  from age_jax.train import experiment, sharding, step as step_lib
+  exp = experiment.build(cfg)
+  state = exp.init_state(jax.random.key(0))
+  train_step = step_lib.jit_train_step(step_lib.make_train_step(exp.model, exp.tx, exp.formulation, cfg),
+                                       exp.state_sharding, exp.batch_sharding, exp.replicated)
+  size, n = cfg.data.image_size, cfg.train.batch_size
+  batch = sharding.to_global({"image": np.zeros((n, size, size, 3), np.float32),
+                              "age": np.full((n,), 30.0, np.float32)}, exp.mesh)
+  state, metrics = train_step(state, batch, jax.random.key(1))
+  jax.block_until_ready(metrics)
+  start = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = train_step(state, batch, jax.random.key(1))
+  jax.block_until_ready(metrics)
+  return steps * n / (time.perf_counter() - start)
+
+
+def main(argv):
+  del argv
+  common.setup_jax()
+  from age_jax.data import datasets, pipeline
+  from configs import quickstart
+  datasets.prepare("utkface", _MANUAL_DIR.value, _DATA_DIR.value)
+  records = datasets.load_split("utkface", _DATA_DIR.value, "train")
+  labels = datasets.split_labels(records)
+  base = quickstart.get_config()
+  print("| preset | load -> input px | cache | workers | images/s |")
+  print("|---|---|---|---|---|")
+  for preset, load_size, image_size, cache in SETTINGS:
+    data = base.data.copy_and_resolve_references()
+    data.update(dict(augment=preset, load_size=load_size, image_size=image_size, cache=cache))
+    start = time.perf_counter()
+    source = pipeline.LoadedSource(records, load_size, cache=cache == "memory", num_threads=data.num_threads)
+    setup = f" (cache filled in {time.perf_counter() - start:.0f}s)" if cache == "memory" else ""
+    normalizer = pipeline.Normalizer("imagenet")
+    for workers in map(int, _WORKERS.value):
+      data.num_workers = workers
+      batches = pipeline.train_batches(source, labels, data, local_batch_size=base.train.batch_size, seed=0,
+                                       normalizer=normalizer)
+      rate = _images_per_second(batches, base.train.batch_size, _BATCHES.value)
+      print(f"| {preset} | {load_size} -> {image_size} | {cache}{setup} | {workers} | {rate:.0f} |", flush=True)
+  print(f"quickstart train step consumes {_train_step_rate(base):.0f} images/s "
+        f"(batch {base.train.batch_size}, {base.data.image_size} px, lowering {base.model.conv_lowering})")
+
+
+if __name__ == "__main__":
+  app.run(main)
