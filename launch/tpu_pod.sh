@@ -54,11 +54,12 @@ case "${command}" in
     ;;
   train)
     [[ $# -gt 0 ]] || { echo "give launch.train's flags (--config=... --workdir=...)" >&2; exit 2; }
-    args="$(printf ' %q' "$@")"
+    args="$(printf '%q ' "$@")"
     # nohup: the run survives the ssh session; the pid file lets `stop` end exactly this run.
     # --distributed=on: fail at once if this host does not find its pod.
-    on_all "cd ~/${REMOTE_DIR} && nohup .venv/bin/python -m launch.train --distributed=on ${args} \
-      > ~/${LOG} 2>&1 < /dev/null & echo \$! > ~/age_jax_train.pid"
+    run="nohup .venv/bin/python -m launch.train --distributed=on ${args% }"
+    # The braces keep `cd` in the ssh shell, so $! is python's pid (nohup execs it), not a subshell's.
+    on_all "cd ~/${REMOTE_DIR} && { ${run} > ~/${LOG} 2>&1 < /dev/null & echo \$! > ~/age_jax_train.pid; }"
     echo "started on every host of ${TPU_NAME}; follow with: $0 logs"
     ;;
   logs)

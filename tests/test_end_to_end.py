@@ -138,3 +138,24 @@ def test_missing_folder_is_named_before_any_work(tmp_path):
   with pytest.raises((FileNotFoundError, ValueError), match="nowhere"):
     loop.train(cfg, str(tmp_path / "run"))
   assert not os.path.exists(tmp_path / "run")
+
+
+def test_hybrid_three_step_training_runs_as_stages(utk_folder, tmp_path):
+  cfg = _cfg(utk_folder, str(tmp_path / "tfds"), **{"multitask.kind": "hybrid", "multitask.groups": "gender",
+                                                      "multitask.group_classifier": "branch"})
+  cfg.stages.stage1_group = {"multitask": {"stage": "group"}, "train": {"num_steps": 1}}
+  cfg.stages.stage2_group_age = {"multitask": {"stage": "group_age"}, "train": {"num_steps": 1}}
+  cfg.stages.stage3_end_to_end = {"multitask": {"stage": "end_to_end"}, "train": {"num_steps": 1}}
+  cfg.train.checkpoint_every, cfg.train.max_to_keep, cfg.data.val_split = 1, 3, ""
+  workdir = str(tmp_path / "hybrid")
+  loop.train(cfg, workdir)
+  plan = stages.plan(experiment.load_config(workdir))
+  ckpt = checkpoint.Checkpointer(workdir)
+  params = {s: jax.device_get(ckpt.restore(experiment.build(stages.stage_at(plan, s).cfg).abstract_state, s).params)
+            for s in (1, 2)}
+  ckpt.close()
+  # The group_age step trains the group estimators only: the shared layers stay as they were.
+  same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  assert same(params[1]["shared"], params[2]["shared"])
+  assert not same({k: v for k, v in params[1].items() if k.startswith("group_")},
+                  {k: v for k, v in params[2].items() if k.startswith("group_")})
