@@ -8,14 +8,12 @@ transforms are applied. Write the sheet outside the repository: it is derived fr
 """
 import os
 
-import numpy as np
 from absl import app, flags
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from age_jax.data import augment, pipeline
+from age_jax.data.contact_sheet import contact_sheet, pick_files
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
-GAP = 4  # pixels of white between tiles
 
 _FOLDER = flags.DEFINE_string("folder", None, "Folder of face images (UTKFace *.jpg files, ...).")
 _PRESET = flags.DEFINE_enum("preset", "xing", list(augment.PRESETS), "Augmentation preset to show.")
@@ -29,41 +27,6 @@ _NUM_OPS = flags.DEFINE_integer("randaugment_num_ops", 2, "RandAugment N ('lae' 
 _MAGNITUDE = flags.DEFINE_float("randaugment_magnitude", 9, "RandAugment M on 0..10 ('lae' preset).")
 _OP_PROB = flags.DEFINE_float("randaugment_op_prob", 0.5, "Probability of applying each RandAugment op ('lae').")
 flags.mark_flags_as_required(["folder", "out"])
-
-
-def pick_files(folder: str, n: int, seed: int) -> list[str]:
-  """n image files of the folder, drawn without replacement by seed, in name order."""
-  names = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_SUFFIXES))
-  if not names:
-    raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
-  chosen = np.random.default_rng(seed).choice(len(names), size=min(n, len(names)), replace=False)
-  return [os.path.join(folder, names[i]) for i in sorted(chosen)]
-
-
-def contact_sheet(images: list[np.ndarray], preset: str, image_size: int, views: int, seed: int,
-                  captions: list[str] | None = None, **train_options) -> np.ndarray:
-  """uint8 grid: one row per image, the eval view first, then `views` training views."""
-  train = augment.train_transform(preset, image_size, **train_options)
-  evaluate = augment.eval_transform(image_size, preset)
-  step = image_size + GAP
-  sheet = np.full((len(images) * step - GAP, (1 + views) * step - GAP, 3), 255, np.uint8)
-  for row, image in enumerate(images):
-    rng = np.random.default_rng([seed, row])
-    tiles = [evaluate(image)] + [train(image, rng) for _ in range(views)]
-    for col, tile in enumerate(tiles):
-      sheet[row * step:row * step + image_size, col * step:col * step + image_size] = (
-          np.clip(np.rint(tile), 0, 255).astype(np.uint8))
-  if captions:
-    draw_captions(sheet, captions, step)
-  return sheet
-
-
-def draw_captions(sheet: np.ndarray, captions: list[str], step: int) -> None:
-  image = Image.fromarray(sheet)
-  draw = ImageDraw.Draw(image)
-  for row, caption in enumerate(captions):
-    draw.text((3, row * step + 2), caption, fill=(255, 255, 0), stroke_width=1, stroke_fill=(0, 0, 0))
-  sheet[...] = np.asarray(image)
 
 
 def main(argv):

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from age_jax.data import augment, randaugment
-from launch import contact_sheet
+from age_jax.data import contact_sheet
 
 
 def _face_like(size=48, seed=0):

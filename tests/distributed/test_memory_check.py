@@ -1,7 +1,7 @@
 """launch/memory_check.py compiles without running: per-device state bytes follow the mesh."""
 import jax
 
-from launch import memory_check
+from age_jax.train import memory as memory_check
 from tests.tiny import tiny_config
 
 
