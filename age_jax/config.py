@@ -7,7 +7,7 @@ import ml_collections
 
 from age_jax import formulations
 from age_jax.data import augment, samplers
-from age_jax.models import multitask
+from age_jax.models import layers, multitask
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -54,7 +54,7 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict({
       "name": "xing_baseline",
-      "conv_lowering": "auto",      # 'auto' | 'xla' | 'patches'
+      "conv_lowering": "auto",      # 'auto' | 'xla' | 'patches' | 'hybrid' (models/layers.py)
       "dtype": "float32",           # compute dtype; params stay float32
       "conv_features": (96, 256, 384),
       "fc_features": (512, 512),
@@ -110,7 +110,7 @@ _CHOICES = {
     "data.cache": ("none", "memory"),
     "data.sampler": samplers.SAMPLERS,
     "model.dtype": ("float32", "bfloat16"),
-    "model.conv_lowering": ("auto", "xla", "patches"),
+    "model.conv_lowering": layers.LOWERINGS,
     "optim.name": ("sgd", "adamw"),
     "optim.schedule": ("step", "cosine", "onecycle", "constant"),
     "train.trainable": ("all", "head"),

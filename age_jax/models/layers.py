@@ -2,11 +2,22 @@
 
 `Conv` keeps flax.linen.Conv's parameter names and layout ('kernel' HWIO, 'bias'),
 so weights move freely between lowerings. The lowering is a config choice:
-  'xla'      lax.conv_general_dilated (XLA's own convolution);
-  'patches'  lax.conv_general_dilated_patches + one matmul: on this CPU the
-             weight-gradient convolution of XLA is slow, a matmul is not;
-  'auto'     the fastest known lowering for the current platform.
+  'xla'      lax.conv_general_dilated: XLA's own convolution, forward and both gradients;
+  'patches'  im2col: strided slices of the input + one matmul; autodiff gives the
+             gradients (col2im for the input, patches^T @ dy for the weights);
+  'hybrid'   a custom VJP that picks, per convolution and per direction, what XLA's CPU
+             backend runs fastest: XLA's forward and input-gradient convolutions, except
+             on maps smaller than the kernel (there XLA's CPU convolution crawls at ~1
+             GFLOP/s and im2col + matmul is 100x faster) and for 1x1 kernels (a matmul);
+             the weight gradient as patches^T @ dy on CPUs where XLA's CPU
+             weight-gradient convolution is slow (AVX2-only; see _weight_grad_by_matmul);
+             depthwise convolutions as a sum of kh*kw shifted, scaled copies (one fused
+             elementwise loop instead of XLA's grouped convolution);
+  'auto'     'hybrid' on CPU, 'xla' on GPU/TPU (their convolution libraries are fast).
+Every lowering computes the same function: outputs and gradients match 'xla' to float
+rounding (tests/models/test_layers.py).
 """
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -14,19 +25,148 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-LOWERINGS = ("auto", "xla", "patches")
+LOWERINGS = ("auto", "xla", "patches", "hybrid")
+_DN = ("NHWC", "HWIO", "NHWC")
 
 
 def resolve_lowering(lowering: str) -> str:
+  """The concrete lowering for `lowering` on the default backend."""
   if lowering not in LOWERINGS:
     raise ValueError(f"conv lowering must be one of {LOWERINGS}, got {lowering!r}")
   if lowering != "auto":
     return lowering
-  return "patches" if jax.default_backend() == "cpu" else "xla"
+  return "hybrid" if jax.default_backend() == "cpu" else "xla"
 
 
 def _pair(v):
   return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def explicit_padding(in_hw, kernel_hw, strides, padding):
+  """((top, bottom), (left, right)) for 'SAME' / 'VALID' / explicit pairs, as lax computes them."""
+  if isinstance(padding, str):
+    if padding.upper() not in ("SAME", "VALID"):
+      raise ValueError(f"Conv padding must be 'SAME', 'VALID' or ((top, bottom), (left, right)); got {padding!r}")
+    return tuple(lax.padtype_to_pads(in_hw, kernel_hw, strides, padding.upper()))
+  pads = tuple(tuple(int(v) for v in p) for p in padding)
+  if len(pads) != 2 or any(len(p) != 2 for p in pads):
+    raise ValueError(f"Conv padding must be ((top, bottom), (left, right)); got {padding!r}")
+  return pads
+
+
+def _out_size(size, k, s, pad):
+  return (size + pad[0] + pad[1] - k) // s + 1
+
+
+def _shifted_views(x, kernel_hw, strides, pads):
+  """The kh*kw strided views x_pad[:, i::s, j::s, :] the kernel taps see, each (N, Ho, Wo, C)."""
+  (kh, kw), (sh, sw) = kernel_hw, strides
+  n, h, w, c = x.shape
+  ho, wo = _out_size(h, kh, sh, pads[0]), _out_size(w, kw, sw, pads[1])
+  xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
+  return [lax.slice(xp, (0, i, j, 0), (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c), (1, sh, sw, 1))
+          for i in range(kh) for j in range(kw)]
+
+
+def im2col(x, kernel_hw, strides, pads):
+  """(N, Ho, Wo, kh*kw*C) patches, features ordered (i, j, c) like an HWIO kernel's rows."""
+  views = _shifted_views(x, kernel_hw, strides, pads)
+  return views[0] if len(views) == 1 else jnp.concatenate(views, axis=-1)
+
+
+def _matmul(a, b, contract_a, contract_b, out_dtype):
+  # Accumulate in float32 whatever the inputs (bf16 sums over N*H*W terms would lose digits).
+  y = lax.dot_general(a, b, ((contract_a, contract_b), ((), ())), preferred_element_type=jnp.float32)
+  return y.astype(out_dtype)
+
+
+def _xla_conv(x, kernel, strides, pads, groups=1):
+  return lax.conv_general_dilated(x, kernel, strides, pads, dimension_numbers=_DN,
+                                  feature_group_count=groups)
+
+
+def conv_patches(x, kernel, strides, pads):
+  """im2col + one matmul; differentiable by autodiff."""
+  kh, kw, cin, cout = kernel.shape
+  patches = im2col(x, (kh, kw), strides, pads)
+  return _matmul(patches, kernel.reshape(kh * kw * cin, cout), (3,), (0,), x.dtype)
+
+
+def conv_depthwise_shifts(x, kernel, strides, pads):
+  """Depthwise conv (groups = input channels, HWIO kernel (kh, kw, 1, C*m)) as the sum over taps
+  of shifted views times per-channel weights: one fused elementwise loop on CPU."""
+  kh, kw, _, cout = kernel.shape
+  multiplier = cout // x.shape[-1]
+  if multiplier != 1:  # output channel c*m + k reads input channel c, as lax's grouping
+    x = jnp.repeat(x, multiplier, axis=-1)
+  views = _shifted_views(x, (kh, kw), strides, pads)
+  taps = kernel.reshape(kh * kw, cout).astype(jnp.float32)
+  y = sum(v.astype(jnp.float32) * taps[t] for t, v in enumerate(views))
+  return y.astype(x.dtype)
+
+
+def _map_smaller_than_kernel(out_hw, kernel_hw):
+  # XLA's CPU convolution falls off its fast path here (3x3 kernel on a 2x2 map: ~1 GFLOP/s).
+  return out_hw[0] < kernel_hw[0] or out_hw[1] < kernel_hw[1]
+
+
+@functools.cache
+def _cpu_has_avx512() -> bool:
+  try:
+    with open("/proc/cpuinfo") as f:
+      return any(line.startswith("flags") and " avx512f" in line for line in f)
+  except OSError:
+    return False
+
+
+def _weight_grad_by_matmul() -> bool:
+  """Whether patches^T @ dy should replace XLA's CPU weight-gradient convolution. On AVX2-only
+  CPUs (the AMD EPYC of the issue) XLA's ran at 7-33 GFLOP/s and im2col + matmul won; on an
+  AVX-512 Xeon XLA's was as fast or faster (20-80 vs 11-50 GFLOP/s, BUILD_NOTES.md)."""
+  return jax.default_backend() == "cpu" and not _cpu_has_avx512()
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_hybrid(x, kernel, strides, pads):
+  """Dense convolution: XLA's forward and input gradient, the weight gradient as a matmul
+  where `_weight_grad_by_matmul` says so."""
+  return _xla_conv(x, kernel, strides, pads)
+
+
+def _conv_hybrid_fwd(x, kernel, strides, pads):
+  return conv_hybrid(x, kernel, strides, pads), (x, kernel)
+
+
+def _conv_hybrid_bwd(strides, pads, residuals, dy):
+  x, kernel = residuals
+  kh, kw = kernel.shape[:2]
+  dx, = jax.vjp(lambda x: _xla_conv(x, kernel, strides, pads), x)[1](dy)
+  if _weight_grad_by_matmul():
+    patches = im2col(x, (kh, kw), strides, pads)
+    dw = _matmul(patches, dy, (0, 1, 2), (0, 1, 2), kernel.dtype).reshape(kernel.shape)
+  else:
+    dw, = jax.vjp(lambda k: _xla_conv(x, k, strides, pads), kernel)[1](dy)
+  return dx, dw
+
+
+conv_hybrid.defvjp(_conv_hybrid_fwd, _conv_hybrid_bwd)
+
+
+def conv(x, kernel, strides, padding, groups=1, lowering="auto"):
+  """NHWC x, HWIO kernel -> NHWC output with the chosen lowering (see the module docstring)."""
+  kh, kw, cin_per_group, _ = kernel.shape
+  strides = _pair(strides)
+  pads = explicit_padding(x.shape[1:3], (kh, kw), strides, padding)
+  lowering = resolve_lowering(lowering)
+  depthwise = groups > 1 and cin_per_group == 1 and groups == x.shape[-1]
+  if lowering == "xla" or (groups > 1 and not depthwise):
+    return _xla_conv(x, kernel, strides, pads, groups)
+  if depthwise:
+    return conv_depthwise_shifts(x, kernel, strides, pads)
+  out_hw = tuple(_out_size(n, k, st, p) for n, k, st, p in zip(x.shape[1:3], (kh, kw), strides, pads))
+  if lowering == "patches" or (kh, kw) == (1, 1) or _map_smaller_than_kernel(out_hw, (kh, kw)):
+    return conv_patches(x, kernel, strides, pads)  # a 1x1 convolution is a matmul already
+  return conv_hybrid(x, kernel, strides, pads)
 
 
 class Conv(nn.Module):
@@ -46,38 +186,17 @@ class Conv(nn.Module):
   @nn.compact
   def __call__(self, x):
     kh, kw = _pair(self.kernel_size)
-    cin = x.shape[-1]
-    if cin % self.feature_group_count:
-      raise ValueError(f"input channels {cin} not divisible by groups {self.feature_group_count}")
-    kernel = self.param("kernel", self.kernel_init,
-                        (kh, kw, cin // self.feature_group_count, self.features), self.param_dtype)
+    cin, groups = x.shape[-1], self.feature_group_count
+    if cin % groups or self.features % groups:
+      raise ValueError(f"Conv: input channels {cin} and features {self.features} must both be "
+                       f"divisible by feature_group_count {groups}")
+    kernel = self.param("kernel", self.kernel_init, (kh, kw, cin // groups, self.features), self.param_dtype)
     bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    strides = _pair(self.strides)
-    padding = self.padding if isinstance(self.padding, str) else tuple(map(tuple, self.padding))
-    lowering = resolve_lowering(self.lowering)
-    if lowering == "patches" and self.feature_group_count == 1 and (kh, kw) != (1, 1):
-      y = _conv_patches(x, kernel, strides, padding)
-    elif lowering == "patches" and self.feature_group_count == 1:
-      # A 1x1 convolution is a matmul after striding.
-      y = x[:, ::strides[0], ::strides[1], :] @ kernel[0, 0] if padding in ("SAME", "VALID") else \
-          lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    else:
-      y = lax.conv_general_dilated(x, kernel, strides, padding,
-                                   dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                   feature_group_count=self.feature_group_count)
+    y = conv(x, kernel, self.strides, self.padding, groups, self.lowering)
     if bias is not None:
       y = y + bias
     return y
-
-
-def _conv_patches(x, kernel, strides, padding):
-  kh, kw, cin, cout = kernel.shape
-  # Patches come out with features ordered (cin, kh, kw): reorder the kernel to match.
-  patches = lax.conv_general_dilated_patches(
-      x, (kh, kw), strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  w = kernel.transpose(2, 0, 1, 3).reshape(cin * kh * kw, cout)
-  return patches @ w
 
 
 class LocalResponseNorm(nn.Module):
