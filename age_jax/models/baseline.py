@@ -19,8 +19,8 @@ import jax.numpy as jnp
 from age_jax.models import layers
 
 
-def _max_pool(x):
-  return nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+def _max_pool(x, lowering):
+  return layers.max_pool(x, 3, 2, "VALID", lowering)
 
 
 class XingBaseline(nn.Module):
@@ -46,14 +46,14 @@ class XingBaseline(nn.Module):
 
   def stem(self, x, train: bool):
     """conv1-2 with pooling and LRN: the part the multi-task networks share or tap."""
-    x = self.lrn(_max_pool(nn.relu(self.conv1(x))))
+    x = self.lrn(_max_pool(nn.relu(self.conv1(x)), self.conv_lowering))
     conv1 = x
-    x = self.lrn(_max_pool(nn.relu(self.conv2(x))))
+    x = self.lrn(_max_pool(nn.relu(self.conv2(x)), self.conv_lowering))
     return conv1, x
 
   def top(self, x, train: bool):
     """conv3 -> pool -> FC1 -> FC2 (with dropout): conv2 activations to features."""
-    x = _max_pool(nn.relu(self.conv3(x)))
+    x = _max_pool(nn.relu(self.conv3(x)), self.conv_lowering)
     x = x.reshape(x.shape[0], -1)
     for i in range(len(self.fc_features)):
       x = nn.relu(getattr(self, f"fc{i + 1}")(x))

@@ -78,7 +78,7 @@ class ResNet(nn.Module):
     x = images.astype(self.dtype)
     x = conv(64, 7, 2, ((3, 3), (3, 3)), name="conv1")(x)
     x = nn.relu(norm(use_running_average=not train, name="bn1")(x))
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_PAD1)
+    x = layers.max_pool(x, 3, 2, _PAD1, self.conv_lowering)
     for s, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         strides = 2 if s > 0 and j == 0 else 1

@@ -63,7 +63,7 @@ class VGG16(nn.Module):
   def _block(self, x, b: int):
     for i in range(len(VGG16_BLOCKS[b - 1])):
       x = nn.relu(getattr(self, f"conv{b}_{i + 1}")(x))
-    return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+    return layers.max_pool(x, 2, 2, "VALID", self.conv_lowering)
 
   def stem(self, x, train: bool):
     """Blocks 1-2: the 'conv1' and 'conv2' taps of the multi-task networks (Xing 3.3)."""

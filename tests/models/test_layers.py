@@ -120,3 +120,13 @@ def test_conv_rejects_channels_not_divisible_by_groups():
   with pytest.raises(ValueError, match="input channels 6 and features 4 must both be divisible by "
                                        "feature_group_count 3"):
     layers.Conv(4, 3, feature_group_count=3).init(jax.random.key(0), jnp.ones((1, 4, 4, 6)))
+
+
+@pytest.mark.parametrize("window,strides,padding", [(3, 2, "VALID"), (3, 2, ((1, 1), (1, 1))), (2, 2, "VALID")])
+def test_max_pool_views_match_reduce_window_with_ties(window, strides, padding):
+  # Rounded values make many ties: the gradient must go to the same (first) maximal tap.
+  x = jnp.round(jax.random.normal(jax.random.key(0), (2, 11, 12, 3)) * 2)
+  loss = lambda lowering: lambda x: jnp.sum(layers.max_pool(x, window, strides, padding, lowering) ** 3)
+  np.testing.assert_array_equal(layers.max_pool(x, window, strides, padding, "hybrid"),
+                                layers.max_pool(x, window, strides, padding, "xla"))
+  np.testing.assert_array_equal(jax.grad(loss("hybrid"))(x), jax.grad(loss("xla"))(x))
