@@ -2,7 +2,6 @@
 step is all the iterator state there is (see age_jax/data/pipeline.py)."""
 import os
 
-import jax
 import orbax.checkpoint as ocp
 
 
@@ -33,6 +32,3 @@ class Checkpointer:
   def close(self):
     self.manager.close()
 
-
-def abstract_with_sharding(tree, shardings):
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 folder=${1:?usage: bash launch/quickstart.sh /path/to/UTKFace [WORKDIR] [--config.key=value ...]}
-workdir=${2:-workdirs/quickstart}
-shift $(( $# >= 2 ? 2 : 1 ))
+shift
+workdir=workdirs/quickstart
+if [ $# -gt 0 ] && [ "${1#--}" = "$1" ]; then workdir=$1; shift; fi
 [ -d "$folder" ] || { echo "error: UTKFace folder '$folder' does not exist" >&2; exit 2; }
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q -e .
