@@ -207,3 +207,13 @@ def test_check_ages_regression_has_no_range_but_rejects_nan():
 def test_age_counts_round_and_clip_like_the_losses():
   assert formulations.age_counts(np.array([-1.0, 0.0, 3.6, 200.0, 2.5]), 5) == (2, 0, 1, 0, 2)
   assert formulations.age_counts(np.array([11.0, 12.0]), 3, min_age=10) == (0, 1, 1)
+
+
+def test_coral_bias_prior_predicts_the_mean_age_from_a_zero_logit():
+  cfg = formulations.default_config()
+  cfg.name = "coral"
+  biases = formulations.coral_bias_init(cfg)
+  assert biases.shape == (cfg.num_classes - 1,) and np.all(np.diff(biases) < 0)  # ordered thresholds
+  f = formulations.get_formulation(cfg)
+  # A shared logit of 0: the count of positive thresholds is the prior's mean, 33 (offset).
+  assert float(f.decode(jnp.asarray(biases)[None, :])[0]) == pytest.approx(cfg.regression_offset, abs=1)

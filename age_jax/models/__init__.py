@@ -85,11 +85,13 @@ def _multitask_model(cfg, mt, num_outputs):
   raise ValueError(f"config.multitask.kind={mt.kind!r}; expected one of {list(multitask_lib.KINDS)}")
 
 
-def get_model(cfg, num_outputs: int, multitask=None, head: str = "dense"):
+def get_model(cfg, num_outputs: int, multitask=None, head: str = "dense", head_bias_init=None):
   """cfg: config.model; multitask: config.multitask (None or kind 'none' = single task);
-  head: the formulation's head kind, 'dense' or 'coral' (see models/heads.py)."""
+  head: the formulation's head kind, 'dense' or 'coral' (see models/heads.py), whose biases
+  start at head_bias_init when given."""
   if head == "coral":
-    return heads.CoralHead(get_model(cfg, 1, multitask), num_thresholds=num_outputs)
+    bias = None if head_bias_init is None else tuple(float(b) for b in head_bias_init)
+    return heads.CoralHead(get_model(cfg, 1, multitask), num_thresholds=num_outputs, bias_init=bias)
   if head != "dense":
     raise ValueError(f"unknown head kind {head!r}; expected 'dense' or 'coral'")
   if cfg.name not in _REGISTRY:

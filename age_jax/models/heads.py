@@ -12,10 +12,13 @@ import jax.numpy as jnp
 class CoralHead(nn.Module):
   backbone: nn.Module        # built with num_outputs=1
   num_thresholds: int        # K - 1
+  bias_init: tuple | None = None  # initial biases (formulations.coral_bias_init); None: zeros
 
   @nn.compact
   def __call__(self, images, train: bool = False):
     outputs = dict(self.backbone(images, train=train))
-    biases = self.param("coral_bias", nn.initializers.zeros, (self.num_thresholds,), jnp.float32)
+    init = nn.initializers.zeros if self.bias_init is None else (
+        lambda key, shape, dtype: jnp.asarray(self.bias_init, dtype).reshape(shape))
+    biases = self.param("coral_bias", init, (self.num_thresholds,), jnp.float32)
     outputs["age"] = outputs["age"][:, :1] + biases
     return outputs

@@ -47,7 +47,9 @@ def build(cfg: ml_collections.ConfigDict, devices=None) -> Experiment:
   config_lib.validate(cfg)
   mesh = sharding.make_mesh(cfg.mesh, devices)
   formulation = formulations.get_formulation(cfg.formulation)
-  model = models.get_model(cfg.model, formulation.num_outputs, cfg.multitask, head=formulation.head)
+  bias = formulations.coral_bias_init(cfg.formulation) if formulation.head == "coral" else None
+  model = models.get_model(cfg.model, formulation.num_outputs, cfg.multitask, head=formulation.head,
+                           head_bias_init=bias)
   image_size = cfg.data.image_size
   params = jax.eval_shape(lambda r: state_lib.init_variables(model, r, image_size)[0], jax.random.key(0))
   tx = optim.make_optimizer(cfg.optim, cfg.train.num_steps, trainable_mask(cfg, params))

@@ -84,3 +84,14 @@ def test_mesh_that_does_not_match_the_devices_is_rejected():
   cfg = tiny_config(**{"mesh.data": 3})
   with pytest.raises(ValueError, match="config.mesh.data=3 does not match the 8 available devices"):
     sharding.make_mesh(cfg.mesh)
+
+
+def test_coral_head_shares_one_weight_and_starts_from_the_bias_prior():
+  from age_jax import formulations
+  cfg = tiny_config(**{"formulation.name": "coral"})
+  exp = experiment.build(cfg, devices=jax.devices()[:1])
+  params = exp.abstract_state.params
+  assert params["coral_bias"].shape == (100,)
+  assert params["backbone"]["age_head"]["kernel"].shape == (16, 1)  # one weight vector for all thresholds
+  state = exp.init_state(jax.random.key(0))
+  np.testing.assert_allclose(state.params["coral_bias"], formulations.coral_bias_init(cfg.formulation))
