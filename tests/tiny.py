@@ -1,5 +1,15 @@
 """Tiny configs shared by tests: small widths and 64 px inputs keep compilation short."""
+import numpy as np
+
 from age_jax import config as config_lib
+
+
+def random_batches(n, batch_size, image_size, seed=0):
+  """n batches of random images and ages (1-90), for steps that need no real data."""
+  rng = np.random.default_rng(seed)
+  for _ in range(n):
+    yield {"image": rng.normal(size=(batch_size, image_size, image_size, 3)).astype(np.float32),
+           "age": rng.uniform(1, 90, size=batch_size).astype(np.float32)}
 
 
 def tiny_config(**overrides):

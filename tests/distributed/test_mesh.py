@@ -7,7 +7,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from age_jax.train import experiment, sharding, step as step_lib
-from tests.tiny import tiny_config
+from tests.tiny import random_batches, tiny_config
 
 
 def _mesh_cfg(data=-1, fsdp=1):
@@ -56,20 +56,13 @@ def test_batch_not_divisible_by_the_whole_mesh_is_rejected():
   assert sharding.check_batch_size(24, mesh) == 24  # one process: the whole global batch
 
 
-def _batches(n, batch_size, image_size, seed=0):
-  rng = np.random.default_rng(seed)
-  for _ in range(n):
-    yield {"image": rng.normal(size=(batch_size, image_size, image_size, 3)).astype(np.float32),
-           "age": rng.uniform(1, 90, size=batch_size).astype(np.float32)}
-
-
 def _train(cfg, num_steps=3):
   exp = experiment.build(cfg)
   state = exp.init_state(jax.random.key(0))
   train_step = step_lib.jit_train_step(step_lib.make_train_step(exp.model, exp.tx, exp.formulation, cfg),
                                        exp.state_sharding, exp.batch_sharding, exp.replicated)
   losses = []
-  for batch in _batches(num_steps, cfg.train.batch_size, cfg.data.image_size):
+  for batch in random_batches(num_steps, cfg.train.batch_size, cfg.data.image_size):
     state, metrics = train_step(state, sharding.to_global(batch, exp.mesh), jax.random.key(1))
     losses.append(float(metrics["loss"]))
   return exp, state, losses

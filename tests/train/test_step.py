@@ -6,14 +6,7 @@ import optax
 import pytest
 
 from age_jax.train import experiment, optim, sharding, step as step_lib
-from tests.tiny import tiny_config
-
-
-def _batches(n, batch_size, image_size, seed=0):
-  rng = np.random.default_rng(seed)
-  for _ in range(n):
-    yield {"image": rng.normal(size=(batch_size, image_size, image_size, 3)).astype(np.float32),
-           "age": rng.uniform(1, 90, size=batch_size).astype(np.float32)}
+from tests.tiny import random_batches, tiny_config
 
 
 def _run(devices, num_steps=3):
@@ -23,7 +16,7 @@ def _run(devices, num_steps=3):
   train_step = step_lib.jit_train_step(step_lib.make_train_step(exp.model, exp.tx, exp.formulation, cfg),
                                        exp.state_sharding, exp.batch_sharding, exp.replicated)
   losses = []
-  for batch in _batches(num_steps, cfg.train.batch_size, cfg.data.image_size):
+  for batch in random_batches(num_steps, cfg.train.batch_size, cfg.data.image_size):
     state, metrics = train_step(state, sharding.to_global(batch, exp.mesh), jax.random.key(1))
     losses.append(float(metrics["loss"]))
   return losses, jax.device_get(state.params)
@@ -43,7 +36,7 @@ def test_padded_examples_do_not_change_the_loss():
   exp = experiment.build(cfg, devices=jax.devices()[:1])
   state = exp.init_state(jax.random.key(0))
   train_step = jax.jit(step_lib.make_train_step(exp.model, exp.tx, exp.formulation, cfg))
-  batch = next(_batches(1, 8, 64))
+  batch = next(random_batches(1, 8, 64))
   _, clean = train_step(state, batch, jax.random.key(1))
   padded = {k: np.concatenate([v, v[:4] * 0 + 7]) for k, v in batch.items()}
   padded["mask"] = np.array([1] * 8 + [0] * 4, np.float32)
