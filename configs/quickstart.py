@@ -14,7 +14,7 @@ def get_config():
   c.data.image_size = 64
   c.data.cache = "memory"
   c.train.batch_size = 64
-  c.train.num_steps = 6000
+  c.train.num_steps = 8000
   c.train.log_every = 200
   c.train.checkpoint_every = 1000
   c.train.eval_every = 2000
