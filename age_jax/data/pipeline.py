@@ -9,7 +9,6 @@ processes, and resuming at step s is slicing at s (no iterator state beyond the 
 """
 import concurrent.futures
 import io
-import os
 from typing import Iterator, Sequence
 
 import grain
@@ -192,6 +191,3 @@ def eval_batches(source: LoadedSource, data_cfg, *, global_batch_size: int, norm
 def num_eval_batches(n: int, global_batch_size: int) -> int:
   return -(-n // global_batch_size)
 
-
-def default_data_dir() -> str:
-  return os.path.expanduser(os.path.join("~", ".cache", "age_jax", "tfds"))

@@ -80,7 +80,7 @@ def trainable_mask(cfg, params):
 
 
 def data_dir(cfg) -> str:
-  return cfg.data.data_dir or pipeline.default_data_dir()
+  return cfg.data.data_dir or datasets.default_data_dir()
 
 
 def prepare_dataset(cfg) -> dict:
