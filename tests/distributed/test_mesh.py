@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from age_jax.train import experiment, sharding, step as step_lib
-from tests.tiny import random_batches, tiny_config
+from age_jax.train import sharding
+from tests.tiny import tiny_config, train_steps
 
 
 def _mesh_cfg(data=-1, fsdp=1):
@@ -57,15 +57,7 @@ def test_batch_not_divisible_by_the_whole_mesh_is_rejected():
 
 
 def _train(cfg, num_steps=3):
-  exp = experiment.build(cfg)
-  state = exp.init_state(jax.random.key(0))
-  train_step = step_lib.jit_train_step(step_lib.make_train_step(exp.model, exp.tx, exp.formulation, cfg),
-                                       exp.state_sharding, exp.batch_sharding, exp.replicated)
-  losses = []
-  for batch in random_batches(num_steps, cfg.train.batch_size, cfg.data.image_size):
-    state, metrics = train_step(state, sharding.to_global(batch, exp.mesh), jax.random.key(1))
-    losses.append(float(metrics["loss"]))
-  return exp, state, losses
+  return train_steps(cfg, num_steps=num_steps)
 
 
 def test_fsdp_shards_params_and_optimizer_state_and_matches_data_parallel():

@@ -6,19 +6,11 @@ import optax
 import pytest
 
 from age_jax.train import experiment, optim, sharding, step as step_lib
-from tests.tiny import random_batches, tiny_config
+from tests.tiny import random_batches, tiny_config, train_steps
 
 
 def _run(devices, num_steps=3):
-  cfg = tiny_config()
-  exp = experiment.build(cfg, devices=devices)
-  state = exp.init_state(jax.random.key(0))
-  train_step = step_lib.jit_train_step(step_lib.make_train_step(exp.model, exp.tx, exp.formulation, cfg),
-                                       exp.state_sharding, exp.batch_sharding, exp.replicated)
-  losses = []
-  for batch in random_batches(num_steps, cfg.train.batch_size, cfg.data.image_size):
-    state, metrics = train_step(state, sharding.to_global(batch, exp.mesh), jax.random.key(1))
-    losses.append(float(metrics["loss"]))
+  _, state, losses = train_steps(tiny_config(), devices, num_steps)
   return losses, jax.device_get(state.params)
 
 
