@@ -9,7 +9,8 @@ random images; self-contained (not age_jax/train) so it measures the model, not 
 Prints per contestant: compile time of the train step, train and eval images/s (median over
 rounds), model FLOPs per image (3 x the forward FLOPs of XLA's cost analysis, the usual MFU
 convention; XLA's count of the whole train step too), achieved GFLOP/s and its fraction of this
-machine's peak (a 4096^2 matmul measured in the same run), compiled memory and process RSS.
+machine's peak (a large matmul in the run's dtype, measured in the same run: 4096^2 on the CPU,
+8192^2 on an accelerator), compiled memory, process RSS and, on GPU/TPU, the device's peak memory.
 Several lowerings (comma-separated) and PyTorch eager run in interleaved rounds, so a ratio
 stays fair when other processes share the cores.
 """
@@ -28,12 +29,15 @@ _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed train steps per round (eval: the same count).")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved rounds; the median round is reported.")
 _TORCH = flags.DEFINE_bool("torch", False, "Also time the PyTorch eager twin (age_jax/benchmark_torch.py).")
+_TORCH_DEVICE = flags.DEFINE_enum("torch_device", "cpu", ["cpu", "cuda"], "Where the PyTorch twin runs "
+                                  "(cuda: channels-last, autocast for bfloat16).")
 _EVAL = flags.DEFINE_bool("eval", True, "Also time inference (train=False forward).")
 _ALL = flags.DEFINE_bool("all", False, "Run the issue's rows: xing_baseline@227 and resnet18@64/112/224, batch 32.")
 _OUTPUTS = flags.DEFINE_integer("num_outputs", 1, "Head size (1: MAE regression).")
 
 ALL_ROWS = (("xing_baseline", 227, 32), ("resnet18", 64, 32), ("resnet18", 112, 32), ("resnet18", 224, 32))
 PEAK_SIZE = 4096
+ACCELERATOR_PEAK_SIZE = 8192  # 4096^2 is too small to fill a GPU/TPU
 LEARNING_RATE = 1e-3
 MOMENTUM = 0.9
 
@@ -47,10 +51,11 @@ def _best_seconds(fn, repeats):
   return best
 
 
-def measure_peak_gflops(dtype_name="float32", size=PEAK_SIZE, repeats=3):
+def measure_peak_gflops(dtype_name="float32", size=None, repeats=3):
   """Best-of-`repeats` GFLOP/s of one size^2 x size^2 matmul: this machine's practical peak."""
   import jax
   import jax.numpy as jnp
+  size = size or (PEAK_SIZE if jax.default_backend() == "cpu" else ACCELERATOR_PEAK_SIZE)
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype_name]
   a = jax.random.normal(jax.random.key(0), (size, size), dtype)
   matmul = jax.jit(lambda a: a @ a)
@@ -58,12 +63,17 @@ def measure_peak_gflops(dtype_name="float32", size=PEAK_SIZE, repeats=3):
   return 2 * size ** 3 / _best_seconds(lambda: matmul(a).block_until_ready(), repeats) / 1e9
 
 
-def measure_torch_peak_gflops(dtype_name="float32", size=PEAK_SIZE, repeats=3):
+def measure_torch_peak_gflops(dtype_name="float32", device="cpu", repeats=3):
   import torch
   from age_jax import benchmark_torch
-  a = torch.randn(size, size).to(benchmark_torch.torch_dtype(dtype_name))
-  a @ a
-  return 2 * size ** 3 / _best_seconds(lambda: a @ a, repeats) / 1e9
+  size = PEAK_SIZE if device == "cpu" else ACCELERATOR_PEAK_SIZE
+  a = torch.randn(size, size, device=device).to(benchmark_torch.torch_dtype(dtype_name))
+  def matmul():
+    a @ a
+    if device == "cuda":
+      torch.cuda.synchronize()
+  matmul()
+  return 2 * size ** 3 / _best_seconds(matmul, repeats) / 1e9
 
 
 def _flops(compiled):
@@ -82,15 +92,19 @@ def _compiled_bytes(compiled):
 
 def forward_flops_per_image(model_name, image_size, dtype_name, num_outputs):
   """XLA's FLOP count of one inference forward pass with XLA's own convolutions: the lowering-
-  independent 'model FLOPs' (im2col lowerings make XLA count extra work for padding taps)."""
+  independent 'model FLOPs' (im2col lowerings make XLA count extra work for padding taps).
+  Counted by the CPU compiler whatever the backend: the GPU one leaves out the convolutions it
+  hands to cuDNN (0.8 of 31.6 GFLOP for EfficientNetV2-M at 384 px)."""
   import jax
   import jax.numpy as jnp
   from age_jax import config as config_lib, models
   cfg = config_lib.default_config().model
   cfg.name, cfg.conv_lowering, cfg.dtype = model_name, "xla", dtype_name
   model = models.get_model(cfg, num_outputs)
-  images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
-  variables = jax.eval_shape(model.init, jax.random.key(0), images)
+  on_cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+  images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32, sharding=on_cpu)
+  variables = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=on_cpu),
+                           jax.eval_shape(model.init, jax.random.key(0), images))
   apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
   return _flops(apply.lower(variables, images).compile())
 
@@ -146,6 +160,8 @@ class JaxContestant:
     self.eval_flops = _flops(self.eval_compiled) / batch_size
     self.run_train(1)  # first run allocates
     self.run_eval(1)
+    stats = jax.devices()[0].memory_stats() or {}  # None on the CPU
+    self.device_peak_bytes = stats.get("peak_bytes_in_use", 0)
 
   def run_train(self, steps):
     loss = None
@@ -163,16 +179,21 @@ class JaxContestant:
 class TorchContestant:
   """The PyTorch eager twin with torch.optim.SGD(momentum=0.9)."""
 
-  def __init__(self, model_cfg, image_size, batch_size, dtype_name, num_outputs):
+  def __init__(self, model_cfg, image_size, batch_size, dtype_name, num_outputs, device="cpu"):
     import torch
     from age_jax import benchmark_torch
     torch.manual_seed(0)
-    self.name = f"torch[{torch.__version__},{dtype_name},{torch.get_num_threads()} threads]"
+    where = f"{torch.get_num_threads()} threads" if device == "cpu" else device
+    self.name = f"torch[{torch.__version__},{dtype_name},{where}]"
     self.batch_size = batch_size
+    self.device = device
     self.dtype = benchmark_torch.torch_dtype(dtype_name)
-    self.model = benchmark_torch.get_torch_model(model_cfg, num_outputs, image_size)
-    self.images = torch.randn(batch_size, 3, image_size, image_size)
-    self.ages = torch.rand(batch_size) * 89 + 1
+    # channels-last is cuDNN's fast layout (and JAX's NHWC); on the CPU, PyTorch's default is faster.
+    layout = torch.channels_last if device == "cuda" else torch.contiguous_format
+    self.model = benchmark_torch.get_torch_model(model_cfg, num_outputs, image_size).to(
+        device, memory_format=layout)
+    self.images = torch.randn(batch_size, 3, image_size, image_size, device=device).to(memory_format=layout)
+    self.ages = torch.rand(batch_size, device=device) * 89 + 1
     self.opt = torch.optim.SGD(self.model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM)
     self.compile_s = 0.0
     self.run_train(1)
@@ -183,17 +204,24 @@ class TorchContestant:
     self.model.train()
     for _ in range(steps):
       self.opt.zero_grad(set_to_none=True)
-      with torch.autocast("cpu", dtype=self.dtype, enabled=self.dtype != torch.float32):
+      with torch.autocast(self.device, dtype=self.dtype, enabled=self.dtype != torch.float32):
         age = self.model(self.images)[:, 0].float()
       torch.mean(torch.abs(age - self.ages)).backward()
       self.opt.step()
+    self._wait()
+
+  def _wait(self):
+    import torch
+    if self.device == "cuda":
+      torch.cuda.synchronize()
 
   def run_eval(self, steps):
     import torch
     self.model.eval()
-    with torch.no_grad(), torch.autocast("cpu", dtype=self.dtype, enabled=self.dtype != torch.float32):
+    with torch.no_grad(), torch.autocast(self.device, dtype=self.dtype, enabled=self.dtype != torch.float32):
       for _ in range(steps):
         self.model(self.images)
+    self._wait()
 
 
 def _interleaved_rates(contestants, method, steps, rounds):
@@ -212,7 +240,7 @@ def _median_ratio(a, b):
 
 
 def benchmark_row(model_name, image_size, batch_size, lowerings, dtype_name, steps, rounds,
-                  with_torch, with_eval, num_outputs, peak):
+                  with_torch, with_eval, num_outputs, peak, torch_device="cpu"):
   """Times one model/size; prints its report and returns a summary dict."""
   import os
   print(f"\n=== {model_name} @ {image_size} px, batch {batch_size}, {dtype_name}; "
@@ -224,11 +252,14 @@ def benchmark_row(model_name, image_size, batch_size, lowerings, dtype_name, ste
     print(f"{c.name}: train-step compile {c.compile_s:.1f} s (eval {c.eval_compile_s:.1f} s); "
           f"XLA's FLOP count per image: forward {c.eval_flops / 1e9:.3f} G, train step "
           f"{c.train_step_flops / 1e9:.3f} G; compiled train-step memory "
-          f"{c.train_bytes / 2**30:.2f} GiB; process peak RSS so far {rss:.2f} GiB", flush=True)
+          f"{c.train_bytes / 2**30:.2f} GiB; process peak RSS so far {rss:.2f} GiB"
+          + (f"; device peak memory so far {c.device_peak_bytes / 2**30:.2f} GiB" if c.device_peak_bytes else ""),
+          flush=True)
     jax_side.append(c)
   contestants = list(jax_side)
   if with_torch:
-    contestants.append(TorchContestant(jax_side[0].model_cfg, image_size, batch_size, dtype_name, num_outputs))
+    contestants.append(TorchContestant(jax_side[0].model_cfg, image_size, batch_size, dtype_name, num_outputs,
+                                       torch_device))
   train = _interleaved_rates(contestants, "run_train", steps, rounds)
   evals = _interleaved_rates(contestants, "run_eval", steps, rounds) if with_eval else {}
   model_flops = 3 * forward_flops_per_image(model_name, image_size, dtype_name, num_outputs)
@@ -262,16 +293,18 @@ def main(argv):
   for lowering in lowerings:
     if lowering not in layers.LOWERINGS:
       raise app.UsageError(f"--lowering={lowering!r}; expected one of {layers.LOWERINGS}")
-  peak = measure_peak_gflops("float32")
+  peak = measure_peak_gflops(_DTYPE.value)
   print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}); 'auto' lowering -> "
-        f"{layers.resolve_lowering('auto')}; measured peak ({PEAK_SIZE}^2 float32 matmul): {peak:.1f} GFLOP/s",
+        f"{layers.resolve_lowering('auto')}; measured peak (large {_DTYPE.value} matmul): {peak:.1f} GFLOP/s",
         flush=True)
   if _TORCH.value:
-    print(f"PyTorch's peak ({PEAK_SIZE}^2 matmul): float32 {measure_torch_peak_gflops('float32'):.1f}, "
-          f"bfloat16 {measure_torch_peak_gflops('bfloat16'):.1f} GFLOP/s", flush=True)
+    device = _TORCH_DEVICE.value
+    print(f"PyTorch's peak on {device} (large matmul): float32 {measure_torch_peak_gflops('float32', device):.1f}, "
+          f"bfloat16 {measure_torch_peak_gflops('bfloat16', device):.1f} GFLOP/s", flush=True)
   rows = ALL_ROWS if _ALL.value else ((_MODEL.value, _IMAGE_SIZE.value, _BATCH.value),)
   summaries = [benchmark_row(m, s, b, lowerings, _DTYPE.value, _STEPS.value, _ROUNDS.value, _TORCH.value,
-                             _EVAL.value, _OUTPUTS.value, peak) for m, s, b in rows]
+                             _EVAL.value, _OUTPUTS.value, peak, _TORCH_DEVICE.value)
+               for m, s, b in rows]
   if len(summaries) > 1:
     print("\n| model, input | contestant | train img/s | MFU | compile s | JAX/PyTorch |")
     print("|---|---|---|---|---|---|")
