@@ -8,7 +8,7 @@ import numpy as np
 from age_jax import checkpoint, metrics, report as report_lib
 from age_jax.data import datasets, pipeline
 from age_jax.train import experiment as experiment_lib
-from age_jax.train import sharding, stages, step as step_lib
+from age_jax.train import sharding, stages
 
 
 class Evaluator:
@@ -19,10 +19,7 @@ class Evaluator:
     self.exp, self.cfg, self.normalizer = exp, cfg, normalizer
     self.source = experiment_lib.loaded_source(cfg, records)
     self.file_names = [_str(records[i].get("file_name", "")) for i in range(len(records))]
-    predict = step_lib.make_predict_step(exp.model, exp.formulation)
-    self._predict = step_lib.jit_predict_step(predict, exp.state_sharding.params,
-                                              exp.state_sharding.batch_stats, exp.batch_sharding,
-                                              exp.replicated)
+    self._predict = exp.jit_predict_step()
 
   def predict(self, state) -> dict[str, np.ndarray]:
     """Returns per-example arrays in record order: predicted 'age' (+ gender/race) and true labels."""

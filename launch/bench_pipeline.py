@@ -32,11 +32,10 @@ def _train_step_rate(cfg, steps=20):
   """Images/s of the quickstart train step on synthetic batches (what the pipeline must feed)."""
   import jax
   import numpy as np
-  from age_jax.train import experiment, sharding, step as step_lib
+  from age_jax.train import experiment, sharding
   exp = experiment.build(cfg)
   state = exp.init_state(jax.random.key(0))
-  train_step = step_lib.jit_train_step(step_lib.make_train_step(exp.model, exp.tx, exp.formulation, cfg),
-                                       exp.state_sharding, exp.batch_sharding, exp.replicated)
+  train_step = exp.jit_train_step()
   size, n = cfg.data.image_size, cfg.train.batch_size
   batch = sharding.to_global({"image": np.zeros((n, size, size, 3), np.float32),
                               "age": np.full((n,), 30.0, np.float32)}, exp.mesh)

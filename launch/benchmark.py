@@ -34,6 +34,8 @@ _TORCH_DEVICE = flags.DEFINE_enum("torch_device", "cpu", ["cpu", "cuda"], "Where
 _EVAL = flags.DEFINE_bool("eval", True, "Also time inference (train=False forward).")
 _ALL = flags.DEFINE_bool("all", False, "Run the issue's rows: xing_baseline@227 and resnet18@64/112/224, batch 32.")
 _OUTPUTS = flags.DEFINE_integer("num_outputs", 1, "Head size (1: MAE regression).")
+_COMPILER_OPTIONS = flags.DEFINE_bool("compiler_options", True, "Compile with the lowering's XLA options "
+                                      "(models.layers.compiler_options; --nocompiler_options: XLA's defaults).")
 
 ALL_ROWS = (("xing_baseline", 227, 32), ("resnet18", 64, 32), ("resnet18", 112, 32), ("resnet18", 224, 32))
 PEAK_SIZE = 4096
@@ -112,11 +114,13 @@ def forward_flops_per_image(model_name, image_size, dtype_name, num_outputs):
 class JaxContestant:
   """A jitted SGD train step and eval forward of one model/lowering/dtype, ready to time."""
 
-  def __init__(self, model_name, image_size, batch_size, lowering, dtype_name, num_outputs):
+  def __init__(self, model_name, image_size, batch_size, lowering, dtype_name, num_outputs,
+               use_compiler_options=True):
     import jax
     import jax.numpy as jnp
     import optax
     from age_jax import config as config_lib, models
+    from age_jax.models import layers
 
     cfg = config_lib.default_config()
     cfg.model.name, cfg.model.conv_lowering, cfg.model.dtype = model_name, lowering, dtype_name
@@ -148,12 +152,13 @@ class JaxContestant:
 
     self.state = (params, extra, tx.init(params))
     self.images, self.ages, self.rng = images, ages, keys[3]
+    options = layers.compiler_options(lowering) if use_compiler_options else None
     start = time.perf_counter()
     lowered = jax.jit(train_step, donate_argnums=0).lower(self.state, images, ages, self.rng)
-    self.train_compiled = lowered.compile()
+    self.train_compiled = lowered.compile(options)
     self.compile_s = time.perf_counter() - start
     start = time.perf_counter()
-    self.eval_compiled = jax.jit(eval_step).lower(params, extra, images).compile()
+    self.eval_compiled = jax.jit(eval_step).lower(params, extra, images).compile(options)
     self.eval_compile_s = time.perf_counter() - start
     self.train_step_flops = _flops(self.train_compiled) / batch_size
     self.train_bytes = _compiled_bytes(self.train_compiled)
@@ -240,14 +245,14 @@ def _median_ratio(a, b):
 
 
 def benchmark_row(model_name, image_size, batch_size, lowerings, dtype_name, steps, rounds,
-                  with_torch, with_eval, num_outputs, peak, torch_device="cpu"):
+                  with_torch, with_eval, num_outputs, peak, torch_device="cpu", use_compiler_options=True):
   """Times one model/size; prints its report and returns a summary dict."""
   import os
   print(f"\n=== {model_name} @ {image_size} px, batch {batch_size}, {dtype_name}; "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores ===", flush=True)
   jax_side = []
   for lowering in lowerings:
-    c = JaxContestant(model_name, image_size, batch_size, lowering, dtype_name, num_outputs)
+    c = JaxContestant(model_name, image_size, batch_size, lowering, dtype_name, num_outputs, use_compiler_options)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"{c.name}: train-step compile {c.compile_s:.1f} s (eval {c.eval_compile_s:.1f} s); "
           f"XLA's FLOP count per image: forward {c.eval_flops / 1e9:.3f} G, train step "
@@ -303,7 +308,8 @@ def main(argv):
           f"bfloat16 {measure_torch_peak_gflops('bfloat16', device):.1f} GFLOP/s", flush=True)
   rows = ALL_ROWS if _ALL.value else ((_MODEL.value, _IMAGE_SIZE.value, _BATCH.value),)
   summaries = [benchmark_row(m, s, b, lowerings, _DTYPE.value, _STEPS.value, _ROUNDS.value, _TORCH.value,
-                             _EVAL.value, _OUTPUTS.value, peak, _TORCH_DEVICE.value)
+                             _EVAL.value, _OUTPUTS.value, peak, _TORCH_DEVICE.value,
+                             _COMPILER_OPTIONS.value)
                for m, s, b in rows]
   if len(summaries) > 1:
     print("\n| model, input | contestant | train img/s | MFU | compile s | JAX/PyTorch |")

@@ -38,11 +38,10 @@ def train_steps(cfg, devices=None, num_steps=3):
   """Builds cfg on `devices` and runs num_steps jitted train steps on random batches.
   Returns (experiment, final state, per-step losses)."""
   import jax
-  from age_jax.train import experiment, sharding, step as step_lib
+  from age_jax.train import experiment, sharding
   exp = experiment.build(cfg, devices=devices)
   state = exp.init_state(jax.random.key(0))
-  train_step = step_lib.jit_train_step(step_lib.make_train_step(exp.model, exp.tx, exp.formulation, cfg),
-                                       exp.state_sharding, exp.batch_sharding, exp.replicated)
+  train_step = exp.jit_train_step()
   losses = []
   for batch in random_batches(num_steps, cfg.train.batch_size, cfg.data.image_size):
     state, metrics = train_step(state, sharding.to_global(batch, exp.mesh), jax.random.key(1))

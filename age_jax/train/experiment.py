@@ -12,7 +12,8 @@ from jax.experimental import multihost_utils
 from age_jax import config as config_lib
 from age_jax import formulations, models, objective
 from age_jax.data import datasets, pipeline
-from age_jax.train import optim, sharding, state as state_lib
+from age_jax.models import layers
+from age_jax.train import optim, sharding, state as state_lib, step as step_lib
 
 CONFIG_FILE = "config.json"
 MEAN_IMAGE_FILE = "mean_image.npy"
@@ -35,6 +36,23 @@ class Experiment:
   @property
   def replicated(self):
     return sharding.replicated(self.mesh)
+
+  @property
+  def compiler_options(self):
+    """XLA options for every jit that runs the model (see models/layers.py)."""
+    return layers.compiler_options(self.cfg.model.conv_lowering)
+
+  def jit_train_step(self):
+    """The jitted, sharded train step (state, batch, rng) -> (state, metrics)."""
+    train_step = step_lib.make_train_step(self.model, self.tx, self.formulation, self.cfg)
+    return step_lib.jit_train_step(train_step, self.state_sharding, self.batch_sharding, self.replicated,
+                                   self.compiler_options)
+
+  def jit_predict_step(self):
+    """The jitted, sharded (params, batch_stats, batch) -> predictions."""
+    predict_step = step_lib.make_predict_step(self.model, self.formulation)
+    return step_lib.jit_predict_step(predict_step, self.state_sharding.params, self.state_sharding.batch_stats,
+                                     self.batch_sharding, self.replicated, self.compiler_options)
 
   def init_state(self, rng) -> state_lib.TrainState:
     create = jax.jit(lambda r: state_lib.create(self.model, self.tx, r, self.cfg.data.image_size),

@@ -9,7 +9,7 @@ import numpy as np
 from age_jax import checkpoint, config as config_lib, evaluate, formulations, objective
 from age_jax.data import datasets, pipeline
 from age_jax.train import experiment as experiment_lib
-from age_jax.train import optim, sharding, stages as stages_lib, step as step_lib
+from age_jax.train import optim, sharding, stages as stages_lib
 from age_jax.train.logger import MetricLogger
 
 
@@ -101,8 +101,7 @@ def _run_stage(exp, stage, state, ckpt, logger, train_source, labels, normalizer
   if many_stages:
     _log(f"stage {stage.index + 1} {stage.name!r}: steps {stage.first_step + 1}..{stage.last_step}")
   local_batch = sharding.check_batch_size(cfg.train.batch_size, exp.mesh)
-  train_step = step_lib.jit_train_step(step_lib.make_train_step(exp.model, exp.tx, exp.formulation, cfg),
-                                       exp.state_sharding, exp.batch_sharding, exp.replicated)
+  train_step = exp.jit_train_step()
   batches = pipeline.train_batches(
       train_source, labels, cfg.data, local_batch_size=local_batch, seed=cfg.seed + 1000 * stage.index,
       normalizer=normalizer, start_step=start - stage.first_step, process_index=jax.process_index(),

@@ -32,11 +32,10 @@ def analyse(cfg, devices=None) -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from age_jax.train import experiment, sharding, step as step_lib
+  from age_jax.train import experiment, sharding
 
   exp = experiment.build(cfg, devices)
-  train_step = step_lib.jit_train_step(step_lib.make_train_step(exp.model, exp.tx, exp.formulation, cfg),
-                                       exp.state_sharding, exp.batch_sharding, exp.replicated)
+  train_step = exp.jit_train_step()
   b, s = cfg.train.batch_size, cfg.data.image_size
   labels = lambda dtype: jax.ShapeDtypeStruct((b,), dtype, sharding=exp.batch_sharding)
   batch = {"image": jax.ShapeDtypeStruct((b, s, s, 3), jnp.float32, sharding=exp.batch_sharding),

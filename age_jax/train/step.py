@@ -63,13 +63,16 @@ def make_predict_step(model, formulation):
   return predict_step
 
 
-def jit_train_step(train_step, state_sharding, batch_sharding, replicated):
+def jit_train_step(train_step, state_sharding, batch_sharding, replicated, compiler_options=None):
   # The old state's buffers are donated: the step updates parameters in place.
+  # compiler_options: models.layers.compiler_options(config.model.conv_lowering).
   return jax.jit(train_step, in_shardings=(state_sharding, batch_sharding, replicated),
-                 out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+                 out_shardings=(state_sharding, replicated), donate_argnums=(0,),
+                 compiler_options=compiler_options)
 
 
-def jit_predict_step(predict_step, params_sharding, batch_stats_sharding, batch_sharding, replicated):
+def jit_predict_step(predict_step, params_sharding, batch_stats_sharding, batch_sharding, replicated,
+                     compiler_options=None):
   # Predictions come back replicated, so every process sees the whole global batch.
   return jax.jit(predict_step, in_shardings=(params_sharding, batch_stats_sharding, batch_sharding),
-                 out_shardings=replicated)
+                 out_shardings=replicated, compiler_options=compiler_options)

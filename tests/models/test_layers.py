@@ -1,5 +1,7 @@
 """Conv lowerings (age_jax/models/layers.py): every lowering computes XLA's convolution,
 forward and gradients, for strides, paddings, 1x1 kernels, tiny maps and grouped convs."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -90,6 +92,33 @@ def test_resolve_lowering_picks_hybrid_on_cpu_and_names_the_choices():
   assert layers.resolve_lowering("xla") == "xla"
   with pytest.raises(ValueError, match=r"one of \('auto', 'xla', 'patches', 'hybrid'\), got 'fast'"):
     layers.resolve_lowering("fast")
+
+
+def _library_convolutions(compiled_text):
+  """Convolutions XLA handed to a library fusion (YNNPACK/XNNPACK/oneDNN) in compiled HLO text."""
+  bodies = dict(re.findall(r"^%?([\w.\-]+) .*?\{\n(.*?)\n\}", compiled_text, re.M | re.S))
+  called = re.findall(r"%?(?:ynn|xnn|onednn)_fusion[\w.]* = .*?calls=%?([\w.\-]+)", compiled_text)
+  return sum(" convolution(" in bodies.get(name, "") for name in called)
+
+
+def test_hybrid_compiler_options_keep_convolutions_out_of_library_fusions_and_change_no_number():
+  options = layers.compiler_options("hybrid")
+  if options is None:
+    pytest.skip("this jaxlib has no xla_cpu_experimental_ynn_fusion_type option")
+  assert layers.compiler_options("auto") == options  # auto = hybrid on CPU
+  assert layers.compiler_options("xla") is None and layers.compiler_options("patches") is None
+  kx, kw, kc = jax.random.split(jax.random.key(3), 3)
+  x, w = jax.random.normal(kx, (4, 20, 20, 16)), jax.random.normal(kw, (3, 3, 16, 32))
+  cotangent = jax.random.normal(kc, (4, 20, 20, 32))
+  # The backward pass alone: its two convolutions feed no reduction a REDUCE fusion could take.
+  grads = lambda x, w: jax.vjp(lambda x, w: layers.conv(x, w, 1, "SAME", 1, "hybrid"), x, w)[1](cotangent)  # noqa: E731
+  lowered = jax.jit(grads).lower(x, w)
+  tuned = lowered.compile(options)
+  text = tuned.as_text()
+  assert _library_convolutions(text) == 0  # jax 0.10.2's defaults put both in YNNPACK fusions
+  assert text.count(" convolution(") == 2  # input and weight gradient: XLA's own
+  for g, e in zip(tuned(x, w), lowered.compile()(x, w)):
+    _close(g, e)
 
 
 def test_conv_module_params_are_the_same_for_every_lowering_and_bf16_compute_keeps_f32_params():
