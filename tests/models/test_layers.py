@@ -17,6 +17,10 @@ CASES = {
     "7x7_stride4_valid": ((1, 19, 19, 3), (7, 7, 3, 4), 4, "VALID", 1),
     "3x2_asymmetric": ((2, 7, 8, 3), (3, 2, 3, 4), (2, 1), ((1, 0), (0, 2)), 1),
     "1x1_stride2": ((2, 8, 8, 5), (1, 1, 5, 6), 2, "VALID", 1),
+    "3x3_stride2_same_even": ((2, 10, 10, 3), (3, 3, 3, 4), 2, "SAME", 1),
+    "7x7_stride4_valid_large_map": ((1, 33, 31, 2), (7, 7, 2, 3), 4, "VALID", 1),
+    "2x3_stride3_kernel_below_stride": ((2, 13, 14, 3), (2, 3, 3, 4), 3, "VALID", 1),
+    "5x4_strides_3_2_uneven_pads": ((2, 16, 11, 3), (5, 4, 3, 4), (3, 2), ((3, 0), (0, 2)), 1),
     "3x3_on_2x2_map": ((2, 2, 2, 6), (3, 3, 6, 5), 1, ((1, 1), (1, 1)), 1),
     "depthwise_stride2": ((2, 9, 9, 6), (3, 3, 1, 6), 2, ((1, 1), (1, 1)), 6),
     "depthwise_multiplier2": ((2, 8, 8, 3), (3, 3, 1, 6), 1, "SAME", 3),
@@ -84,6 +88,18 @@ def test_hybrid_routes_tiny_maps_1x1_and_depthwise_away_from_xla_convolutions(mo
   assert grads((2, 6, 6, 4), (3, 3, 4, 4), "SAME") == 2             # forward + input gradient only
   monkeypatch.setattr(layers, "_weight_grad_by_matmul", lambda: False)
   assert grads((2, 6, 6, 4), (3, 3, 4, 4), "SAME") == 3
+
+
+def test_hybrid_strided_input_gradient_is_one_undilated_convolution_per_phase():
+  # XLA's own input gradient of a stride-2 convolution dilates dy and multiplies the zeros.
+  x, w = jnp.ones((2, 10, 10, 3)), jnp.ones((3, 3, 3, 4))
+
+  def dilations(lowering):
+    dx = jax.grad(lambda x: layers.conv(x, w, 2, "SAME", 1, lowering).sum())
+    return re.findall(r"lhs_dilate = \[(\d+), (\d+)\]", jax.jit(dx).lower(x).as_text())
+
+  assert dilations("xla") == [("2", "2")]
+  assert dilations("hybrid") == [("1", "1")] * 4
 
 
 def test_resolve_lowering_picks_hybrid_on_cpu_and_names_the_choices():
