@@ -1,53 +1,67 @@
-"""Where a train step's convolution time goes: each 3x3+ convolution of ResNet-18 (or the Xing
-baseline) timed alone, forward, input gradient and weight gradient separately, per lowering and
-optionally in PyTorch (its oneDNN kernels: conv2d, and convolution_backward for one gradient).
+"""Where a train step's convolution time goes: each distinct convolution of a model (kernels
+above 1x1; 1x1s are matmuls in every lowering) timed alone, forward, input gradient and weight
+gradient separately, per lowering and optionally in PyTorch (its oneDNN kernels: conv2d, and
+convolution_backward for one gradient at a time).
 
   python -m launch.bench_conv --model=resnet18 --image_size=224 [--lowering=auto,xla] [--torch]
 
-Prints one line per distinct layer: milliseconds and GFLOP/s of each direction (every direction
-costs the forward's FLOPs), the sum over the network's layers (repeats counted), and the
-fraction of the train step's convolution time that each direction takes. The stem's input
-gradient is left out: no train step computes the gradient of the images.
+Prints per distinct convolution the milliseconds and GFLOP/s of each direction (each costs the
+forward's FLOPs), then the sums over the model's convolutions (repeats counted). The input
+gradient of a convolution of the images is left out: no train step computes it. Grouped
+(depthwise) convolutions are skipped: PyTorch's and XLA's layouts for them differ.
 """
+import collections
 import time
 
 from absl import app, flags
 
-_MODEL = flags.DEFINE_enum("model", "resnet18", ["resnet18", "xing_baseline"], "Whose convolutions.")
+_MODEL = flags.DEFINE_string("model", "resnet18", "Registry name (age_jax.models.names()).")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 224, "Square input side in pixels.")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Images per call.")
 _LOWERING = flags.DEFINE_string("lowering", "auto,xla", "Conv lowerings, comma-separated.")
 _TORCH = flags.DEFINE_bool("torch", False, "Also time PyTorch's CPU convolutions.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed calls per measurement; the best is kept.")
 
+# One convolution as the model calls it: input map side and channels, output channels, square
+# kernel, stride and explicit ((top, bottom), (left, right)) padding.
+ConvShape = collections.namedtuple("ConvShape", "size cin cout kernel stride pads")
 
-def _out(size, k, s, p):
-  return (size + 2 * p - k) // s + 1
+
+def model_convolutions(model_name, image_size):
+  """{ConvShape: how many times the model's forward pass runs it}, in call order, read off
+  the model by tracing it (jax.eval_shape) with `layers.conv` recording its arguments."""
+  import jax
+  import jax.numpy as jnp
+  from age_jax import config as config_lib, models
+  from age_jax.models import layers
+  cfg = config_lib.default_config().model
+  cfg.name = model_name
+  model = models.get_model(cfg, 1)
+  counts = collections.Counter()
+  real_conv = layers.conv
+
+  def recording_conv(x, kernel, strides, padding, groups=1, lowering="auto"):
+    kh, kw, cin, cout = kernel.shape
+    stride_hw = layers._pair(strides)
+    if groups == 1 and (kh, kw) != (1, 1) and kh == kw and stride_hw[0] == stride_hw[1] \
+        and x.shape[1] == x.shape[2]:
+      pads = layers.explicit_padding(x.shape[1:3], (kh, kw), stride_hw, padding)
+      counts[ConvShape(x.shape[1], cin, cout, kh, stride_hw[0], pads)] += 1
+    return real_conv(x, kernel, strides, padding, groups, lowering)
+
+  images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  layers.conv = recording_conv
+  try:
+    variables = jax.eval_shape(model.init, jax.random.key(0), images)
+    counts.clear()  # init and apply trace the same calls: count one forward pass
+    jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, images)
+  finally:
+    layers.conv = real_conv
+  return dict(counts)
 
 
-def conv_layers(model, image_size):
-  """[(name, map size, cin, cout, kernel, stride, pad, repeats, is_stem)] of the model's
-  convolutions with kernels above 1x1 (1x1s are matmuls in every lowering)."""
-  if model == "resnet18":
-    size = _out(image_size, 7, 2, 3)
-    rows = [("stem 7x7/2", image_size, 3, 64, 7, 2, 3, 1, True)]
-    size = _out(size, 3, 2, 1)  # max pool
-    cin = 64
-    for stage in range(4):
-      width = 64 * 2 ** stage
-      stride = 1 if stage == 0 else 2
-      if stride == 2:
-        rows.append((f"stage{stage + 1} 3x3/2", size, cin, width, 3, 2, 1, 1, False))
-        size = _out(size, 3, 2, 1)
-      rows.append((f"stage{stage + 1} 3x3", size, width, width, 3, 1, 1, 4 if stride == 1 else 3, False))
-      cin = width
-    return rows
-  size = _out(image_size, 7, 4, 0)  # Xing baseline: conv1 7x7/4, pool, conv2 5x5, pool, conv3 3x3
-  size2 = _out(size, 3, 2, 0)
-  size3 = _out(size2, 3, 2, 0)
-  return [("conv1 7x7/4", image_size, 3, 96, 7, 4, 0, 1, True),
-          ("conv2 5x5", size2, 96, 256, 5, 1, 2, 1, False),
-          ("conv3 3x3", size3, 256, 384, 3, 1, 1, 1, False)]
+def _out(shape):
+  return (shape.size + sum(shape.pads[0]) - shape.kernel) // shape.stride + 1
 
 
 def _best_ms(fn, repeats):
@@ -60,38 +74,37 @@ def _best_ms(fn, repeats):
   return best * 1e3
 
 
-def jax_times(lowering, batch, size, cin, cout, k, stride, pad, repeats):
+def jax_times(lowering, batch, shape, repeats):
   """(forward, input gradient, weight gradient) milliseconds with one lowering."""
   import jax
   from age_jax.models import layers
   keys = jax.random.split(jax.random.key(0), 3)
-  x = jax.random.normal(keys[0], (batch, size, size, cin))
-  w = jax.random.normal(keys[1], (k, k, cin, cout)) * 0.05
-  pads = ((pad, pad), (pad, pad))
-  conv = lambda x, w: layers.conv(x, w, stride, pads, 1, lowering)  # noqa: E731
+  x = jax.random.normal(keys[0], (batch, shape.size, shape.size, shape.cin))
+  w = jax.random.normal(keys[1], (shape.kernel, shape.kernel, shape.cin, shape.cout)) * 0.05
+  conv = lambda x, w: layers.conv(x, w, shape.stride, shape.pads, 1, lowering)  # noqa: E731
   dy = jax.random.normal(keys[2], jax.eval_shape(conv, x, w).shape)
   options = layers.compiler_options(lowering)
-  compile_ = lambda f, *args: jax.jit(f).lower(*args).compile(options)  # noqa: E731
-  forward = compile_(conv, x, w)
-  dx = compile_(lambda x, w, dy: jax.vjp(lambda x: conv(x, w), x)[1](dy)[0], x, w, dy)
-  dw = compile_(lambda x, w, dy: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0], x, w, dy)
-  return (_best_ms(lambda: forward(x, w).block_until_ready(), repeats),
-          _best_ms(lambda: dx(x, w, dy).block_until_ready(), repeats),
-          _best_ms(lambda: dw(x, w, dy).block_until_ready(), repeats))
+  compile_ = lambda f: jax.jit(f).lower(x, w, dy).compile(options)  # noqa: E731
+  forward = compile_(lambda x, w, dy: conv(x, w))
+  dx = compile_(lambda x, w, dy: jax.vjp(lambda x: conv(x, w), x)[1](dy)[0])
+  dw = compile_(lambda x, w, dy: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0])
+  return tuple(_best_ms(lambda f=f: f(x, w, dy).block_until_ready(), repeats) for f in (forward, dx, dw))
 
 
-def torch_times(batch, size, cin, cout, k, stride, pad, repeats):
+def torch_times(batch, shape, repeats):
   import torch
-  x = torch.randn(batch, cin, size, size).contiguous(memory_format=torch.channels_last)
-  w = (torch.randn(cout, cin, k, k) * 0.05).contiguous(memory_format=torch.channels_last)
+  (top, bottom), (left, right) = shape.pads
+  channels_last = torch.channels_last
+  x = torch.randn(batch, shape.cin, shape.size, shape.size).contiguous(memory_format=channels_last)
+  x = torch.nn.functional.pad(x, (left, right, top, bottom)).contiguous(memory_format=channels_last)
+  w = (torch.randn(shape.cout, shape.cin, shape.kernel, shape.kernel) * 0.05).contiguous(memory_format=channels_last)
+  stride = (shape.stride, shape.stride)
   with torch.no_grad():
-    y = torch.nn.functional.conv2d(x, w, None, stride, pad)
-    dy = torch.randn_like(y)
+    dy = torch.randn_like(torch.nn.functional.conv2d(x, w, None, stride))
 
     def backward(mask):
-      return torch.ops.aten.convolution_backward(dy, x, w, None, (stride, stride), (pad, pad), (1, 1),
-                                                 False, (0, 0), 1, mask)
-    return (_best_ms(lambda: torch.nn.functional.conv2d(x, w, None, stride, pad), repeats),
+      return torch.ops.aten.convolution_backward(dy, x, w, None, stride, (0, 0), (1, 1), False, (0, 0), 1, mask)
+    return (_best_ms(lambda: torch.nn.functional.conv2d(x, w, None, stride), repeats),
             _best_ms(lambda: backward((True, False, False)), repeats),
             _best_ms(lambda: backward((False, True, False)), repeats))
 
@@ -106,19 +119,20 @@ def main(argv):
   batch, repeats = _BATCH.value, _REPEATS.value
   totals = {name: [0.0, 0.0, 0.0] for name in contestants}
   print(f"{_MODEL.value} @ {_IMAGE_SIZE.value} px, batch {batch}: ms (GFLOP/s) forward | input grad | weight grad")
-  for name, size, cin, cout, k, stride, pad, count, is_stem in conv_layers(_MODEL.value, _IMAGE_SIZE.value):
-    out = _out(size, k, stride, pad)
-    gflop = 2 * batch * out * out * k * k * cin * cout / 1e9
-    print(f"{name}, {size} px, {cin}->{cout}, x{count} ({gflop:.2f} GFLOP per direction):", flush=True)
+  for shape, count in model_convolutions(_MODEL.value, _IMAGE_SIZE.value).items():
+    out = _out(shape)
+    gflop = 2 * batch * out * out * shape.kernel ** 2 * shape.cin * shape.cout / 1e9
+    print(f"{shape.kernel}x{shape.kernel}/{shape.stride} on {shape.size} px, {shape.cin}->{shape.cout}, "
+          f"x{count} ({gflop:.2f} GFLOP per direction):", flush=True)
     for contestant, times_of in contestants.items():
-      times = times_of(batch, size, cin, cout, k, stride, pad, repeats)
-      if is_stem:
-        times = (times[0], 0.0, times[2])
+      times = list(times_of(batch, shape, repeats))
+      if shape.size == _IMAGE_SIZE.value and shape.cin == 3:
+        times[1] = 0.0  # the images' gradient
       for i, t in enumerate(times):
         totals[contestant][i] += count * t
       cells = " | ".join("-" if t == 0 else f"{t:7.1f} ({gflop / t * 1e3:4.0f})" for t in times)
       print(f"  {contestant:>8}: {cells}", flush=True)
-  print("sum over the network's layers, ms: forward | input grad | weight grad | all")
+  print("sum over the model's convolutions, ms: forward | input grad | weight grad | all")
   for contestant, t in totals.items():
     print(f"  {contestant:>8}: {t[0]:7.0f} | {t[1]:7.0f} | {t[2]:7.0f} | {sum(t):7.0f}")
 
