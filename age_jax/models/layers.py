@@ -6,8 +6,7 @@ so weights move freely between lowerings. The lowering is a config choice:
   'patches'  im2col: strided slices of the input + one matmul; autodiff gives the
              gradients (col2im for the input, patches^T @ dy for the weights);
   'hybrid'   a custom VJP that picks, per convolution and per direction, what XLA's CPU
-             backend runs fastest: XLA's forward and input-gradient convolutions (the
-             latter by phases for strided convolutions: no multiplies by dilation zeros), except
+             backend runs fastest: XLA's forward and input-gradient convolutions, except
              on maps smaller than the kernel (there XLA's CPU convolution crawls at ~1
              GFLOP/s and im2col + matmul is 100x faster) and for 1x1 kernels (a matmul);
              the weight gradient as patches^T @ dy on CPUs where XLA's CPU
@@ -154,47 +153,10 @@ def _weight_grad_by_matmul() -> bool:
   return jax.default_backend() == "cpu" and not _cpu_has_avx512()
 
 
-def _phase_plan(size, k, s, pads, out_size, phase):
-  """For the input rows i = s*m + phase of one spatial dimension: the first kernel tap that
-  reaches them, how many taps do (every s-th), and the (low, high) padding of dy that makes the
-  phase a VALID stride-1 correlation with ceil(size / s) output rows."""
-  first_tap = (phase + pads[0]) % s
-  taps = len(range(first_tap, k, s))
-  offset = (phase + pads[0] - first_tap) // s  # dy row the first tap reads for m = 0
-  low = taps - 1 - offset
-  return first_tap, taps, (low, -(-size // s) + taps - 1 - low - out_size)
-
-
-def _input_grad_by_phases(dy, kernel, in_hw, strides, pads):
-  """The input gradient of a strided convolution without dilating dy. Input rows i = s*m + a
-  receive only the taps k = a + pad (mod s), so each of the s_h*s_w phases (a_h, a_w) is a
-  stride-1 convolution of dy with the flipped sub-kernel w[k0::s]; the phases interleave into dx.
-  XLA computes the same gradient as a convolution of dy with s-1 zero rows inserted between rows
-  (lhs dilation), and its CPU backend multiplies those zeros: 1.9x slower on ResNet-18's 3x3/2
-  convolution of a 56 px map here (BUILD_NOTES.md)."""
-  kh, kw, cin, _ = kernel.shape
-  n, out_h, out_w, _ = dy.shape
-  rows, cols = -(-in_hw[0] // strides[0]), -(-in_hw[1] // strides[1])
-  phase_rows = []
-  for a_h in range(strides[0]):
-    first_h, taps_h, pad_h = _phase_plan(in_hw[0], kh, strides[0], pads[0], out_h, a_h)
-    phase_cols = []
-    for a_w in range(strides[1]):
-      first_w, taps_w, pad_w = _phase_plan(in_hw[1], kw, strides[1], pads[1], out_w, a_w)
-      if not taps_h or not taps_w:  # a kernel smaller than its stride never reaches these inputs
-        phase_cols.append(jnp.zeros((n, rows, cols, cin), dy.dtype))
-        continue
-      sub_kernel = kernel[first_h::strides[0], first_w::strides[1]][::-1, ::-1].swapaxes(2, 3)
-      phase_cols.append(_xla_conv(dy, sub_kernel, (1, 1), (pad_h, pad_w)))
-    phase_rows.append(jnp.stack(phase_cols, axis=3))  # (N, rows, cols, s_w, C)
-  dx = jnp.stack(phase_rows, axis=2).reshape(n, rows * strides[0], cols * strides[1], cin)
-  return dx[:, :in_hw[0], :in_hw[1]]
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv_hybrid(x, kernel, strides, pads):
-  """Dense convolution: XLA's forward, its input gradient for stride 1 (strided: by phases,
-  `_input_grad_by_phases`), the weight gradient as a matmul where `_weight_grad_by_matmul` says so."""
+  """Dense convolution: XLA's forward and input gradient, the weight gradient as a matmul
+  where `_weight_grad_by_matmul` says so."""
   return _xla_conv(x, kernel, strides, pads)
 
 
@@ -205,10 +167,7 @@ def _conv_hybrid_fwd(x, kernel, strides, pads):
 def _conv_hybrid_bwd(strides, pads, residuals, dy):
   x, kernel = residuals
   kh, kw = kernel.shape[:2]
-  if strides == (1, 1):
-    dx, = jax.vjp(lambda x: _xla_conv(x, kernel, strides, pads), x)[1](dy)
-  else:
-    dx = _input_grad_by_phases(dy, kernel, x.shape[1:3], strides, pads)
+  dx, = jax.vjp(lambda x: _xla_conv(x, kernel, strides, pads), x)[1](dy)
   if _weight_grad_by_matmul():
     patches = im2col(x, (kh, kw), strides, pads)
     dw = _matmul(patches, dy, (0, 1, 2), (0, 1, 2), kernel.dtype).reshape(kernel.shape)

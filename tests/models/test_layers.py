@@ -90,18 +90,6 @@ def test_hybrid_routes_tiny_maps_1x1_and_depthwise_away_from_xla_convolutions(mo
   assert grads((2, 6, 6, 4), (3, 3, 4, 4), "SAME") == 3
 
 
-def test_hybrid_strided_input_gradient_is_one_undilated_convolution_per_phase():
-  # XLA's own input gradient of a stride-2 convolution dilates dy and multiplies the zeros.
-  x, w = jnp.ones((2, 10, 10, 3)), jnp.ones((3, 3, 3, 4))
-
-  def dilations(lowering):
-    dx = jax.grad(lambda x: layers.conv(x, w, 2, "SAME", 1, lowering).sum())
-    return re.findall(r"lhs_dilate = \[(\d+), (\d+)\]", jax.jit(dx).lower(x).as_text())
-
-  assert dilations("xla") == [("2", "2")]
-  assert dilations("hybrid") == [("1", "1")] * 4
-
-
 def test_resolve_lowering_picks_hybrid_on_cpu_and_names_the_choices():
   assert jax.default_backend() == "cpu"
   assert layers.resolve_lowering("auto") == "hybrid"
