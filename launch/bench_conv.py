@@ -7,8 +7,9 @@ convolution_backward for one gradient at a time).
 
 Prints per distinct convolution the milliseconds and GFLOP/s of each direction (each costs the
 forward's FLOPs), then the sums over the model's convolutions (repeats counted). The input
-gradient of a convolution of the images is left out: no train step computes it. Grouped
-(depthwise) convolutions are skipped: PyTorch's and XLA's layouts for them differ.
+gradient of a convolution of the images is left out: no train step computes it. Only square
+convolutions of square maps are listed (every 3x3+ convolution of ResNets, VGG-16 and the Xing
+baseline); grouped (depthwise) ones are skipped: PyTorch's and XLA's layouts for them differ.
 """
 import collections
 import time
@@ -61,7 +62,8 @@ def model_convolutions(model_name, image_size):
 
 
 def _out(shape):
-  return (shape.size + sum(shape.pads[0]) - shape.kernel) // shape.stride + 1
+  from age_jax.models import layers
+  return layers._out_size(shape.size, shape.kernel, shape.stride, shape.pads[0])
 
 
 def _best_ms(fn, repeats):
