@@ -13,7 +13,11 @@ so weights move freely between lowerings. The lowering is a config choice:
              weight-gradient convolution is slow (AVX2-only; see _weight_grad_by_matmul);
              depthwise convolutions as a sum of kh*kw shifted, scaled copies (one fused
              elementwise loop instead of XLA's grouped convolution);
-  'auto'     'hybrid' on CPU, 'xla' on GPU/TPU (their convolution libraries are fast).
+  'onednn'   float32 dense convolutions on oneDNN's CPU kernels through XLA's FFI (onednn.py), all
+             three directions; 1x1 kernels stay matmuls and everything else (other dtypes,
+             grouped and depthwise convolutions) takes the 'hybrid' path;
+  'auto'     'onednn' on CPU where its kernels build ('hybrid' where they do not), 'xla' on
+             GPU/TPU (their convolution libraries are fast).
 Every lowering computes the same function: outputs and gradients match 'xla' to float
 rounding (tests/models/test_layers.py).
 
@@ -30,7 +34,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-LOWERINGS = ("auto", "xla", "patches", "hybrid")
+from age_jax.models import onednn
+
+LOWERINGS = ("auto", "xla", "patches", "hybrid", "onednn")
 _DN = ("NHWC", "HWIO", "NHWC")
 
 
@@ -38,9 +44,13 @@ def resolve_lowering(lowering: str) -> str:
   """The concrete lowering for `lowering` on the default backend."""
   if lowering not in LOWERINGS:
     raise ValueError(f"conv lowering must be one of {LOWERINGS}, got {lowering!r}")
+  if lowering == "onednn" and onednn.unavailable_reason():
+    raise ValueError(f"conv lowering 'onednn': {onednn.unavailable_reason()}")
   if lowering != "auto":
     return lowering
-  return "hybrid" if jax.default_backend() == "cpu" else "xla"
+  if jax.default_backend() != "cpu":
+    return "xla"
+  return "hybrid" if onednn.unavailable_reason() else "onednn"
 
 
 # XLA CPU's library fusions ('LIBRARY_FUSION_TYPE_*') kept under 'hybrid'; measured in BUILD_NOTES.md.
@@ -60,7 +70,7 @@ def _cpu_fusion_option_supported() -> bool:
 
 def compiler_options(lowering: str) -> dict | None:
   """XLA compiler options for jits that run a model built with `lowering` (None: XLA's defaults)."""
-  if resolve_lowering(lowering) != "hybrid" or jax.default_backend() != "cpu":
+  if resolve_lowering(lowering) not in ("hybrid", "onednn") or jax.default_backend() != "cpu":
     return None
   return {_CPU_FUSION_OPTION: _CPU_LIBRARY_FUSIONS} if _cpu_fusion_option_supported() else None
 
@@ -191,9 +201,26 @@ def conv(x, kernel, strides, padding, groups=1, lowering="auto"):
   if depthwise:
     return conv_depthwise_shifts(x, kernel, strides, pads)
   out_hw = tuple(_out_size(n, k, st, p) for n, k, st, p in zip(x.shape[1:3], (kh, kw), strides, pads))
-  if lowering == "patches" or (kh, kw) == (1, 1) or _map_smaller_than_kernel(out_hw, (kh, kw)):
+  if lowering == "patches" or (kh, kw) == (1, 1):
     return conv_patches(x, kernel, strides, pads)  # a 1x1 convolution is a matmul already
+  if lowering == "onednn" and x.dtype == kernel.dtype == jnp.float32:
+    return _conv_onednn(x, kernel, strides, pads, out_hw)
+  if _map_smaller_than_kernel(out_hw, (kh, kw)):
+    return conv_patches(x, kernel, strides, pads)
   return conv_hybrid(x, kernel, strides, pads)
+
+
+def _conv_onednn(x, kernel, strides, pads, out_hw):
+  # oneDNN wants every padded row read: trim end padding a stride leaves unread (and crop
+  # input rows/columns it never reaches, which autodiff pads back with zero gradient).
+  exact = []
+  for axis, (size, k, s, (before, _), out) in enumerate(zip(x.shape[1:3], kernel.shape[:2], strides, pads, out_hw)):
+    after = (out - 1) * s + k - size - before
+    if after < 0:
+      x = lax.slice_in_dim(x, 0, size + after, axis=axis + 1)
+      after = 0
+    exact.append((before, after))
+  return onednn.conv(x, kernel, strides, tuple(exact))
 
 
 class Conv(nn.Module):

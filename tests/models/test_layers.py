@@ -21,6 +21,7 @@ CASES = {
     "7x7_stride4_valid_large_map": ((1, 33, 31, 2), (7, 7, 2, 3), 4, "VALID", 1),
     "2x3_stride3_kernel_below_stride": ((2, 13, 14, 3), (2, 3, 3, 4), 3, "VALID", 1),
     "5x4_strides_3_2_uneven_pads": ((2, 16, 11, 3), (5, 4, 3, 4), (3, 2), ((3, 0), (0, 2)), 1),
+    "3x3_stride2_wide": ((2, 14, 14, 32), (3, 3, 32, 48), 2, "SAME", 1),
     "3x3_on_2x2_map": ((2, 2, 2, 6), (3, 3, 6, 5), 1, ((1, 1), (1, 1)), 1),
     "depthwise_stride2": ((2, 9, 9, 6), (3, 3, 1, 6), 2, ((1, 1), (1, 1)), 6),
     "depthwise_multiplier2": ((2, 8, 8, 3), (3, 3, 1, 6), 1, "SAME", 3),
@@ -41,7 +42,8 @@ def _close(actual, expected, rtol=1e-5):
 
 
 # 'hybrid' with each weight-gradient path (XLA's convolution, or patches^T @ dy).
-@pytest.mark.parametrize("lowering,wgrad_by_matmul", [("patches", False), ("hybrid", False), ("hybrid", True)])
+@pytest.mark.parametrize("lowering,wgrad_by_matmul", [("patches", False), ("hybrid", False), ("hybrid", True),
+                                                      ("onednn", False)])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_lowering_matches_xla_forward_and_gradients(case, lowering, wgrad_by_matmul, monkeypatch):
   monkeypatch.setattr(layers, "_weight_grad_by_matmul", lambda: wgrad_by_matmul)
@@ -90,11 +92,11 @@ def test_hybrid_routes_tiny_maps_1x1_and_depthwise_away_from_xla_convolutions(mo
   assert grads((2, 6, 6, 4), (3, 3, 4, 4), "SAME") == 3
 
 
-def test_resolve_lowering_picks_hybrid_on_cpu_and_names_the_choices():
+def test_resolve_lowering_picks_onednn_on_cpu_and_names_the_choices():
   assert jax.default_backend() == "cpu"
-  assert layers.resolve_lowering("auto") == "hybrid"
+  assert layers.resolve_lowering("auto") == "onednn"
   assert layers.resolve_lowering("xla") == "xla"
-  with pytest.raises(ValueError, match=r"one of \('auto', 'xla', 'patches', 'hybrid'\), got 'fast'"):
+  with pytest.raises(ValueError, match=r"one of \('auto', 'xla', 'patches', 'hybrid', 'onednn'\), got 'fast'"):
     layers.resolve_lowering("fast")
 
 
@@ -109,7 +111,7 @@ def test_hybrid_compiler_options_keep_convolutions_out_of_library_fusions_and_ch
   options = layers.compiler_options("hybrid")
   if options is None:
     pytest.skip("this jaxlib has no xla_cpu_experimental_ynn_fusion_type option")
-  assert layers.compiler_options("auto") == options  # auto = hybrid on CPU
+  assert layers.compiler_options("auto") == options == layers.compiler_options("onednn")
   assert layers.compiler_options("xla") is None and layers.compiler_options("patches") is None
   kx, kw, kc = jax.random.split(jax.random.key(3), 3)
   x, w = jax.random.normal(kx, (4, 20, 20, 16)), jax.random.normal(kw, (3, 3, 16, 32))
