@@ -270,17 +270,69 @@ class LocalResponseNorm(nn.Module):
 
 def max_pool(x, window: int | Sequence[int], strides: int | Sequence[int], padding="VALID",
              lowering: str = "auto"):
-  """Max pooling, NHWC. On CPU ('hybrid', 'patches') it is the running maximum of the kh*kw
-  strided views: XLA's CPU select-and-scatter (the gradient of reduce_window max) is 5-12x
-  slower than the elementwise selects this differentiates into. Ties send the gradient to
-  the first maximal tap, as select-and-scatter does, so both paths give identical gradients."""
+  """Max pooling, NHWC. On CPU (every lowering but 'xla') it is the running maximum of the kh*kw
+  strided views, with a gradient computed per stride phase (`_max_pool_views`): XLA's CPU
+  select-and-scatter (the gradient of reduce_window max) is 5-12x slower. Ties send the gradient
+  to the first maximal tap, as select-and-scatter does, so both paths give identical gradients."""
   window, strides = _pair(window), _pair(strides)
   if resolve_lowering(lowering) == "xla":
     return nn.max_pool(x, window, strides=strides, padding=padding)
   pads = explicit_padding(x.shape[1:3], window, strides, padding)
   if any(p for pair in pads for p in pair):
     x = lax.pad(x, jnp.array(-jnp.inf, x.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
-  out = None
-  for view in _shifted_views(x, window, strides, ((0, 0), (0, 0))):
-    out = view if out is None else jnp.where(view > out, view, out)
-  return out
+  return _max_pool_views(x, window, strides)
+
+
+def _running_max(x, window, strides):
+  """The pooled maximum and, per output, the index of the first tap that holds it."""
+  out, tap = None, None
+  for t, view in enumerate(_shifted_views(x, window, strides, ((0, 0), (0, 0)))):
+    if out is None:
+      out, tap = view, jnp.zeros(view.shape, jnp.int8)
+    else:
+      better = view > out
+      out, tap = jnp.where(better, view, out), jnp.where(better, jnp.int8(t), tap)
+  return out, tap
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _max_pool_views(x, window, strides):
+  return _running_max(x, window, strides)[0]
+
+
+def _max_pool_views_fwd(x, window, strides):
+  # XLA recomputes `tap` inside the backward fusion rather than storing it (an optimization
+  # barrier does not survive to fusion, and an argmax or variadic reduce_window that would be
+  # stored cost more than the recomputation): still 1.5x faster than autodiff of the views.
+  out, tap = _running_max(x, window, strides)
+  return out, (tap, jnp.zeros((0,) + x.shape[1:], x.dtype))  # the empty array carries x's map size
+
+
+def _max_pool_views_bwd(window, strides, residuals, dy):
+  """dx row p = s*m + r (phase r) gathers the taps t = r + s*d of outputs m - d: per phase, a
+  sum of a few shifted, masked copies of dy at output resolution; the phases are then
+  interleaved. (The autodiff of the views would add kh*kw strided, zero-dilated copies at input
+  resolution instead: several times the work.)"""
+  tap, like = residuals
+  (kh, kw), (sh, sw) = window, strides
+  h, w = like.shape[1:3]
+  rows, cols = -(-h // sh), -(-w // sw)  # rows / columns per phase (the last phases may use fewer)
+
+  def shifted(g, d_rows, d_cols):  # g[m - d_rows, n - d_cols] on a (rows, cols) grid, zeros outside
+    g = lax.pad(g, jnp.zeros((), g.dtype), ((0, 0, 0), (d_rows, max(0, rows - g.shape[1] - d_rows), 0),
+                                            (d_cols, max(0, cols - g.shape[2] - d_cols), 0), (0, 0, 0)))
+    return g[:, :rows, :cols]
+
+  phases = []
+  for rh in range(sh):
+    row = []
+    for rw in range(sw):
+      terms = [shifted(jnp.where(tap == i * kw + j, dy, jnp.zeros((), dy.dtype)), (i - rh) // sh, (j - rw) // sw)
+               for i in range(rh, kh, sh) for j in range(rw, kw, sw)]
+      row.append(sum(terms) if terms else jnp.zeros((dy.shape[0], rows, cols, dy.shape[3]), dy.dtype))
+    phases.append(jnp.stack(row, axis=3))
+  dx = jnp.stack(phases, axis=2).reshape(dy.shape[0], rows * sh, cols * sw, dy.shape[3])
+  return (dx[:, :h, :w],)
+
+
+_max_pool_views.defvjp(_max_pool_views_fwd, _max_pool_views_bwd)

@@ -158,7 +158,8 @@ def test_conv_rejects_channels_not_divisible_by_groups():
     layers.Conv(4, 3, feature_group_count=3).init(jax.random.key(0), jnp.ones((1, 4, 4, 6)))
 
 
-@pytest.mark.parametrize("window,strides,padding", [(3, 2, "VALID"), (3, 2, ((1, 1), (1, 1))), (2, 2, "VALID")])
+@pytest.mark.parametrize("window,strides,padding", [(3, 2, "VALID"), (3, 2, ((1, 1), (1, 1))), (2, 2, "VALID"),
+                                                    (3, 1, ((1, 1), (1, 1))), (2, 3, "VALID"), ((3, 2), (2, 1), "SAME")])
 def test_max_pool_views_match_reduce_window_with_ties(window, strides, padding):
   # Rounded values make many ties: the gradient must go to the same (first) maximal tap.
   x = jnp.round(jax.random.normal(jax.random.key(0), (2, 11, 12, 3)) * 2)
