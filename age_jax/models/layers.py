@@ -163,23 +163,47 @@ def _weight_grad_by_matmul() -> bool:
   return jax.default_backend() == "cpu" and not _cpu_has_avx512()
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv_hybrid(x, kernel, strides, pads):
-  """Dense convolution: XLA's forward and input gradient, the weight gradient as a matmul
-  where `_weight_grad_by_matmul` says so."""
+# Where oneDNN beats XLA on a 2-core AVX2 EPYC, by output map area (ResNet-18 and Xing layers at
+# batch 32, `launch.bench_conv`, BUILD_NOTES.md): forward and input gradient from ~20x20 up (1.1-2x
+# on 28-56 px maps, up to 1.8x slower on 2-16 px ones), the weight gradient from ~12x12 up (1.4-3x).
+_ONEDNN_MIN_AREA = {"forward": 20 * 20, "weight_grad": 12 * 12}
+
+
+def _engines(lowering, out_hw, dtype):
+  """(engine for the forward and input gradient, engine for the weight gradient) of a dense
+  convolution under 'hybrid' or 'onednn': 'xla', 'matmul' (patches^T @ dy) or 'onednn'."""
+  area = out_hw[0] * out_hw[1]
+  onednn_ok = lowering == "onednn" and dtype == jnp.float32
+  forward = "onednn" if onednn_ok and area >= _ONEDNN_MIN_AREA["forward"] else "xla"
+  if onednn_ok and area >= _ONEDNN_MIN_AREA["weight_grad"]:
+    return forward, "onednn"
+  return forward, ("matmul" if _weight_grad_by_matmul() else "xla")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv_hybrid(x, kernel, strides, pads, engines):
+  """Dense convolution, each direction on the engine `engines` names (see `_engines`); pads must
+  be exact (`_exact_padding`) where oneDNN runs."""
+  if engines[0] == "onednn":
+    return onednn.conv_forward(x, kernel, strides, pads)
   return _xla_conv(x, kernel, strides, pads)
 
 
-def _conv_hybrid_fwd(x, kernel, strides, pads):
-  return conv_hybrid(x, kernel, strides, pads), (x, kernel)
+def _conv_hybrid_fwd(x, kernel, strides, pads, engines):
+  return conv_hybrid(x, kernel, strides, pads, engines), (x, kernel)
 
 
-def _conv_hybrid_bwd(strides, pads, residuals, dy):
+def _conv_hybrid_bwd(strides, pads, engines, residuals, dy):
   x, kernel = residuals
-  kh, kw = kernel.shape[:2]
-  dx, = jax.vjp(lambda x: _xla_conv(x, kernel, strides, pads), x)[1](dy)
-  if _weight_grad_by_matmul():
-    patches = im2col(x, (kh, kw), strides, pads)
+  forward_engine, weight_engine = engines
+  if forward_engine == "onednn":
+    dx = onednn.conv_input_grad(dy, kernel, x.shape, strides, pads)
+  else:
+    dx, = jax.vjp(lambda x: _xla_conv(x, kernel, strides, pads), x)[1](dy)
+  if weight_engine == "onednn":
+    dw = onednn.conv_weight_grad(x, dy, kernel.shape, strides, pads)
+  elif weight_engine == "matmul":
+    patches = im2col(x, kernel.shape[:2], strides, pads)
     dw = _matmul(patches, dy, (0, 1, 2), (0, 1, 2), kernel.dtype).reshape(kernel.shape)
   else:
     dw, = jax.vjp(lambda k: _xla_conv(x, k, strides, pads), kernel)[1](dy)
@@ -201,26 +225,25 @@ def conv(x, kernel, strides, padding, groups=1, lowering="auto"):
   if depthwise:
     return conv_depthwise_shifts(x, kernel, strides, pads)
   out_hw = tuple(_out_size(n, k, st, p) for n, k, st, p in zip(x.shape[1:3], (kh, kw), strides, pads))
-  if lowering == "patches" or (kh, kw) == (1, 1):
+  if lowering == "patches" or (kh, kw) == (1, 1) or _map_smaller_than_kernel(out_hw, (kh, kw)):
     return conv_patches(x, kernel, strides, pads)  # a 1x1 convolution is a matmul already
-  if lowering == "onednn" and x.dtype == kernel.dtype == jnp.float32:
-    return _conv_onednn(x, kernel, strides, pads, out_hw)
-  if _map_smaller_than_kernel(out_hw, (kh, kw)):
-    return conv_patches(x, kernel, strides, pads)
-  return conv_hybrid(x, kernel, strides, pads)
+  engines = _engines(lowering, out_hw, x.dtype)
+  if "onednn" in engines:
+    x, pads = _exact_padding(x, (kh, kw), strides, pads)
+  return conv_hybrid(x, kernel, strides, pads, engines)
 
 
-def _conv_onednn(x, kernel, strides, pads, out_hw):
-  # oneDNN wants every padded row read: trim end padding a stride leaves unread (and crop
-  # input rows/columns it never reaches, which autodiff pads back with zero gradient).
+def _exact_padding(x, window, strides, pads):
+  """oneDNN wants every padded row read: trims end padding a stride leaves unread, and crops input
+  rows/columns no window reaches (autodiff pads their gradient back with zeros)."""
   exact = []
-  for axis, (size, k, s, (before, _), out) in enumerate(zip(x.shape[1:3], kernel.shape[:2], strides, pads, out_hw)):
-    after = (out - 1) * s + k - size - before
+  for axis, (size, k, s, (before, after)) in enumerate(zip(x.shape[1:3], window, strides, pads)):
+    after = (_out_size(size, k, s, (before, after)) - 1) * s + k - size - before
     if after < 0:
       x = lax.slice_in_dim(x, 0, size + after, axis=axis + 1)
       after = 0
     exact.append((before, after))
-  return onednn.conv(x, kernel, strides, tuple(exact))
+  return x, tuple(exact)
 
 
 class Conv(nn.Module):
@@ -270,14 +293,18 @@ class LocalResponseNorm(nn.Module):
 
 def max_pool(x, window: int | Sequence[int], strides: int | Sequence[int], padding="VALID",
              lowering: str = "auto"):
-  """Max pooling, NHWC. On CPU (every lowering but 'xla') it is the running maximum of the kh*kw
-  strided views, with a gradient computed per stride phase (`_max_pool_views`): XLA's CPU
-  select-and-scatter (the gradient of reduce_window max) is 5-12x slower. Ties send the gradient
-  to the first maximal tap, as select-and-scatter does, so both paths give identical gradients."""
+  """Max pooling, NHWC. 'onednn' (float32): oneDNN's pooling kernels. Otherwise on CPU (every
+  lowering but 'xla') the running maximum of the kh*kw strided views, with a gradient computed
+  per stride phase (`_max_pool_views`): XLA's CPU select-and-scatter (the gradient of
+  reduce_window max) is 5-12x slower. Ties send the gradient to the first maximal tap, as
+  select-and-scatter does, so every path gives identical gradients."""
   window, strides = _pair(window), _pair(strides)
   if resolve_lowering(lowering) == "xla":
     return nn.max_pool(x, window, strides=strides, padding=padding)
   pads = explicit_padding(x.shape[1:3], window, strides, padding)
+  if resolve_lowering(lowering) == "onednn" and x.dtype == jnp.float32:
+    x, exact = _exact_padding(x, window, strides, pads)
+    return onednn.max_pool(x, window, strides, exact)
   if any(p for pair in pads for p in pair):
     x = lax.pad(x, jnp.array(-jnp.inf, x.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
   return _max_pool_views(x, window, strides)

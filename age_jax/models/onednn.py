@@ -28,8 +28,8 @@ from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 _SOURCE = pathlib.Path(__file__).parent / "kernels" / "onednn_conv.cc"
-_TARGETS = {"forward": "OnednnConvForward", "backward_data": "OnednnConvBackwardData",
-            "backward_weights": "OnednnConvBackwardWeights"}
+_TARGETS = ("OnednnConvForward", "OnednnConvBackwardData", "OnednnConvBackwardWeights", "OnednnMaxPool",
+            "OnednnMaxPoolBackward")
 _TARGET_PREFIX = "age_jax_"
 _lock = threading.Lock()
 
@@ -87,7 +87,7 @@ def _load() -> str | None:
   try:
     with _lock:
       library = ctypes.CDLL(str(_build(root)))
-    for target in _TARGETS.values():
+    for target in _TARGETS:
       jax.ffi.register_ffi_target(_TARGET_PREFIX + target, jax.ffi.pycapsule(getattr(library, target)),
                                   platform="cpu")
   except (OSError, RuntimeError, AttributeError) as e:
@@ -108,81 +108,110 @@ def _warn_once(reason: str):
   logging.warning("%s; convolutions fall back to XLA's.", reason)
 
 
-def _call(direction, out_shape, a, b, strides, pads):
-  return jax.ffi.ffi_call(_TARGET_PREFIX + _TARGETS[direction], jax.ShapeDtypeStruct(out_shape, jnp.float32),
-                          vmap_method="sequential")(
-      a, b, strides=np.asarray(strides, np.int64), pads=np.asarray([p for pair in pads for p in pair], np.int64))
+def _flat(pairs):
+  return tuple(v for pair in pairs for v in pair)
 
 
-def _partitioned_op(direction, sharding_rule, weight_gradient=False):
-  """`op(a, b, strides, pads, out_shape)` for one direction, as a custom_partitioning op: under a
-  sharded jit every device runs oneDNN on its own slice of the batch (XLA cannot split an opaque
-  custom call and would gather the whole batch onto every device). Activations keep their batch
-  sharding, kernels are replicated, and the weight gradient is summed over the batch's mesh axes."""
+def _call(target, out_shape, operands, attrs):
+  return jax.ffi.ffi_call(_TARGET_PREFIX + target, jax.ShapeDtypeStruct(out_shape, jnp.float32),
+                          vmap_method="sequential")(*operands, **{k: np.asarray(v, np.int64) for k, v in attrs})
 
-  @functools.partial(custom_partitioning, static_argnums=(3, 4, 5))
-  def partitioned(a, b, key, strides, pads, out_shape):
-    del key
-    return _call(direction, out_shape, a, b, strides, pads)
 
-  def partition(strides, pads, out_shape, mesh, arg_shapes, result_shape):
+def _partitioned_op(target, sharding_rule, replicated_operands=(), sum_over_batch=False):
+  """`op(*operands, attrs=((name, ints), ...), out_shape=...)` calling one handler, as a
+  custom_partitioning op: under a sharded jit every device runs oneDNN on its own slice of the
+  batch (XLA cannot split an opaque custom call and would gather the whole batch onto every
+  device). Operands keep their batch sharding except `replicated_operands` (kernels); a result
+  without a batch dimension (the weight gradient) is summed over the batch's mesh axes."""
+  num_operands = sharding_rule.split("->")[0].count(",") + 1
+
+  @functools.partial(custom_partitioning, static_argnums=(num_operands + 1, num_operands + 2))
+  def partitioned(*args):
+    *operands, _, attrs, out_shape = args
+    return _call(target, out_shape, operands, attrs)
+
+  def partition(attrs, out_shape, mesh, arg_shapes, result_shape):
     del result_shape
     spec = arg_shapes[0].sharding.spec
     batch_axes = spec[0] if len(spec) else None
     batch, replicated = NamedSharding(mesh, P(batch_axes)), NamedSharding(mesh, P())
 
-    def lower(a, b, key):
-      del key
-      if not weight_gradient:
-        return _call(direction, (a.shape[0], *out_shape[1:]), a, b, strides, pads)
-      partial_sum = _call(direction, out_shape, a, b, strides, pads)
+    def lower(*args):
+      operands = args[:num_operands]
+      if not sum_over_batch:
+        return _call(target, (operands[0].shape[0], *out_shape[1:]), operands, attrs)
+      partial_sum = _call(target, out_shape, operands, attrs)
       return jax.lax.psum(partial_sum, batch_axes) if batch_axes else partial_sum
 
-    if weight_gradient:
-      return mesh, lower, replicated, (batch, batch, replicated)
-    return mesh, lower, batch, (batch, replicated, replicated)
+    arg_shardings = tuple(replicated if i in replicated_operands else batch for i in range(num_operands))
+    return mesh, lower, (replicated if sum_over_batch else batch), (*arg_shardings, replicated)
 
   sharding_rule = sharding_rule.replace(" ->", ", z ->")  # z: the key operand below
   factors = [f for f in sharding_rule.replace(",", " ").replace("->", " ").split() if f != "b"]
   partitioned.def_partition(partition, sharding_rule=sharding_rule,
-                            reduction_factors=("b",) if weight_gradient else (),
+                            reduction_factors=("b",) if sum_over_batch else (),
                             need_replication_factors=tuple(dict.fromkeys(factors)))  # in order of appearance
 
-  def op(a, b, strides, pads, out_shape):
-    # The op's static arguments live in a Python callback XLA cannot see; this constant operand
-    # spells them out in the program, so the persistent compilation cache (which ignores the
-    # callback, see launch/common.py) never confuses two convolutions that differ only in them.
-    key = np.asarray([list(_TARGETS).index(direction), *strides, *(p for pair in pads for p in pair),
-                      *out_shape], np.int32)
-    return partitioned(a, b, key, strides, pads, out_shape)
+  def op(*operands, attrs, out_shape):
+    # The static arguments live in a Python callback XLA cannot see; this constant operand spells
+    # them out in the program, so the persistent compilation cache (which ignores the callback,
+    # see launch/common.py) never confuses two ops that differ only in them.
+    key = np.asarray([_TARGETS.index(target), *(v for _, values in attrs for v in values), *out_shape], np.int32)
+    return partitioned(*operands, key, attrs, out_shape)
   return op
 
 
 # Factors: b batch, (h, w) input map, (p, q) output map, (i, j) kernel taps, c / o channels in / out.
-_forward = _partitioned_op("forward", "b h w c, i j c o -> b p q o")
-_backward_data = _partitioned_op("backward_data", "b p q o, i j c o -> b h w c")
-_backward_weights = _partitioned_op("backward_weights", "b h w c, b p q o -> i j c o", weight_gradient=True)
+_conv_forward = _partitioned_op("OnednnConvForward", "b h w c, i j c o -> b p q o", replicated_operands=(1,))
+_conv_backward_data = _partitioned_op("OnednnConvBackwardData", "b p q o, i j c o -> b h w c",
+                                      replicated_operands=(1,))
+_conv_backward_weights = _partitioned_op("OnednnConvBackwardWeights", "b h w c, b p q o -> i j c o",
+                                         sum_over_batch=True)
+_max_pool_forward = _partitioned_op("OnednnMaxPool", "b h w c -> b p q c")
+_max_pool_backward = _partitioned_op("OnednnMaxPoolBackward", "b h w c, b p q c -> b h w c")
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv(x, kernel, strides, pads):
-  """float32 NHWC x, HWIO kernel; `pads` ((top, bottom), (left, right)) must be exact: every
-  padded row and column is read (layers.conv crops what a stride leaves unread)."""
-  n, h, w, _ = x.shape
-  kh, kw, _, cout = kernel.shape
-  out_shape = (n, (h + sum(pads[0]) - kh) // strides[0] + 1, (w + sum(pads[1]) - kw) // strides[1] + 1, cout)
-  return _forward(x, kernel, strides, pads, out_shape)
+def _output_shape(x_shape, window, strides, pads, channels):
+  n, h, w, _ = x_shape
+  return (n, (h + sum(pads[0]) - window[0]) // strides[0] + 1, (w + sum(pads[1]) - window[1]) // strides[1] + 1,
+          channels)
 
 
-def _conv_fwd(x, kernel, strides, pads):
-  return conv(x, kernel, strides, pads), (x, kernel)
+def _conv_attrs(strides, pads):
+  return ("strides", tuple(strides)), ("pads", _flat(pads))
 
 
-def _conv_bwd(strides, pads, residuals, dy):
-  x, kernel = residuals
-  dx = _backward_data(dy, kernel, strides, pads, x.shape)
-  dw = _backward_weights(x, dy, strides, pads, kernel.shape)
-  return dx, dw
+# The three directions of a float32 convolution (NHWC x, HWIO kernel); `pads` ((top, bottom),
+# (left, right)) must be exact, every padded row and column read (layers.py trims the rest).
+# layers.conv_hybrid composes them, direction by direction, into a differentiable convolution.
+def conv_forward(x, kernel, strides, pads):
+  out_shape = _output_shape(x.shape, kernel.shape, strides, pads, kernel.shape[3])
+  return _conv_forward(x, kernel, attrs=_conv_attrs(strides, pads), out_shape=out_shape)
 
 
-conv.defvjp(_conv_fwd, _conv_bwd)
+def conv_input_grad(dy, kernel, x_shape, strides, pads):
+  return _conv_backward_data(dy, kernel, attrs=_conv_attrs(strides, pads), out_shape=tuple(x_shape))
+
+
+def conv_weight_grad(x, dy, kernel_shape, strides, pads):
+  return _conv_backward_weights(x, dy, attrs=_conv_attrs(strides, pads), out_shape=tuple(kernel_shape))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def max_pool(x, window, strides, pads):
+  """float32 NHWC max pooling; padding counts as -inf; `pads` exact, as for `conv`. The gradient
+  goes to the first maximal element of each window, as XLA's select-and-scatter does."""
+  attrs = (("window", tuple(window)), ("strides", tuple(strides)), ("pads", _flat(pads)))
+  return _max_pool_forward(x, attrs=attrs, out_shape=_output_shape(x.shape, window, strides, pads, x.shape[3]))
+
+
+def _max_pool_fwd(x, window, strides, pads):
+  return max_pool(x, window, strides, pads), x
+
+
+def _max_pool_bwd(window, strides, pads, x, dy):
+  attrs = (("window", tuple(window)), ("strides", tuple(strides)), ("pads", _flat(pads)))
+  return (_max_pool_backward(x, dy, attrs=attrs, out_shape=x.shape),)
+
+
+max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)

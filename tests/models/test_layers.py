@@ -47,6 +47,7 @@ def _close(actual, expected, rtol=1e-5):
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_lowering_matches_xla_forward_and_gradients(case, lowering, wgrad_by_matmul, monkeypatch):
   monkeypatch.setattr(layers, "_weight_grad_by_matmul", lambda: wgrad_by_matmul)
+  monkeypatch.setattr(layers, "_ONEDNN_MIN_AREA", {"forward": 1, "weight_grad": 1})  # oneDNN on tiny maps too
   x_shape, w_shape, strides, padding, groups = CASES[case]
   kx, kw, kc = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(kx, x_shape)
@@ -160,10 +161,11 @@ def test_conv_rejects_channels_not_divisible_by_groups():
 
 @pytest.mark.parametrize("window,strides,padding", [(3, 2, "VALID"), (3, 2, ((1, 1), (1, 1))), (2, 2, "VALID"),
                                                     (3, 1, ((1, 1), (1, 1))), (2, 3, "VALID"), ((3, 2), (2, 1), "SAME")])
-def test_max_pool_views_match_reduce_window_with_ties(window, strides, padding):
+@pytest.mark.parametrize("lowering", ["hybrid", "onednn"])
+def test_max_pool_matches_reduce_window_with_ties(window, strides, padding, lowering):
   # Rounded values make many ties: the gradient must go to the same (first) maximal tap.
   x = jnp.round(jax.random.normal(jax.random.key(0), (2, 11, 12, 3)) * 2)
   loss = lambda lowering: lambda x: jnp.sum(layers.max_pool(x, window, strides, padding, lowering) ** 3)
-  np.testing.assert_array_equal(layers.max_pool(x, window, strides, padding, "hybrid"),
+  np.testing.assert_array_equal(layers.max_pool(x, window, strides, padding, lowering),
                                 layers.max_pool(x, window, strides, padding, "xla"))
-  np.testing.assert_array_equal(jax.grad(loss("hybrid"))(x), jax.grad(loss("xla"))(x))
+  np.testing.assert_array_equal(jax.grad(loss(lowering))(x), jax.grad(loss("xla"))(x))

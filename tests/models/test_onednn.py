@@ -11,6 +11,21 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from age_jax.models import layers, onednn
 
 
+@pytest.fixture(autouse=True)
+def onednn_on_every_map_size(monkeypatch):
+  monkeypatch.setattr(layers, "_ONEDNN_MIN_AREA", {"forward": 1, "weight_grad": 1})
+
+
+def test_onednn_takes_the_directions_it_runs_faster_by_output_map_area(monkeypatch):
+  monkeypatch.undo()
+  monkeypatch.setattr(layers, "_weight_grad_by_matmul", lambda: True)
+  assert layers._engines("onednn", (56, 56), jnp.float32) == ("onednn", "onednn")
+  assert layers._engines("onednn", (14, 14), jnp.float32) == ("xla", "onednn")
+  assert layers._engines("onednn", (7, 7), jnp.float32) == ("xla", "matmul")
+  assert layers._engines("onednn", (56, 56), jnp.bfloat16) == ("xla", "matmul")  # oneDNN: float32 only
+  assert layers._engines("hybrid", (56, 56), jnp.float32) == ("xla", "matmul")
+
+
 def _loss(lowering):
   return lambda x, w: jnp.sum(jnp.sin(layers.conv(x, w, 2, "SAME", 1, lowering)))
 
