@@ -13,9 +13,9 @@ so weights move freely between lowerings. The lowering is a config choice:
              weight-gradient convolution is slow (AVX2-only; see _weight_grad_by_matmul);
              depthwise convolutions as a sum of kh*kw shifted, scaled copies (one fused
              elementwise loop instead of XLA's grouped convolution);
-  'onednn'   float32 dense convolutions on oneDNN's CPU kernels through XLA's FFI (onednn.py), all
-             three directions; 1x1 kernels stay matmuls and everything else (other dtypes,
-             grouped and depthwise convolutions) takes the 'hybrid' path;
+  'onednn'   'hybrid' with oneDNN's CPU kernels (onednn.py, XLA custom calls) for the float32
+             directions they run faster: forward and input gradient on output maps from 20x20,
+             weight gradient from 12x12 (`_engines`); max pooling too;
   'auto'     'onednn' on CPU where its kernels build ('hybrid' where they do not), 'xla' on
              GPU/TPU (their convolution libraries are fast).
 Every lowering computes the same function: outputs and gradients match 'xla' to float

@@ -45,7 +45,15 @@ def _onednn_root() -> pathlib.Path | None:
 
 
 def _cache_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get("AGE_JAX_KERNEL_CACHE", pathlib.Path.home() / ".cache" / "age_jax" / "kernels"))
+  """$AGE_JAX_KERNEL_CACHE, else ~/.cache/age_jax/kernels, else (a read-only home) the temp dir."""
+  if "AGE_JAX_KERNEL_CACHE" in os.environ:
+    return pathlib.Path(os.environ["AGE_JAX_KERNEL_CACHE"])
+  home_cache = pathlib.Path.home() / ".cache" / "age_jax" / "kernels"
+  try:
+    home_cache.mkdir(parents=True, exist_ok=True)
+    return home_cache
+  except OSError:
+    return pathlib.Path(tempfile.gettempdir()) / "age_jax_kernels"
 
 
 def _build(root: pathlib.Path) -> pathlib.Path:
