@@ -1,4 +1,5 @@
-"""Convolutions on oneDNN's CPU kernels, called from XLA through its FFI (kernels/onednn_conv.cc).
+"""Convolutions and max pooling on oneDNN's CPU kernels, called from XLA through its FFI
+(kernels/onednn_conv.cc); layers.py decides where they run.
 
 XLA's CPU backend computes convolution weight gradients at 8-9 GFLOP/s on large maps of an AVX2
 CPU; oneDNN's direct kernels (the library PyTorch uses on CPU) run them at 40-55, and its forward
@@ -113,7 +114,7 @@ def unavailable_reason() -> str | None:
 
 @functools.cache
 def _warn_once(reason: str):
-  logging.warning("%s; convolutions fall back to XLA's.", reason)
+  logging.warning("%s; convolutions and pooling fall back to the 'hybrid' lowering.", reason)
 
 
 def _flat(pairs):
@@ -205,12 +206,16 @@ def conv_weight_grad(x, dy, kernel_shape, strides, pads):
   return _conv_backward_weights(x, dy, attrs=_conv_attrs(strides, pads), out_shape=tuple(kernel_shape))
 
 
+def _pool_attrs(window, strides, pads):
+  return ("window", tuple(window)), ("strides", tuple(strides)), ("pads", _flat(pads))
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def max_pool(x, window, strides, pads):
-  """float32 NHWC max pooling; padding counts as -inf; `pads` exact, as for `conv`. The gradient
-  goes to the first maximal element of each window, as XLA's select-and-scatter does."""
-  attrs = (("window", tuple(window)), ("strides", tuple(strides)), ("pads", _flat(pads)))
-  return _max_pool_forward(x, attrs=attrs, out_shape=_output_shape(x.shape, window, strides, pads, x.shape[3]))
+  """float32 NHWC max pooling; padding counts as -inf; `pads` exact, as for the convolutions. The
+  gradient goes to the first maximal element of each window, as XLA's select-and-scatter does."""
+  out_shape = _output_shape(x.shape, window, strides, pads, x.shape[3])
+  return _max_pool_forward(x, attrs=_pool_attrs(window, strides, pads), out_shape=out_shape)
 
 
 def _max_pool_fwd(x, window, strides, pads):
@@ -218,8 +223,7 @@ def _max_pool_fwd(x, window, strides, pads):
 
 
 def _max_pool_bwd(window, strides, pads, x, dy):
-  attrs = (("window", tuple(window)), ("strides", tuple(strides)), ("pads", _flat(pads)))
-  return (_max_pool_backward(x, dy, attrs=attrs, out_shape=x.shape),)
+  return (_max_pool_backward(x, dy, attrs=_pool_attrs(window, strides, pads), out_shape=x.shape),)
 
 
 max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
