@@ -21,7 +21,7 @@ so weights move freely between lowerings. The lowering is a config choice:
 Every lowering computes the same function: outputs and gradients match 'xla' to float
 rounding (tests/models/test_layers.py).
 
-'hybrid' also comes with XLA compiler options (`compiler_options`), which every jit that runs
+'hybrid' and 'onednn' also come with XLA compiler options (`compiler_options`), which every jit that runs
 a model passes: on CPU, XLA hands convolutions and elementwise fusions to its YNNPACK library by
 default, whose convolutions ran at half the speed of XLA's own (Eigen) on large maps here;
 keeping YNNPACK for single matmuls and reductions only made whole train steps 1.3-1.5x faster.
@@ -164,7 +164,7 @@ def _weight_grad_by_matmul() -> bool:
 
 
 # Where oneDNN beats XLA on a 2-core AVX2 EPYC, by output map area (ResNet-18 and Xing layers at
-# batch 32, `launch.bench_conv`, BUILD_NOTES.md): forward and input gradient from ~20x20 up (1.1-2x
+# batch 32, `launch.bench_conv`, BUILD_NOTES.md): forward and input gradient from ~20x20 up (1.1-1.4x
 # on 28-56 px maps, up to 1.8x slower on 2-16 px ones), the weight gradient from ~12x12 up (1.4-3x).
 _ONEDNN_MIN_AREA = {"forward": 20 * 20, "weight_grad": 12 * 12}
 

@@ -29,10 +29,9 @@ dnnl::engine& cpu_engine() {
   return engine;
 }
 
-// XLA runs independent custom calls concurrently from its thread pool (a convolution's input and
-// weight gradients, for one), while oneDNN's library-managed scratchpad is shared between
-// primitives: concurrent executions crashed. One execution at a time; each already uses every
-// core through OpenMP.
+// XLA may run independent custom calls concurrently from its thread pool (a convolution's input
+// and weight gradients, for one). One oneDNN execution at a time: each already uses every core
+// through OpenMP, and a plan's kernel buffer is shared between calls.
 std::mutex& execution_mutex() {
   static std::mutex mutex;
   return mutex;
@@ -108,19 +107,44 @@ Plan& plan_for(Direction direction, const Geometry& g) {
   return *slot;
 }
 
-ffi::Error geometry(ffi::Span<const int64_t> x_dims, ffi::Span<const int64_t> y_dims,
-                    ffi::Span<const int64_t> kernel_dims, ffi::Span<const int64_t> strides,
-                    ffi::Span<const int64_t> pads, Geometry* g) {
-  if (x_dims.size() != 4 || y_dims.size() != 4 || kernel_dims.size() != 4 || strides.size() != 2 ||
-      pads.size() != 4)
-    return ffi::Error::InvalidArgument("onednn conv: expected NHWC, HWIO, 2 strides, 4 pads");
-  *g = {x_dims[0], x_dims[1], x_dims[2], x_dims[3], kernel_dims[0], kernel_dims[1], kernel_dims[3],
+// x (n, h, w, c) and y (n, ho, wo, cout) from XLA; the window and cout from the kernel or attributes.
+ffi::Error geometry(ffi::Span<const int64_t> x_dims, ffi::Span<const int64_t> y_dims, int64_t kh, int64_t kw,
+                    int64_t cout, ffi::Span<const int64_t> strides, ffi::Span<const int64_t> pads, Geometry* g) {
+  if (x_dims.size() != 4 || y_dims.size() != 4 || strides.size() != 2 || pads.size() != 4)
+    return ffi::Error::InvalidArgument("onednn: expected NHWC operands, 2 strides, 4 pads");
+  *g = {x_dims[0], x_dims[1], x_dims[2], x_dims[3], kh, kw, cout,
         y_dims[1], y_dims[2], strides[0], strides[1], pads[0], pads[2], pads[1], pads[3]};
   return ffi::Error::Success();
 }
 
-ffi::Error run(Direction direction, const Geometry& g, float* x, float* kernel, float* y) {
+ffi::Error conv_geometry(ffi::Span<const int64_t> x_dims, ffi::Span<const int64_t> y_dims,
+                         ffi::Span<const int64_t> kernel_dims, ffi::Span<const int64_t> strides,
+                         ffi::Span<const int64_t> pads, Geometry* g) {
+  if (kernel_dims.size() != 4) return ffi::Error::InvalidArgument("onednn conv: expected an HWIO kernel");
+  return geometry(x_dims, y_dims, kernel_dims[0], kernel_dims[1], kernel_dims[3], strides, pads, g);
+}
+
+ffi::Error pool_geometry(ffi::Span<const int64_t> x_dims, ffi::Span<const int64_t> y_dims,
+                         ffi::Span<const int64_t> window, ffi::Span<const int64_t> strides,
+                         ffi::Span<const int64_t> pads, Geometry* g) {
+  if (window.size() != 2 || x_dims.size() != 4)
+    return ffi::Error::InvalidArgument("onednn max pool: expected a 2-D window over NHWC");
+  return geometry(x_dims, y_dims, window[0], window[1], x_dims[3], strides, pads, g);
+}
+
+// Runs `body` (oneDNN calls), turning oneDNN's exceptions into XLA errors.
+template <typename Body>
+ffi::Error guarded(Body body) {
   try {
+    body();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error run(Direction direction, const Geometry& g, float* x, float* kernel, float* y) {
+  return guarded([&] {
     Plan& plan = plan_for(direction, g);
     std::lock_guard<std::mutex> lock(execution_mutex());
     auto& engine = cpu_engine();
@@ -145,10 +169,7 @@ ffi::Error run(Direction direction, const Geometry& g, float* x, float* kernel, 
     if (direction == kBackwardWeights && reorder)
       dnnl::reorder(kernel_mem, user_kernel).execute(stream, kernel_mem, user_kernel);
     stream.wait();
-  } catch (const dnnl::error& e) {
-    return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
-  }
-  return ffi::Error::Success();
+  });
 }
 
 using F32 = ffi::Buffer<ffi::F32>;
@@ -190,19 +211,10 @@ memory::desc scratch_desc(size_t bytes) {
   return {{static_cast<memory::dim>(bytes)}, memory::data_type::u8, tag::a};
 }
 
-ffi::Error pool_geometry(ffi::Span<const int64_t> x_dims, ffi::Span<const int64_t> y_dims, Longs window,
-                         Longs strides, Longs pads, Geometry* g) {
-  if (x_dims.size() != 4 || y_dims.size() != 4 || window.size() != 2 || strides.size() != 2 || pads.size() != 4)
-    return ffi::Error::InvalidArgument("onednn max pool: expected NHWC, a 2-D window, 2 strides, 4 pads");
-  *g = {x_dims[0], x_dims[1], x_dims[2], x_dims[3], window[0], window[1], x_dims[3],
-        y_dims[1], y_dims[2], strides[0], strides[1], pads[0], pads[2], pads[1], pads[3]};
-  return ffi::Error::Success();
-}
-
 ffi::Error max_pool(F32 x, ffi::ResultBuffer<ffi::F32> y, Longs window, Longs strides, Longs pads) {
   Geometry g;
   if (auto e = pool_geometry(x.dimensions(), y->dimensions(), window, strides, pads, &g); e.failure()) return e;
-  try {
+  return guarded([&] {
     auto& engine = cpu_engine();
     dnnl::stream stream(engine);
     memory x_mem(g.x(), engine, x.typed_data()), y_mem(g.y(), engine, y->typed_data());
@@ -212,17 +224,14 @@ ffi::Error max_pool(F32 x, ffi::ResultBuffer<ffi::F32> y, Longs window, Longs st
     std::lock_guard<std::mutex> lock(execution_mutex());
     plan.inference.execute(stream, {{DNNL_ARG_SRC, x_mem}, {DNNL_ARG_DST, y_mem}, {DNNL_ARG_SCRATCHPAD, scratch_mem}});
     stream.wait();
-  } catch (const dnnl::error& e) {
-    return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
-  }
-  return ffi::Error::Success();
+  });
 }
 
 ffi::Error max_pool_backward(F32 x, F32 dy, ffi::ResultBuffer<ffi::F32> dx, Longs window, Longs strides,
                              Longs pads) {
   Geometry g;
   if (auto e = pool_geometry(x.dimensions(), dy.dimensions(), window, strides, pads, &g); e.failure()) return e;
-  try {
+  return guarded([&] {
     auto& engine = cpu_engine();
     PoolPlan& plan = pool_plan_for(g);
     dnnl::stream stream(engine);
@@ -239,27 +248,24 @@ ffi::Error max_pool_backward(F32 x, F32 dy, ffi::ResultBuffer<ffi::F32> dx, Long
     plan.backward.execute(stream, {{DNNL_ARG_DIFF_DST, dy_mem}, {DNNL_ARG_WORKSPACE, ws_mem},
                                    {DNNL_ARG_DIFF_SRC, dx_mem}, {DNNL_ARG_SCRATCHPAD, scratch_mem}});
     stream.wait();
-  } catch (const dnnl::error& e) {
-    return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
-  }
-  return ffi::Error::Success();
+  });
 }
 
 ffi::Error forward(F32 x, F32 kernel, ffi::ResultBuffer<ffi::F32> y, Longs strides, Longs pads) {
   Geometry g;
-  if (auto e = geometry(x.dimensions(), y->dimensions(), kernel.dimensions(), strides, pads, &g); e.failure()) return e;
+  if (auto e = conv_geometry(x.dimensions(), y->dimensions(), kernel.dimensions(), strides, pads, &g); e.failure()) return e;
   return run(kForward, g, x.typed_data(), kernel.typed_data(), y->typed_data());
 }
 
 ffi::Error backward_data(F32 dy, F32 kernel, ffi::ResultBuffer<ffi::F32> dx, Longs strides, Longs pads) {
   Geometry g;
-  if (auto e = geometry(dx->dimensions(), dy.dimensions(), kernel.dimensions(), strides, pads, &g); e.failure()) return e;
+  if (auto e = conv_geometry(dx->dimensions(), dy.dimensions(), kernel.dimensions(), strides, pads, &g); e.failure()) return e;
   return run(kBackwardData, g, dx->typed_data(), kernel.typed_data(), dy.typed_data());
 }
 
 ffi::Error backward_weights(F32 x, F32 dy, ffi::ResultBuffer<ffi::F32> dw, Longs strides, Longs pads) {
   Geometry g;
-  if (auto e = geometry(x.dimensions(), dy.dimensions(), dw->dimensions(), strides, pads, &g); e.failure()) return e;
+  if (auto e = conv_geometry(x.dimensions(), dy.dimensions(), dw->dimensions(), strides, pads, &g); e.failure()) return e;
   return run(kBackwardWeights, g, x.typed_data(), dw->typed_data(), dy.typed_data());
 }
 
