@@ -35,7 +35,8 @@ def default_config() -> ml_collections.ConfigDict:
       "augment": "xing",            # preset name, see age_jax.data.augment
       "normalize": "mean_image",    # 'mean_image' (Xing 3.1.1) | 'imagenet'
       "pixel_scale": 1.0 / 255.0,   # applied after mean subtraction
-      "cache": "none",              # 'memory': decode+resize each image once and keep it in RAM
+      "cache": "disk",              # decoded images: 'disk' (array file beside the dataset, decoded once,
+                                    # memory-mapped) | 'memory' (that file read into RAM) | 'none' (decode every read)
       "align": False,               # five-point alignment from the records' landmarks (FG-NET; LAE 3.3)
       "sampler": "shuffle",         # 'shuffle' | 'age_aware' (Xing 4.1) | 'class_balanced' (LAE 2.4)
       "balance_by": "age",          # class_balanced: 'age' | 'age_group' | 'gender' | 'race' | 'gender_race'
@@ -107,7 +108,7 @@ def default_config() -> ml_collections.ConfigDict:
 _CHOICES = {
     "data.augment": augment.PRESETS,
     "data.normalize": ("mean_image", "imagenet"),
-    "data.cache": ("none", "memory"),
+    "data.cache": ("disk", "memory", "none"),
     "data.sampler": samplers.SAMPLERS,
     "model.dtype": ("float32", "bfloat16"),
     "model.conv_lowering": layers.LOWERINGS,

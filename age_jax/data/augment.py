@@ -1,21 +1,28 @@
-"""Augmentation presets: per-example numpy transforms, chosen by name in the config.
+"""Augmentation presets, chosen by name in the config: training views are jitted JAX functions
+of a uint8 batch, run on the devices inside the train step; evaluation views are numpy.
 
-A train transform maps (uint8 image at load size, np.random.Generator) to a float32
-image_size x image_size x 3 array in [0, 255]; the eval transform is deterministic.
-Normalisation (mean image or ImageNet statistics) happens later, in the pipeline.
+A training view maps (uint8 load_size x load_size x 3 image, PRNG key) to a float32
+image_size x image_size x 3 array in [0, 255]; `batch_transform` vmaps it over a batch whose
+example keys are fold_in(key(seed), global example position), so a view depends only on
+(seed, position): not on the devices, the processes or where a run resumed.
+Normalisation (mean image or ImageNet statistics) happens after, in the same program.
 
   'xing'  Xing 4.1: random image_size crop of the load_size image + mirror; eval centre crop.
   'lae'   LAE 2.3: random resized crop to image_size, mirror, colour jitter (brightness,
           contrast, saturation, hue in random order), then RandAugment N=2, M=9
           (randaugment.py); eval: resize to image_size / eval_crop_fraction, centre crop.
   'none'  centre crop, train and eval alike.
-All randomness comes from the Generator passed in, so a seed fixes the output.
+Pixel arithmetic follows PIL's (uint8 after every colour operation), which these presets
+used when they ran on the host.
 """
 import math
 from typing import Callable, Sequence
 
+import dm_pix
+import jax
+import jax.numpy as jnp
 import numpy as np
-from PIL import Image, ImageEnhance
+from PIL import Image
 
 from age_jax.data import randaugment
 
@@ -27,18 +34,18 @@ CROP_SCALE = (0.08, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
 COLOR_JITTER = (0.4, 0.4, 0.4, 0.1)
 EVAL_CROP_FRACTION = 0.875  # timm / torchvision: resize to 256 for a 224 centre crop
+CROP_TRIES = 10             # torchvision's RandomResizedCrop
 
 
-def _crop(image, top, left, size):
-  return image[top:top + size, left:left + size]
-
+# ---- evaluation views (host, deterministic) ----
 
 def center_crop(image: np.ndarray, size: int) -> np.ndarray:
   h, w = image.shape[:2]
   if h < size or w < size:
     raise ValueError(f"cannot crop {size}x{size} from a {h}x{w} image: config.data.image_size "
                      f"must not exceed config.data.load_size")
-  return _crop(image, (h - size) // 2, (w - size) // 2, size)
+  top, left = (h - size) // 2, (w - size) // 2
+  return image[top:top + size, left:left + size]
 
 
 def _resize_short_side(image: np.ndarray, size: int) -> np.ndarray:
@@ -63,69 +70,115 @@ def eval_transform(image_size: int, preset: str = "xing",
   return lambda image: center_crop(image, image_size).astype(np.float32)
 
 
+# ---- training views (device, batched) ----
+
+def example_keys(seed: int, positions: jax.Array) -> jax.Array:
+  """One PRNG key per example: fold_in(key(seed), global position)."""
+  base = jax.random.key(seed)
+  return jax.vmap(lambda p: jax.random.fold_in(base, p))(positions.astype(jnp.uint32))
+
+
+def _check_size(load_size, image_size):
+  if load_size < image_size:
+    raise ValueError(f"cannot crop {image_size}x{image_size} from a {load_size}x{load_size} image: "
+                     f"config.data.image_size must not exceed config.data.load_size")
+
+
+def _mirror(image, key):
+  return jnp.where(jax.random.bernoulli(key), image[:, ::-1], image)
+
+
 def _xing(image_size):
   # Xing 4.1 (after AlexNet): a random image_size crop of the load_size image, mirrored half the time.
-  def transform(image, rng):
+  def transform(image, key):
     h, w = image.shape[:2]
-    if h < image_size or w < image_size:
-      center_crop(image, image_size)  # raises the error that names the config fields
-    out = _crop(image, rng.integers(0, h - image_size + 1), rng.integers(0, w - image_size + 1), image_size)
-    if rng.random() < 0.5:
-      out = out[:, ::-1]
-    return out.astype(np.float32)
+    _check_size(min(h, w), image_size)
+    k_top, k_left, k_flip = jax.random.split(key, 3)
+    top = jax.random.randint(k_top, (), 0, h - image_size + 1)
+    left = jax.random.randint(k_left, (), 0, w - image_size + 1)
+    out = jax.lax.dynamic_slice(image, (top, left, 0), (image_size, image_size, image.shape[2]))
+    return _mirror(out, k_flip).astype(jnp.float32)
   return transform
 
 
-def random_resized_crop_box(height: int, width: int, rng: np.random.Generator,
-                            scale: Sequence[float] = CROP_SCALE,
-                            ratio: Sequence[float] = CROP_RATIO) -> tuple[int, int, int, int]:
-  """(top, left, h, w) of a crop covering scale[0]..scale[1] of the area with aspect ratio
-  (w / h) log-uniform in ratio; torchvision's RandomResizedCrop rule: 10 tries, then the
-  largest centred crop whose ratio is clamped into range."""
-  area = height * width
-  log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-  for _ in range(10):
-    target_area = area * rng.uniform(scale[0], scale[1])
-    aspect = math.exp(rng.uniform(*log_ratio))
-    w = round(math.sqrt(target_area * aspect))
-    h = round(math.sqrt(target_area / aspect))
-    if 0 < w <= width and 0 < h <= height:
-      return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
-  in_ratio = width / height
+def _none(image_size):
+  def transform(image, key):
+    del key
+    h, w = image.shape[:2]
+    _check_size(min(h, w), image_size)
+    top, left = (h - image_size) // 2, (w - image_size) // 2
+    return image[top:top + image_size, left:left + image_size].astype(jnp.float32)
+  return transform
+
+
+def random_resized_crop_box(key, height: int, width: int, scale: Sequence[float] = CROP_SCALE,
+                            ratio: Sequence[float] = CROP_RATIO):
+  """(top, left, h, w) int32 scalars of a crop covering scale[0]..scale[1] of the area with
+  aspect ratio (w / h) log-uniform in ratio; torchvision's RandomResizedCrop rule: the first
+  of 10 tries that fits, else the largest centred crop whose ratio is clamped into range."""
+  k_area, k_ratio, k_top, k_left = jax.random.split(key, 4)
+  target = height * width * jax.random.uniform(k_area, (CROP_TRIES,), minval=scale[0], maxval=scale[1])
+  aspect = jnp.exp(jax.random.uniform(k_ratio, (CROP_TRIES,), minval=math.log(ratio[0]),
+                                      maxval=math.log(ratio[1])))
+  ws = jnp.round(jnp.sqrt(target * aspect)).astype(jnp.int32)
+  hs = jnp.round(jnp.sqrt(target / aspect)).astype(jnp.int32)
+  fits = (ws > 0) & (ws <= width) & (hs > 0) & (hs <= height)
+  first = jnp.argmax(fits)
+  in_ratio = width / height  # static: the fallback box is a constant of the image size
   if in_ratio < min(ratio):
-    w, h = width, round(width / min(ratio))
+    fallback = (round(width / min(ratio)), width)
   elif in_ratio > max(ratio):
-    h, w = height, round(height * max(ratio))
+    fallback = (height, round(height * max(ratio)))
   else:
-    h, w = height, width
-  return (height - h) // 2, (width - w) // 2, h, w
+    fallback = (height, width)
+  found = fits.any()
+  h = jnp.where(found, hs[first], fallback[0])
+  w = jnp.where(found, ws[first], fallback[1])
+  top = jnp.where(found, jax.random.randint(k_top, (), 0, height - h + 1), (height - h) // 2)
+  left = jnp.where(found, jax.random.randint(k_left, (), 0, width - w + 1), (width - w) // 2)
+  return top, left, h, w
 
 
-def hue_shift(rgb: np.ndarray, shift: float) -> np.ndarray:
-  """Rotates the HSV hue of uint8 RGB pixels by `shift` of a full turn, keeping HSV value and
-  saturation. Done in numpy: a hue rotation keeps each pixel's max and min channel, so only
-  the hue sextant position moves (PIL's HSV round trip costs 8 ms at 224 px, this 2 ms)."""
-  # Channel planes and explicit wrap-arounds: numpy's float % and reductions over a length-3
-  # last axis are several times slower than these elementwise ops.
-  r, g, b = np.moveaxis(rgb, -1, 0).astype(np.float32)
-  high, low = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
-  chroma = high - low
-  safe = np.where(chroma > 0, chroma, np.float32(1))
-  hue = np.where(high == r, (g - b) / safe, np.where(high == g, (b - r) / safe + 2, (r - g) / safe + 4))
-  hue += np.float32(6 * (shift % 1.0))  # hue in sextants, now in [-1, 11)
-  hue -= 6 * np.floor(hue / 6)          # -> [0, 6)
-  # HSV -> RGB: channel n (R: 5, G: 3, B: 1) = max - chroma * clip(min(k, 4 - k), 0, 1), k = (n + hue) mod 6.
-  out = np.empty(rgb.shape, np.uint8)
-  for channel, n in enumerate((5, 3, 1)):
-    k = hue + n
-    k = np.where(k >= 6, k - 6, k)
-    value = high - chroma * np.clip(np.minimum(k, 4 - k), 0, 1)
-    out[..., channel] = np.clip(np.rint(value), 0, 255)
-  return out
+def _resample_weights(start, length, size: int, in_size: int):
+  """(size, in_size) weights of PIL's bilinear resize of [start, start + length) to size
+  pixels: a triangle filter widened by the downscale factor (antialiasing), rows summing to 1."""
+  scale = length / size
+  support = jnp.maximum(scale, 1.0)
+  centres = start + (jnp.arange(size, dtype=jnp.float32) + 0.5) * scale
+  pixels = jnp.arange(in_size, dtype=jnp.float32) + 0.5
+  weights = jnp.maximum(0.0, 1.0 - jnp.abs(pixels[None, :] - centres[:, None]) / support)
+  return weights / weights.sum(axis=1, keepdims=True)
 
 
-def _hue_shift(image: Image.Image, shift: float) -> Image.Image:
-  return Image.fromarray(hue_shift(np.asarray(image), shift))
+def resized_crop(image, top, left, h, w, size: int, mirror=False):
+  """The box (top, left, h, w) of a float image resized to size x size as PIL's
+  resize(box=..., BILINEAR) does: horizontal pass, uint8 rounding, vertical pass;
+  mirror=True flips the result left-right."""
+  height, width = image.shape[:2]
+  across = _resample_weights(left, w, size, width)
+  across = jnp.where(mirror, across[::-1], across)
+  down = _resample_weights(top, h, size, height)
+  hp = jax.lax.Precision.HIGHEST
+  rows = jnp.clip(jnp.round(jnp.einsum("xw,hwc->hxc", across, image, precision=hp)), 0, 255)
+  return jnp.clip(jnp.round(jnp.einsum("yh,hxc->yxc", down, rows, precision=hp)), 0, 255)
+
+
+def adjust_brightness(image, factor):
+  return randaugment.blend(jnp.zeros_like(image), image, factor)
+
+
+def adjust_contrast(image, factor):
+  # PIL: the degenerate image is the mean grey level, rounded.
+  return randaugment.blend(jnp.round(jnp.mean(randaugment.grayscale(image))), image, factor)
+
+
+def adjust_saturation(image, factor):
+  return randaugment.blend(randaugment.grayscale(image), image, factor)
+
+
+def adjust_hue(image, shift):
+  """Rotates the HSV hue by `shift` of a full turn (dm-pix), back to uint8 values."""
+  return jnp.clip(jnp.round(dm_pix.adjust_hue(image / 255.0, shift) * 255.0), 0, 255)
 
 
 def _check_jitter(strengths):
@@ -134,21 +187,19 @@ def _check_jitter(strengths):
                      f"saturation, hue), all >= 0, hue <= 0.5")
 
 
-def color_jitter(image: Image.Image, rng: np.random.Generator,
-                 strengths: Sequence[float] = COLOR_JITTER) -> Image.Image:
+def color_jitter(image, key, strengths: Sequence[float] = COLOR_JITTER):
   """torchvision ColorJitter: brightness, contrast and saturation factors uniform in
-  [max(0, 1 - s), 1 + s], hue shift uniform in [-h, h], applied in a random order.
-  A strength of 0 skips its adjustment (no random number is drawn for it)."""
+  [max(0, 1 - s), 1 + s], hue shift uniform in [-h, h], applied in a random order; a zero
+  strength is the identity."""
   _check_jitter(strengths)
   brightness, contrast, saturation, hue = strengths
-  enhancers = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)
-  for op in rng.permutation(4):
-    if op < 3:
-      s = (brightness, contrast, saturation)[op]
-      if s > 0:
-        image = enhancers[op](image).enhance(rng.uniform(max(0.0, 1 - s), 1 + s))
-    elif hue > 0:
-      image = _hue_shift(image, rng.uniform(-hue, hue))
+  k_order, k_factors = jax.random.split(key)
+  lows = jnp.array([max(0.0, 1 - brightness), max(0.0, 1 - contrast), max(0.0, 1 - saturation), -hue])
+  highs = jnp.array([1 + brightness, 1 + contrast, 1 + saturation, hue])
+  factors = jax.random.uniform(k_factors, (4,), minval=lows, maxval=highs)
+  ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+  for op in jax.random.permutation(k_order, 4):
+    image = jax.lax.switch(op, ops, image, factors[op])
   return image
 
 
@@ -159,16 +210,17 @@ def _lae(image_size, crop_scale, crop_ratio, color_jitter_strengths, randaugment
   if not 0 < crop_ratio[0] <= crop_ratio[1]:
     raise ValueError(f"config.data.crop_ratio={tuple(crop_ratio)}: expected 0 < low <= high")
   _check_jitter(color_jitter_strengths)
+  randaugment.check_options(randaugment_num_ops, randaugment_magnitude, randaugment_op_prob)
+  jitter = tuple(color_jitter_strengths)
 
-  def transform(image, rng):
-    top, left, h, w = random_resized_crop_box(image.shape[0], image.shape[1], rng, crop_scale, crop_ratio)
-    out = Image.fromarray(image).resize((image_size, image_size), Image.BILINEAR,
-                                        box=(left, top, left + w, top + h))
-    if rng.random() < 0.5:
-      out = out.transpose(Image.FLIP_LEFT_RIGHT)
-    out = color_jitter(out, rng, color_jitter_strengths)
-    out = randaugment.rand_augment(out, rng, randaugment_num_ops, randaugment_magnitude, randaugment_op_prob)
-    return np.asarray(out, np.float32)
+  def transform(image, key):
+    k_box, k_flip, k_jitter, k_rand = jax.random.split(key, 4)
+    box = random_resized_crop_box(k_box, image.shape[0], image.shape[1], crop_scale, crop_ratio)
+    out = resized_crop(image.astype(jnp.float32), *box, image_size, mirror=jax.random.bernoulli(k_flip))
+    if any(jitter):
+      out = color_jitter(out, k_jitter, jitter)
+    return randaugment.rand_augment(out, k_rand, randaugment_num_ops, randaugment_magnitude,
+                                    randaugment_op_prob)
   return transform
 
 
@@ -181,16 +233,23 @@ def train_transform(preset: str, image_size: int, *, crop_scale: Sequence[float]
                     crop_ratio: Sequence[float] = CROP_RATIO,
                     color_jitter: Sequence[float] = COLOR_JITTER, randaugment_num_ops: int = 2,
                     randaugment_magnitude: float = 9,
-                    randaugment_op_prob: float = 0.5,
-                    ) -> Callable[[np.ndarray, np.random.Generator], np.ndarray]:
-  """The random training view of a preset; the keyword options are used by 'lae' only."""
+                    randaugment_op_prob: float = 0.5) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """The random training view (uint8 image, key) -> float32 image of a preset; the keyword
+  options are used by 'lae' only."""
   _check_preset(preset)
   if preset == "xing":
     return _xing(image_size)
   if preset == "lae":
     return _lae(image_size, tuple(crop_scale), tuple(crop_ratio), tuple(color_jitter),
                 randaugment_num_ops, randaugment_magnitude, randaugment_op_prob)
-  return lambda image, rng: center_crop(image, image_size).astype(np.float32)
+  return _none(image_size)
+
+
+def batch_transform(preset: str, image_size: int, seed: int, **options) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """(uint8 images (B, L, L, 3), int positions (B,)) -> float32 views (B, S, S, 3), traceable
+  inside a jitted, batch-sharded step."""
+  transform = train_transform(preset, image_size, **options)
+  return lambda images, positions: jax.vmap(transform)(images, example_keys(seed, positions))
 
 
 # The config.data fields (and defaults) behind the keyword options above.

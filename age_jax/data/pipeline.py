@@ -1,13 +1,15 @@
-"""The grain input pipeline: records -> decoded, augmented, normalised local batches.
+"""The grain input pipeline: records -> uint8 local batches; augmentation runs on the devices.
 
 Order of work for one training example at global position i:
-  sampler[i] -> record index -> decode + resize to load_size (optionally cached in RAM)
-  -> augmentation preset (random, seeded by (seed, i)) -> normalisation.
+  sampler[i] -> record index -> the image decoded once at load_size (decoded.py: an array
+  file beside the prepared dataset, memory-mapped or read into RAM) -> uint8 batch
+  -> on the devices, inside the train step: augmentation preset (keyed by (seed, i)) and
+  normalisation (`train_view`).
 Local batch b holds positions [b*L, (b+1)*L); process p of P reads local batches p, p+P,
 p+2P, ... so global batch s = positions [s*G, (s+1)*G) with G = L*P whatever the number of
 processes, and resuming at step s is slicing at s (no iterator state beyond the step).
+Evaluation views are deterministic and cheap, and stay on the host.
 """
-import concurrent.futures
 import io
 from typing import Iterator, Sequence
 
@@ -15,7 +17,7 @@ import grain
 import numpy as np
 from PIL import Image
 
-from age_jax.data import align, augment, samplers
+from age_jax.data import align, augment, datasets, decoded, samplers
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
@@ -45,25 +47,23 @@ def decode_image(image_bytes: bytes, load_size: int, name: str = "", landmarks=N
 class LoadedSource:
   """Random access to decoded, resized images and labels of a record source.
 
-  With cache=True every image is decoded once (in threads) and kept as one uint8 array:
-  20k UTKFace images at 72 px are 300 MB and the per-step decode cost disappears.
+  cache: 'disk' reads the images from the decoded array file (decoded.py; made by the first
+  run, memory-mapped), 'memory' reads that file into RAM, 'none' decodes on every read.
   """
 
-  def __init__(self, records: Sequence[dict], load_size: int, cache: bool = False, num_threads: int = 2,
+  def __init__(self, records: Sequence[dict], load_size: int, cache: str = "disk", num_threads: int = 2,
                align_faces: bool = False):
     self.records = records
     self.load_size = load_size
     self.align_faces = align_faces
-    self.images = None
-    if cache:
-      self.images = np.empty((len(records), load_size, load_size, 3), np.uint8)
-      def fill(i):
-        self.images[i] = self._decode(i)
-      with concurrent.futures.ThreadPoolExecutor(max(1, num_threads)) as pool:
-        list(pool.map(fill, range(len(records)), chunksize=256))
+    self.labels = {k: v for k, v in datasets.split_labels(records).items() if k in LABEL_FIELDS}
+    self.images = None  # None: decode on every read
+    if cache != "none":
+      self.images = decoded.images(records, self._decode, (load_size, load_size, 3), num_threads,
+                                   in_memory=cache == "memory",
+                                   tag=f"{load_size}px{'_aligned' if align_faces else ''}")
 
-  def _decode(self, i):
-    record = self.records[i]
+  def _decode(self, record):
     landmarks = record.get("landmarks") if self.align_faces else None
     if self.align_faces and landmarks is None:
       raise ValueError(f"config.data.align=True but record {_name(record)!r} has no landmarks")
@@ -73,12 +73,19 @@ class LoadedSource:
     return len(self.records)
 
   def __getitem__(self, i: int) -> dict:
-    record = self.records[i]
-    image = self.images[i] if self.images is not None else self._decode(i)
-    out = {"image": image}
+    out = {"image": self.images[i] if self.images is not None else self._decode(self.records[i])}
     for field in LABEL_FIELDS:
-      out[field] = record.get(field, -1)
+      out[field] = self.labels[field][i]
     return out
+
+  def read_batch(self, indices: np.ndarray) -> dict:
+    """{'image': uint8 (n, L, L, 3), labels (n,)} of these records, one copy per image."""
+    indices = np.asarray(indices, np.int64)
+    if self.images is not None:
+      images = self.images[indices]
+    else:
+      images = np.stack([self._decode(self.records[int(i)]) for i in indices])
+    return {"image": images, **{field: self.labels[field][indices] for field in LABEL_FIELDS}}
 
 
 def _name(record):
@@ -87,7 +94,7 @@ def _name(record):
 
 
 class Normalizer:
-  """float32 pixels in [0, 255] -> network input. Xing 3.1.1 subtracts the mean training image."""
+  """Pixels in [0, 255] (numpy or JAX) -> network input. Xing 3.1.1 subtracts the mean training image."""
 
   def __init__(self, kind: str, mean_image: np.ndarray | None = None, pixel_scale: float = 1 / 255):
     if kind == "mean_image":
@@ -99,7 +106,7 @@ class Normalizer:
     else:
       raise ValueError(f"config.data.normalize={kind!r}; expected 'mean_image' or 'imagenet'")
 
-  def __call__(self, image: np.ndarray) -> np.ndarray:
+  def __call__(self, image):
     return (image - self.mean) * self.scale
 
 
@@ -131,28 +138,38 @@ def _labels_to_arrays(example):
 
 
 def train_batches(source: LoadedSource, labels: dict, data_cfg, *, local_batch_size: int, seed: int,
-                  normalizer: Normalizer, start_step: int = 0, process_index: int = 0,
-                  process_count: int = 1) -> Iterator[dict]:
-  """Endless iterator of this process's local training batches, from global step start_step."""
-  transform = augment.train_transform(data_cfg.augment, data_cfg.image_size,
-                                      **augment.options_from_config(data_cfg, augment.TRAIN_OPTIONS))
-
-  def augment_example(example, rng):
-    example = dict(example)
-    example["image"] = normalizer(transform(example["image"], rng))
-    return _labels_to_arrays(example)
+                  start_step: int = 0, process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
+  """Endless iterator of this process's local training batches, from global step start_step:
+  {'image': uint8 (L, load, load, 3), 'position': uint32 (L,) global example positions, labels}."""
+  def read(batch_index, indices):
+    batch = _labels_to_arrays(source.read_batch(indices))
+    first = batch_index * local_batch_size
+    batch["position"] = (np.arange(first, first + local_batch_size) % 2**32).astype(np.uint32)
+    return batch
 
   ds = (samplers.index_sampler(data_cfg.sampler, labels, len(source), seed, balance_by=data_cfg.balance_by)
-        .map(lambda index: source[int(index)])
-        .random_map(augment_example, seed=seed + 1)
-        .batch(local_batch_size, drop_remainder=True))
+        .batch(local_batch_size, drop_remainder=True)
+        .map_with_index(read))
   ds = ds[process_index::process_count][start_step:]
   return iter(_to_iter(ds, data_cfg))
 
 
+def train_view(data_cfg, normalizer: Normalizer, seed: int):
+  """batch -> batch with the augmented, normalised float32 'image': the device half of the
+  training input, traced into the train step (see train_batches for the host half)."""
+  transform = augment.batch_transform(data_cfg.augment, data_cfg.image_size, seed + 1,
+                                      **augment.options_from_config(data_cfg, augment.TRAIN_OPTIONS))
+
+  def view(batch):
+    batch = dict(batch)
+    batch["image"] = normalizer(transform(batch["image"], batch.pop("position")))
+    return batch
+  return view
+
+
 def _to_iter(ds: grain.MapDataset, data_cfg) -> grain.IterDataset:
-  """Threads decode and augment in this process; num_workers > 0 moves the work to grain worker
-  processes (each runs the threaded dataset on its share of the batches, in order)."""
+  """Threads read (and decode, without a decoded file) in this process; num_workers > 0 moves the
+  work to grain worker processes (each runs the threaded dataset on its share of the batches, in order)."""
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=data_cfg.num_threads,
                                             prefetch_buffer_size=max(2, 2 * data_cfg.num_threads)))
   if data_cfg.num_workers > 0:

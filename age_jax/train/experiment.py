@@ -42,9 +42,10 @@ class Experiment:
     """XLA options for every jit that runs the model (see models/layers.py)."""
     return layers.compiler_options(self.cfg.model.conv_lowering)
 
-  def jit_train_step(self):
-    """The jitted, sharded train step (state, batch, rng) -> (state, metrics)."""
-    train_step = step_lib.make_train_step(self.model, self.tx, self.formulation, self.cfg)
+  def jit_train_step(self, prepare=None):
+    """The jitted, sharded train step (state, batch, rng) -> (state, metrics); prepare(batch)
+    runs first, inside it (the input's device half: pipeline.train_view)."""
+    train_step = step_lib.make_train_step(self.model, self.tx, self.formulation, self.cfg, prepare)
     return step_lib.jit_train_step(train_step, self.state_sharding, self.batch_sharding, self.replicated,
                                    self.compiler_options)
 
@@ -119,8 +120,15 @@ def load_split(cfg, split: str):
 
 
 def loaded_source(cfg, records) -> pipeline.LoadedSource:
-  return pipeline.LoadedSource(records, cfg.data.load_size, cache=cfg.data.cache == "memory",
-                               num_threads=cfg.data.num_threads, align_faces=cfg.data.align)
+  """The split's decoded images; a missing decoded file is made by process 0 while the others wait."""
+  def load():
+    return pipeline.LoadedSource(records, cfg.data.load_size, cache=cfg.data.cache,
+                                 num_threads=cfg.data.num_threads, align_faces=cfg.data.align)
+  if jax.process_count() == 1:
+    return load()
+  source = load() if jax.process_index() == 0 else None
+  multihost_utils.sync_global_devices("decoded images ready")
+  return source or load()
 
 
 def normalizer(cfg, workdir: str, train_source: pipeline.LoadedSource | None = None) -> pipeline.Normalizer:

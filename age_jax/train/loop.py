@@ -101,10 +101,11 @@ def _run_stage(exp, stage, state, ckpt, logger, train_source, labels, normalizer
   if many_stages:
     _log(f"stage {stage.index + 1} {stage.name!r}: steps {stage.first_step + 1}..{stage.last_step}")
   local_batch = sharding.check_batch_size(cfg.train.batch_size, exp.mesh)
-  train_step = exp.jit_train_step()
+  seed = cfg.seed + 1000 * stage.index
+  train_step = exp.jit_train_step(prepare=pipeline.train_view(cfg.data, normalizer, seed))
   batches = pipeline.train_batches(
-      train_source, labels, cfg.data, local_batch_size=local_batch, seed=cfg.seed + 1000 * stage.index,
-      normalizer=normalizer, start_step=start - stage.first_step, process_index=jax.process_index(),
+      train_source, labels, cfg.data, local_batch_size=local_batch, seed=seed,
+      start_step=start - stage.first_step, process_index=jax.process_index(),
       process_count=jax.process_count())
   batches = prefetch_to_mesh(batches, exp.mesh, cfg.data.prefetch)
   schedule = optim.make_schedule(cfg.optim, cfg.train.num_steps)

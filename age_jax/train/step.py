@@ -20,7 +20,8 @@ def _masked_mean(values, weights):
   return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
-def make_train_step(model, tx, formulation, cfg):
+def make_train_step(model, tx, formulation, cfg, prepare=None):
+  """prepare: batch -> batch, traced at the start of the step (augmentation on the devices)."""
   freeze_batch_stats = cfg.train.trainable == "head"
 
   def loss_fn(params, batch_stats, batch, rng):
@@ -36,6 +37,8 @@ def make_train_step(model, tx, formulation, cfg):
     return _masked_mean(per_example, weights), (new_stats, metrics)
 
   def train_step(state, batch, rng):
+    if prepare is not None:
+      batch = prepare(batch)
     rng = jax.random.fold_in(rng, state.step)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, (batch_stats, metrics)), grads = grad_fn(state.params, state.batch_stats, batch, rng)
