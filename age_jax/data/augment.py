@@ -139,15 +139,27 @@ def random_resized_crop_box(key, height: int, width: int, scale: Sequence[float]
   return top, left, h, w
 
 
-def _resample_weights(start, length, size: int, in_size: int):
-  """(size, in_size) weights of PIL's bilinear resize of [start, start + length) to size
-  pixels: a triangle filter widened by the downscale factor (antialiasing), rows summing to 1."""
+def _resample_taps(start, length, size: int, in_size: int):
+  """(indices, weights), each (size, taps), of PIL's bilinear resize of [start, start + length)
+  to size pixels: a triangle filter widened by the downscale factor (antialiasing), weights
+  summing to 1. taps covers the widest filter, that of the whole in_size."""
   scale = length / size
   support = jnp.maximum(scale, 1.0)
+  taps = 2 * math.ceil(max(in_size / size, 1.0)) + 1
   centres = start + (jnp.arange(size, dtype=jnp.float32) + 0.5) * scale
-  pixels = jnp.arange(in_size, dtype=jnp.float32) + 0.5
-  weights = jnp.maximum(0.0, 1.0 - jnp.abs(pixels[None, :] - centres[:, None]) / support)
-  return weights / weights.sum(axis=1, keepdims=True)
+  indices = jnp.floor(centres - support + 0.5).astype(jnp.int32)[:, None] + jnp.arange(taps)
+  weights = jnp.maximum(0.0, 1.0 - jnp.abs(indices + 0.5 - centres[:, None]) / support)
+  weights = jnp.where((indices >= 0) & (indices < in_size), weights, 0.0)
+  return jnp.clip(indices, 0, in_size - 1), weights / weights.sum(axis=1, keepdims=True)
+
+
+def _filter(image, indices, weights, axis):
+  # Gathers and an ordered sum of the taps: per-example arithmetic that does not depend on how
+  # the batch is split over devices (a matmul's blocking would).
+  taps = jnp.take(image, indices, axis=axis)  # the output axis, then a taps axis after it
+  w = weights.reshape(weights.shape + (1,) * (image.ndim - axis - 1))
+  return sum(jax.lax.index_in_dim(taps, t, axis + 1, keepdims=False) * jax.lax.index_in_dim(w, t, 1, keepdims=False)
+             for t in range(weights.shape[1]))
 
 
 def resized_crop(image, top, left, h, w, size: int, mirror=False):
@@ -155,12 +167,11 @@ def resized_crop(image, top, left, h, w, size: int, mirror=False):
   resize(box=..., BILINEAR) does: horizontal pass, uint8 rounding, vertical pass;
   mirror=True flips the result left-right."""
   height, width = image.shape[:2]
-  across = _resample_weights(left, w, size, width)
-  across = jnp.where(mirror, across[::-1], across)
-  down = _resample_weights(top, h, size, height)
-  hp = jax.lax.Precision.HIGHEST
-  rows = jnp.clip(jnp.round(jnp.einsum("xw,hwc->hxc", across, image, precision=hp)), 0, 255)
-  return jnp.clip(jnp.round(jnp.einsum("yh,hxc->yxc", down, rows, precision=hp)), 0, 255)
+  cols, col_weights = _resample_taps(left, w, size, width)
+  cols, col_weights = jnp.where(mirror, cols[::-1], cols), jnp.where(mirror, col_weights[::-1], col_weights)
+  rows, row_weights = _resample_taps(top, h, size, height)
+  across = jnp.clip(jnp.round(_filter(image, cols, col_weights, axis=1)), 0, 255)
+  return jnp.clip(jnp.round(_filter(across, rows, row_weights, axis=0)), 0, 255)
 
 
 def adjust_brightness(image, factor):
@@ -198,9 +209,10 @@ def color_jitter(image, key, strengths: Sequence[float] = COLOR_JITTER):
   highs = jnp.array([1 + brightness, 1 + contrast, 1 + saturation, hue])
   factors = jax.random.uniform(k_factors, (4,), minval=lows, maxval=highs)
   ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
-  for op in jax.random.permutation(k_order, 4):
-    image = jax.lax.switch(op, ops, image, factors[op])
-  return image
+
+  def adjust(x, op):  # one traced body for the four positions: compiles once
+    return jax.lax.switch(op, ops, x, factors[op]), None
+  return jax.lax.scan(adjust, image, jax.random.permutation(k_order, 4))[0]
 
 
 def _lae(image_size, crop_scale, crop_ratio, color_jitter_strengths, randaugment_num_ops,

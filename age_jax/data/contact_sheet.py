@@ -1,6 +1,7 @@
 """A contact sheet of augmented views: what the model is fed, for a person to look at."""
 import os
 
+import jax
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -20,14 +21,17 @@ def pick_files(folder: str, n: int, seed: int) -> list[str]:
 
 def contact_sheet(images: list[np.ndarray], preset: str, image_size: int, views: int, seed: int,
                   captions: list[str] | None = None, **train_options) -> np.ndarray:
-  """uint8 grid: one row per image, the eval view first, then `views` training views."""
-  train = augment.train_transform(preset, image_size, **train_options)
+  """uint8 grid: one row per image, the eval view first, then `views` training views made by
+  the training path itself (augment.batch_transform, jitted; view v of row r is example
+  position r * views + v)."""
   evaluate = augment.eval_transform(image_size, preset)
+  train = jax.jit(augment.batch_transform(preset, image_size, seed, **train_options))
+  stacked = np.repeat(np.stack(images), views, axis=0)
+  trained = np.asarray(train(stacked, np.arange(len(stacked), dtype=np.uint32)))
   step = image_size + GAP
   sheet = np.full((len(images) * step - GAP, (1 + views) * step - GAP, 3), 255, np.uint8)
   for row, image in enumerate(images):
-    rng = np.random.default_rng([seed, row])
-    tiles = [evaluate(image)] + [train(image, rng) for _ in range(views)]
+    tiles = [evaluate(image)] + list(trained[row * views:(row + 1) * views])
     for col, tile in enumerate(tiles):
       sheet[row * step:row * step + image_size, col * step:col * step + image_size] = (
           np.clip(np.rint(tile), 0, 255).astype(np.uint8))

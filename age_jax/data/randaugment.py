@@ -201,9 +201,11 @@ def rand_augment(image, key, num_ops: int = 2, magnitude: float = 9, op_prob: fl
   """Applies num_ops operations drawn uniformly (with replacement) from OPS, each with
   probability op_prob, all at `magnitude`."""
   check_options(num_ops, magnitude, op_prob)
-  ops, applied, signs = sample_ops(key, num_ops, op_prob)
-  for slot in range(num_ops):
-    image = jax.lax.cond(applied[slot], lambda x: apply_op(x, ops[slot], magnitude, signs[slot]),
-                         lambda x: x, image)
-  return image
+  if num_ops == 0:
+    return image
+
+  def slot(x, draw):  # one traced body for every slot: compiles once
+    op, applied, sign = draw
+    return jax.lax.cond(applied, lambda y: apply_op(y, op, magnitude, sign), lambda y: y, x), None
+  return jax.lax.scan(slot, image, sample_ops(key, num_ops, op_prob))[0]
 

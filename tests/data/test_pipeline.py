@@ -1,12 +1,16 @@
-"""The grain pipeline: shapes, dtypes, normalisation, masking, determinism and process sharding."""
+"""The grain pipeline: shapes, dtypes, normalisation, masking, determinism, process sharding,
+the decoded-image file, and the device half of the training input."""
 import io
+import os
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
 from age_jax import config as config_lib
-from age_jax.data import pipeline
+from age_jax.data import datasets, decoded, pipeline
+from tests.data.fake_datasets import make_utkface_folder
 
 
 def _jpeg(seed, size=20):
@@ -40,22 +44,22 @@ def test_decode_resizes_to_a_uint8_square_and_names_a_corrupt_file():
 
 
 def test_cached_and_uncached_sources_agree(records):
-  cached = pipeline.LoadedSource(records, 24, cache=True)
-  plain = pipeline.LoadedSource(records, 24)
+  cached = pipeline.LoadedSource(records, 24, cache="memory")
+  plain = pipeline.LoadedSource(records, 24, cache="none")
   for i in (0, 5, 10):
     np.testing.assert_array_equal(cached[i]["image"], plain[i]["image"])
     assert cached[i]["age"] == records[i]["age"]
+  np.testing.assert_array_equal(cached.read_batch([10, 0])["image"], plain.read_batch([10, 0])["image"])
 
 
 def test_train_batches_shapes_dtypes_and_determinism(records):
-  source = pipeline.LoadedSource(records, 24, cache=True)
-  normalizer = pipeline.Normalizer("imagenet")
-  make = lambda **kw: pipeline.train_batches(source, {}, _data_cfg(), local_batch_size=4, seed=3,
-                                             normalizer=normalizer, **kw)
+  source = pipeline.LoadedSource(records, 24, cache="memory")
+  make = lambda **kw: pipeline.train_batches(source, {}, _data_cfg(), local_batch_size=4, seed=3, **kw)
   first, again = _take(make(), 5), _take(make(), 5)
   batch = first[0]
-  assert batch["image"].shape == (4, 16, 16, 3) and batch["image"].dtype == np.float32
+  assert batch["image"].shape == (4, 24, 24, 3) and batch["image"].dtype == np.uint8  # augmented on device
   assert batch["age"].dtype == np.float32 and batch["gender"].dtype == np.int32
+  np.testing.assert_array_equal(np.concatenate([b["position"] for b in first]), np.arange(20))
   for a, b in zip(first, again):
     for key in a:
       np.testing.assert_array_equal(a[key], b[key])
@@ -69,16 +73,30 @@ def test_train_batches_shapes_dtypes_and_determinism(records):
 
 
 def test_processes_split_each_global_batch_without_overlap(records):
-  source = pipeline.LoadedSource(records, 24, cache=True)
-  normalizer = pipeline.Normalizer("imagenet")
-  whole = _take(pipeline.train_batches(source, {}, _data_cfg(), local_batch_size=4, seed=1,
-                                       normalizer=normalizer), 4)
+  source = pipeline.LoadedSource(records, 24, cache="memory")
+  whole = _take(pipeline.train_batches(source, {}, _data_cfg(), local_batch_size=4, seed=1), 4)
   halves = [_take(pipeline.train_batches(source, {}, _data_cfg(), local_batch_size=2, seed=1,
-                                         normalizer=normalizer, process_index=p, process_count=2), 4)
+                                         process_index=p, process_count=2), 4)
             for p in range(2)]
   for step in range(4):
-    joined = np.concatenate([halves[0][step]["image"], halves[1][step]["image"]])
-    np.testing.assert_array_equal(whole[step]["image"], joined)
+    for key in ("image", "position"):
+      joined = np.concatenate([halves[0][step][key], halves[1][step][key]])
+      np.testing.assert_array_equal(whole[step][key], joined)
+
+
+def test_train_view_augments_and_normalises_on_the_device(records):
+  source = pipeline.LoadedSource(records, 24, cache="memory")
+  batch = next(pipeline.train_batches(source, {}, _data_cfg(), local_batch_size=4, seed=3))
+  mean = np.full((16, 16, 3), 100, np.float32)
+  view = jax.jit(pipeline.train_view(_data_cfg(), pipeline.Normalizer("mean_image", mean, 0.5), seed=3))
+  out = view(batch)
+  assert out["image"].shape == (4, 16, 16, 3) and out["image"].dtype == np.float32 and "position" not in out
+  np.testing.assert_array_equal(out["age"], batch["age"])
+  # Every view is a crop of its loaded image, normalised: (pixels - mean) * scale.
+  crops = np.asarray(out["image"]) / 0.5 + 100
+  for crop, image in zip(crops, batch["image"]):
+    assert any(np.array_equal(crop, view_[t:t + 16, l:l + 16]) for view_ in (image, image[:, ::-1])
+               for t in range(9) for l in range(9))
 
 
 def test_eval_batches_pad_mask_and_cover_every_record_once(records):
@@ -96,7 +114,7 @@ def test_eval_batches_pad_mask_and_cover_every_record_once(records):
 
 
 def test_mean_image_normalisation_centres_the_training_images(records):
-  source = pipeline.LoadedSource(records, 24, cache=True)
+  source = pipeline.LoadedSource(records, 24, cache="memory")
   mean = pipeline.mean_image(source, _data_cfg())
   assert mean.shape == (16, 16, 3)
   normalizer = pipeline.Normalizer("mean_image", mean, 1 / 255)
@@ -122,10 +140,45 @@ def test_alignment_uses_the_records_landmarks():
 
 
 def test_worker_processes_deliver_the_same_batches_as_threads(records):
-  source = pipeline.LoadedSource(records, 24, cache=True)
-  normalizer = pipeline.Normalizer("imagenet")
+  source = pipeline.LoadedSource(records, 24, cache="memory")
   make = lambda workers: pipeline.train_batches(source, {}, _data_cfg(num_workers=workers), local_batch_size=4,
-                                                seed=3, normalizer=normalizer)
+                                                seed=3)
   threaded, multiprocess = _take(make(0), 3), _take(make(2), 3)
   for a, b in zip(threaded, multiprocess):
     np.testing.assert_array_equal(a["image"], b["image"])
+
+
+def test_decoded_file_is_made_once_beside_the_build_and_never_left_half_written(tmp_path, monkeypatch):
+  folder, data_dir = str(tmp_path / "UTKFace"), str(tmp_path / "tfds")
+  make_utkface_folder(folder, n=24, quirks=False, size=20)
+  datasets.prepare("utkface", folder, data_dir)
+  train = datasets.load_split("utkface", data_dir, "train")
+  path = decoded.path_for(train, "24px")
+  real_decode, calls = pipeline.decode_image, []
+
+  def crashing(*args):
+    calls.append(1)
+    if len(calls) == 5:
+      raise KeyboardInterrupt("simulated stop")
+    return real_decode(*args)
+  monkeypatch.setattr(pipeline, "decode_image", crashing)
+  with pytest.raises(KeyboardInterrupt):
+    pipeline.LoadedSource(train, 24, num_threads=1)
+  assert os.listdir(os.path.dirname(path)) == []  # neither a final nor a temporary file is left
+
+  monkeypatch.setattr(pipeline, "decode_image", real_decode)
+  source = pipeline.LoadedSource(train, 24)
+  assert os.path.dirname(os.path.dirname(path)) == os.path.dirname(train.labels_dir)  # inside the build
+  assert isinstance(source.images, np.memmap) and source.images.shape == (len(train), 24, 24, 3)
+  every = np.arange(len(train))
+  np.testing.assert_array_equal(source.read_batch(every)["image"],
+                                pipeline.LoadedSource(train, 24, cache="none").read_batch(every)["image"])
+
+  monkeypatch.setattr(pipeline, "decode_image", lambda *a: pytest.fail("decoded again"))
+  in_ram = pipeline.LoadedSource(train, 24, cache="memory")  # the same file, read into RAM
+  assert not isinstance(in_ram.images, np.memmap)
+  np.testing.assert_array_equal(in_ram.images, source.images)
+  fold = datasets.RecordSource(train.source, train.split, train.labels_dir, indices=[5, 2])  # a virtual split
+  np.testing.assert_array_equal(pipeline.LoadedSource(fold, 24).read_batch([1, 0])["image"],
+                                source.read_batch([2, 5])["image"])
+  assert decoded.path_for(train, "32px") != path  # another load size, another file

@@ -35,6 +35,6 @@ def test_real_release_builds_with_every_quirk_handled(tmp_path):
 
   data = config_lib.default_config().data
   data.update(dict(load_size=72, image_size=64, num_threads=1))
-  source = pipeline.LoadedSource(test, 72)
+  source = pipeline.LoadedSource(test, 72, cache="none")
   batch = next(pipeline.eval_batches(source, data, global_batch_size=8, normalizer=pipeline.Normalizer("imagenet")))
   assert batch["image"].shape == (8, 64, 64, 3) and np.isfinite(batch["image"]).all()
