@@ -1,8 +1,9 @@
 """Host cost of the input pipeline: images/s and host CPU time per training image of the grain
-reader (sampler -> decoded uint8 images -> local batches), next to what the quickstart model's
-train step consumes. Augmentation runs on the devices: launch.bench_augment times it.
+reader (sampler -> decoded uint8 images -> local batches); then the quickstart's training loop
+against its train step alone. Augmentation runs on the devices: launch.bench_augment times it.
 
-  python -m launch.bench_pipeline --manual_dir=/path/to/UTKFace [--batches=40] [--threads=1] [--workers=0]
+  python -m launch.bench_pipeline --manual_dir=/path/to/UTKFace [--batches=40] [--threads=1] [--workers=0] \
+      [--steps=50] [--rounds=3]
 """
 import time
 
@@ -15,6 +16,8 @@ _DATA_DIR = flags.DEFINE_string("data_dir", "", "Prepared datasets (default ~/.c
 _BATCHES = flags.DEFINE_integer("batches", 40, "Batches timed per setting (after 3 warm-up batches).")
 _WORKERS = flags.DEFINE_list("workers", ["0"], "Grain worker counts to time.")
 _THREADS = flags.DEFINE_integer("threads", 1, "Grain read threads.")
+_STEPS = flags.DEFINE_integer("steps", 50, "Quickstart steps per round (loop vs step alone).")
+_ROUNDS = flags.DEFINE_integer("rounds", 3, "Alternating rounds of the loop and the step alone.")
 # (load_size, cache): the paper settings' load size and the quickstart's.
 SETTINGS = [(256, "disk"), (256, "memory"), (72, "memory")]
 flags.mark_flag_as_required("manual_dir")
@@ -31,24 +34,35 @@ def _rates(batches, batch_size, count):
   return images / (time.perf_counter() - start), 1e3 * (time.process_time() - cpu) / images
 
 
-def _train_step_rate(cfg, steps=20):
-  """Images/s of the quickstart train step on synthetic batches (what the pipeline must feed)."""
+def _loop_vs_step(cfg, source, labels, steps, rounds):
+  """Images/s of the quickstart training loop (this pipeline, prefetch to the devices, the train
+  step with its device augmentation) and of the same train step alone on one float batch already
+  on the devices (what launch.benchmark times), in alternating rounds; medians."""
   import jax
   import numpy as np
-  from age_jax.train import experiment, sharding
+  from age_jax.data import pipeline
+  from age_jax.train import experiment, loop, sharding
   exp = experiment.build(cfg)
   state = exp.init_state(jax.random.key(0))
-  train_step = exp.jit_train_step()
-  size, n = cfg.data.image_size, cfg.train.batch_size
-  batch = sharding.to_global({"image": np.zeros((n, size, size, 3), np.float32),
+  mean = np.full((cfg.data.image_size,) * 2 + (3,), 110, np.float32)
+  normalizer = pipeline.Normalizer("mean_image", mean, cfg.data.pixel_scale)
+  with_view, alone = exp.jit_train_step(pipeline.train_view(cfg.data, normalizer, 0)), exp.jit_train_step()
+  n, size = cfg.train.batch_size, cfg.data.image_size
+  batches = loop.prefetch_to_mesh(pipeline.train_batches(source, labels, cfg.data, local_batch_size=n, seed=0),
+                                  exp.mesh, cfg.data.prefetch)
+  fixed = sharding.to_global({"image": np.zeros((n, size, size, 3), np.float32),
                               "age": np.full((n,), 30.0, np.float32)}, exp.mesh)
-  state, metrics = train_step(state, batch, jax.random.key(1))
-  jax.block_until_ready(metrics)
-  start = time.perf_counter()
-  for _ in range(steps):
-    state, metrics = train_step(state, batch, jax.random.key(1))
-  jax.block_until_ready(metrics)
-  return steps * n / (time.perf_counter() - start)
+  rng = jax.random.key(1)
+  rates = {"loop": [], "step": []}
+  for round_ in range(rounds + 1):  # round 0 compiles and warms up
+    for name in rates:
+      start = time.perf_counter()
+      for _ in range(steps):
+        state, metrics = (with_view(state, next(batches), rng) if name == "loop" else alone(state, fixed, rng))
+      jax.block_until_ready(metrics)
+      if round_:
+        rates[name].append(steps * n / (time.perf_counter() - start))
+  return {k: sorted(v)[len(v) // 2] for k, v in rates.items()}
 
 
 def main(argv):
@@ -74,8 +88,11 @@ def main(argv):
       rate, cpu_ms = _rates(batches, base.train.batch_size, _BATCHES.value)
       print(f"| {load_size} | {cache}{setup} | {_THREADS.value} | {workers} | {rate:.0f} | {cpu_ms:.4f} |",
             flush=True)
-  print(f"quickstart train step consumes {_train_step_rate(base):.0f} images/s "
-        f"(batch {base.train.batch_size}, {base.data.image_size} px, lowering {base.model.conv_lowering})")
+  source = pipeline.LoadedSource(records, base.data.load_size, cache=base.data.cache)
+  rates = _loop_vs_step(base, source, labels, _STEPS.value, _ROUNDS.value)
+  print(f"quickstart ({base.data.load_size} -> {base.data.image_size} px, batch {base.train.batch_size}, "
+        f"{_ROUNDS.value} rounds of {_STEPS.value} steps): training loop {rates['loop']:.1f} images/s, train step "
+        f"alone {rates['step']:.1f} images/s: {100 * rates['loop'] / rates['step']:.1f}%")
 
 
 if __name__ == "__main__":

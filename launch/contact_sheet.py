@@ -3,8 +3,8 @@
   python -m launch.contact_sheet --folder=DIR_OF_IMAGES --preset=lae --image_size=224 \
       --load_size=256 --out=/tmp/sheet.png [--n=16] [--views=7] [--seed=0]
 
-Images are decoded and squashed to load_size as the pipeline does, then the preset's
-transforms are applied. Write the sheet outside the repository: it is derived from the images.
+Images are decoded and squashed to load_size as the pipeline does, then augmented by the
+training path itself (augment.batch_transform, jitted, as inside the train step). Write the sheet outside the repository: it is derived from the images.
 """
 import os
 

@@ -39,11 +39,17 @@ CROP_TRIES = 10             # torchvision's RandomResizedCrop
 
 # ---- evaluation views (host, deterministic) ----
 
-def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+def _check_size(image, size):
   h, w = image.shape[:2]
   if h < size or w < size:
     raise ValueError(f"cannot crop {size}x{size} from a {h}x{w} image: config.data.image_size "
                      f"must not exceed config.data.load_size")
+
+
+def center_crop(image, size: int):
+  """The centred size x size window (numpy or JAX)."""
+  _check_size(image, size)
+  h, w = image.shape[:2]
   top, left = (h - size) // 2, (w - size) // 2
   return image[top:top + size, left:left + size]
 
@@ -78,12 +84,6 @@ def example_keys(seed: int, positions: jax.Array) -> jax.Array:
   return jax.vmap(lambda p: jax.random.fold_in(base, p))(positions.astype(jnp.uint32))
 
 
-def _check_size(load_size, image_size):
-  if load_size < image_size:
-    raise ValueError(f"cannot crop {image_size}x{image_size} from a {load_size}x{load_size} image: "
-                     f"config.data.image_size must not exceed config.data.load_size")
-
-
 def _mirror(image, key):
   return jnp.where(jax.random.bernoulli(key), image[:, ::-1], image)
 
@@ -92,7 +92,7 @@ def _xing(image_size):
   # Xing 4.1 (after AlexNet): a random image_size crop of the load_size image, mirrored half the time.
   def transform(image, key):
     h, w = image.shape[:2]
-    _check_size(min(h, w), image_size)
+    _check_size(image, image_size)
     k_top, k_left, k_flip = jax.random.split(key, 3)
     top = jax.random.randint(k_top, (), 0, h - image_size + 1)
     left = jax.random.randint(k_left, (), 0, w - image_size + 1)
@@ -102,13 +102,7 @@ def _xing(image_size):
 
 
 def _none(image_size):
-  def transform(image, key):
-    del key
-    h, w = image.shape[:2]
-    _check_size(min(h, w), image_size)
-    top, left = (h - image_size) // 2, (w - image_size) // 2
-    return image[top:top + image_size, left:left + image_size].astype(jnp.float32)
-  return transform
+  return lambda image, key: center_crop(image, image_size).astype(jnp.float32)
 
 
 def random_resized_crop_box(key, height: int, width: int, scale: Sequence[float] = CROP_SCALE,
