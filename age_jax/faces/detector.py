@@ -2,7 +2,7 @@
 then R-Net and O-Net on the surviving boxes, each stage followed by box calibration and NMS.
 
 The nets run jitted in JAX (any backend); the pyramid, crops and NMS are numpy. P-Net inputs are
-zero-padded up to a few bucket shapes and R-/O-Net batches to powers of two, so the number of
+zero-padded up to a few bucket shapes and R-/O-Net batches to three sizes, so the number of
 compiled programs stays small whatever the photo sizes.
 """
 import dataclasses
@@ -19,7 +19,7 @@ from age_jax.faces import nets, weights
 
 _CELL, _STRIDE = 12, 2  # P-Net's window and stride on each pyramid level
 _MAX_PIXELS_PER_CALL = 1 << 22  # P-Net batch cap (pixels of padded input per call)
-_MIN_BATCH, _MAX_BATCH = 8, 256  # R-/O-Net batch buckets: powers of two in this range
+_CROP_BATCHES = (16, 64, 256)  # R-/O-Net batch buckets (larger counts run in chunks of the last)
 _PAD_GREY = 127  # retry border: mid grey, 0 after P-Net's input scaling
 
 
@@ -61,8 +61,8 @@ def _bucket(n: int) -> int:
   raise AssertionError(n)
 
 
-def _batch_bucket(n: int) -> int:
-  return max(_MIN_BATCH, 1 << (max(n, 1) - 1).bit_length())
+def _crop_batch(n: int) -> int:
+  return next(b for b in _CROP_BATCHES if b >= n)
 
 
 def check_image(image) -> np.ndarray:
@@ -182,9 +182,9 @@ class FaceDetector:
         crops.append(np.asarray(Image.fromarray(patch).resize((size, size), Image.BOX)))
         owners.append(i)
     outputs = []
-    for start in range(0, len(crops), _MAX_BATCH):
-      chunk = crops[start:start + _MAX_BATCH]
-      batch = np.zeros((_batch_bucket(len(chunk)), size, size, 3), np.uint8)
+    for start in range(0, len(crops), _CROP_BATCHES[-1]):
+      chunk = crops[start:start + _CROP_BATCHES[-1]]
+      batch = np.zeros((_crop_batch(len(chunk)), size, size, 3), np.uint8)
       batch[:len(chunk)] = chunk
       result = jax.device_get(_apply(net)(self._params[net], batch))
       outputs.append([r[:len(chunk)] for r in result])
