@@ -75,6 +75,8 @@ def point_error(ours, ref):
 
 def _summary(errors):
   errors = np.asarray(errors)
+  if not len(errors):
+    return "n=0"
   return f"median {np.median(errors):.3f}, p95 {np.percentile(errors, 95):.3f}, max {errors.max():.3f} (n={len(errors)})"
 
 
@@ -150,6 +152,8 @@ def main(argv):
   print(f"  vs the chip's own landmarks carried through the paste: {_summary(paste_self)}; "
         f"RetinaFace's own: {_summary(ref_self)}")
 
+  if not _PHOTOS.value:
+    return
   scenes = []
   for k in range(_PHOTOS.value):
     scene, _ = paste(chips[hit[k % len(hit)]], background(rng, 480, 640), rng.uniform(0.3, 1.0),
