@@ -1,7 +1,6 @@
 """Start-up logic without a cluster: which environment asks for jax.distributed, the argument
-errors, the local N-process launcher, and the Cloud TPU script's commands (gcloud faked)."""
+errors and the local N-process launcher (the cluster scripts: test_cluster_scripts.py)."""
 import os
-import subprocess
 import sys
 import time
 
@@ -11,7 +10,6 @@ import pytest
 from age_jax import distributed
 from launch import local_cluster
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _SLURM_STEP = {"SLURM_JOB_ID": "77", "SLURM_STEP_NODELIST": "gpu[01-02]", "SLURM_NTASKS": "16",
                "SLURM_PROCID": "3", "SLURM_LOCALID": "3"}
@@ -97,44 +95,6 @@ def test_local_cluster_gives_each_process_its_identity_and_stops_the_rest_on_fai
 def test_local_cluster_time_limit_stops_everything():
   results = local_cluster.run([sys.executable, "-c", "import time; time.sleep(60)"], 2, 1, timeout_s=2)
   assert [r.returncode for r in results] == [None, None]
-
-
-FAKE_GCLOUD = """#!/bin/bash
-printf '%s\\n' "$@" >> "$FAKE_GCLOUD_LOG"
-echo '--' >> "$FAKE_GCLOUD_LOG"
-"""
-
-
-def _tpu_pod(tmp_path, *args, **env):
-  bin_dir = tmp_path / "bin"
-  bin_dir.mkdir(exist_ok=True)
-  (bin_dir / "gcloud").write_text(FAKE_GCLOUD)
-  (bin_dir / "gcloud").chmod(0o755)
-  log = tmp_path / "gcloud.log"
-  full_env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_GCLOUD_LOG": str(log), "HOME": str(tmp_path),
-              **env}
-  done = subprocess.run(["bash", os.path.join(REPO, "launch", "tpu_pod.sh"), *args], env=full_env,
-                        capture_output=True, text=True, timeout=30)
-  calls = [c.strip("\n").split("\n") for c in log.read_text().split("--\n") if c.strip()] if log.exists() else []
-  return done, calls
-
-
-def test_tpu_pod_script_runs_one_command_on_every_host(tmp_path):
-  done, calls = _tpu_pod(tmp_path, "train", "--config=configs/x.py", "--workdir=/mnt/runs/a b",
-                         TPU_NAME="age-pod", ZONE="us-west4-a", PROJECT="proj")
-  assert done.returncode == 0, done.stderr
-  (call,) = calls
-  assert call[:6] == ["compute", "tpus", "tpu-vm", "ssh", "age-pod", "--zone=us-west4-a"]
-  assert "--project=proj" in call and "--worker=all" in call
-  command = next(a for a in call if a.startswith("--command="))
-  assert ".venv/bin/python -m launch.train --distributed=on --config=configs/x.py --workdir=/mnt/runs/a\\ b" \
-      in command  # every host runs the same flags, quoted for the remote shell
-  assert "age_jax_train.pid" in command
-
-  done, calls = _tpu_pod(tmp_path, "train", TPU_NAME="age-pod", ZONE="us-west4-a")
-  assert done.returncode == 2 and "give launch.train's flags" in done.stderr
-  done, _ = _tpu_pod(tmp_path, "train", "--config=x")
-  assert done.returncode != 0 and "set TPU_NAME" in done.stderr
 
 
 def test_tpu_chips_are_told_from_other_google_pci_devices(tmp_path):
