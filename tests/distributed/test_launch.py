@@ -1,6 +1,7 @@
 """Start-up logic without a cluster: which environment asks for jax.distributed, the argument
 errors and the local N-process launcher (the cluster scripts: test_cluster_scripts.py)."""
 import os
+import subprocess
 import sys
 import time
 
@@ -9,6 +10,8 @@ import pytest
 
 from age_jax import distributed
 from launch import local_cluster
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 _SLURM_STEP = {"SLURM_JOB_ID": "77", "SLURM_STEP_NODELIST": "gpu[01-02]", "SLURM_NTASKS": "16",
@@ -107,3 +110,31 @@ def test_tpu_chips_are_told_from_other_google_pci_devices(tmp_path):
   assert not distributed.pci_has_tpu(str(tmp_path))
   device("0000:00:06.0", "0x1ae0", "0x0063")  # a TPU v5e chip
   assert distributed.pci_has_tpu(str(tmp_path))
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({"SLURM_GPUS_ON_NODE": "8"}, ("gpu", "SLURM_GPUS_ON_NODE=8")),
+    ({"CUDA_VISIBLE_DEVICES": "0,1"}, ("gpu", "CUDA_VISIBLE_DEVICES=0,1")),
+    ({"CUDA_VISIBLE_DEVICES": "", "SLURM_GPUS_ON_NODE": "0"}, None),   # no GPUs given: a CPU job
+    ({}, None),
+])
+def test_expected_accelerator_reads_the_schedulers_gpu_variables(environ, expected):
+  assert distributed.expected_accelerator(environ) == expected
+
+
+def test_a_slurm_gpu_job_on_a_cpu_only_jax_is_refused_on_every_process(tmp_path):
+  # Two tasks of a fake SLURM step on this host: JAX's own SLURM detection connects them, then
+  # the GPUs SLURM says it gave do not match the CPU backend.
+  job_id = str(os.getpid() % 1000 + 1000)
+  script = "from age_jax import distributed; distributed.initialize(mode='on', timeout_s=60)"
+  base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "CUDA_", "AGE_JAX_"))}
+  procs = [subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**base, "SLURM_JOB_ID": job_id, "SLURM_STEP_NODELIST": "localhost",
+                                            "SLURM_NTASKS": "2", "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i),
+                                            "SLURM_GPUS_ON_NODE": "2", "JAX_PLATFORMS": "cpu"})
+           for i in range(2)]
+  outputs = [p.communicate(timeout=90)[0] for p in procs]
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 1, out
+    assert "was given GPUs (SLURM_GPUS_ON_NODE=2) but JAX's backend is 'cpu'" in out
+    assert "pip install -e '.[cuda]'" in out
