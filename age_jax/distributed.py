@@ -142,7 +142,7 @@ def check_backend(backend: str, expected: tuple[str, str] | None) -> None:
   jax would otherwise train on CPUs and 'succeed' many times slower."""
   if expected is None or backend == expected[0]:
     return
-  install = {"gpu": "the CUDA jax: pip install -e '.[cuda]' (NVIDIA driver >= 525)",
+  install = {"gpu": "the CUDA jax: pip install -e '.[cuda]' (NVIDIA driver >= 525; '.[cuda13]' for >= 580)",
              "tpu": "jax for TPU: pip install 'jax[tpu]' (launch/tpu_pod.sh setup does this)"}[expected[0]]
   raise RuntimeError(f"this process was given {expected[0].upper()}s ({expected[1]}) but JAX's backend is "
                      f"{backend!r}: the installed jax cannot use them. Install {install}; check with "

@@ -5,7 +5,7 @@ import os
 import jax
 import numpy as np
 
-from age_jax import checkpoint, metrics, report as report_lib
+from age_jax import checkpoint, metrics, report as report_lib, storage
 from age_jax.data import datasets, pipeline
 from age_jax.train import experiment as experiment_lib
 from age_jax.train import sharding, stages
@@ -85,7 +85,7 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, folder: str | No
   result = evaluator.report(state)
   result["source"] = source_name
   result["step"] = int(state.step)
-  result["workdir"] = os.path.abspath(workdir)
+  result["workdir"] = str(storage.path(workdir))
   out_dir = out_dir or os.path.join(workdir, "eval", _slug(source_name))
   if jax.process_index() == 0:
     report_lib.write_report(result, out_dir)

@@ -2,15 +2,13 @@
 formulation, optimizer, state shapes and shardings, and the data of a run."""
 import dataclasses
 import json
-import os
 
 import jax
 import ml_collections
-import numpy as np
 from jax.experimental import multihost_utils
 
 from age_jax import config as config_lib
-from age_jax import formulations, models, objective
+from age_jax import formulations, models, objective, storage
 from age_jax.data import datasets, pipeline
 from age_jax.models import layers
 from age_jax.train import optim, sharding, state as state_lib, step as step_lib
@@ -127,40 +125,30 @@ def normalizer(cfg, workdir: str, train_source: pipeline.LoadedSource | None = N
   """The run's normaliser; the mean training image is computed once and kept in the workdir."""
   if cfg.data.normalize != "mean_image":
     return pipeline.Normalizer(cfg.data.normalize)
-  path = os.path.join(workdir, MEAN_IMAGE_FILE)
-  if os.path.exists(path):
-    mean = np.load(path)
+  path = storage.path(workdir) / MEAN_IMAGE_FILE
+  if path.exists():
+    mean = storage.load_npy(path)
   else:
     if train_source is None:
       raise FileNotFoundError(f"{path} is missing: the mean training image is written by training")
     mean = pipeline.mean_image(train_source, cfg.data)
     if jax.process_index() == 0:
-      os.makedirs(workdir, exist_ok=True)
-      _atomic_save(path, mean)
+      storage.save_npy(path, mean)
   return pipeline.Normalizer("mean_image", mean, cfg.data.pixel_scale)
 
 
-def _atomic_save(path, array):
-  tmp = path + ".tmp.npy"
-  np.save(tmp, array)
-  os.replace(tmp, path)
-
-
 def save_config(cfg, workdir: str):
+  """Process 0 writes config.json; then every process checks that it sees the same workdir."""
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    tmp = os.path.join(workdir, CONFIG_FILE + ".tmp")
-    with open(tmp, "w") as f:
-      f.write(cfg.to_json(indent=2))
-    os.replace(tmp, os.path.join(workdir, CONFIG_FILE))
+    storage.write_text(storage.path(workdir) / CONFIG_FILE, cfg.to_json(indent=2))
+  storage.check_shared(workdir)
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
+  path = storage.path(workdir) / CONFIG_FILE
+  if not path.exists():
     raise FileNotFoundError(f"{path} not found: --workdir must be a directory written by launch.train")
-  with open(path) as f:
-    loaded = json.load(f)
+  loaded = json.loads(path.read_text())
   cfg = config_lib.default_config()
   stages = loaded.pop("stages", {})
   cfg.update_from_flattened_dict(_flatten(loaded))
