@@ -83,12 +83,12 @@ class LineLog:
       self._local.close()
 
 
-def filesystem_type(p, mounts_file: str = MOUNTS_FILE) -> str | None:
+def filesystem_type(p, mounts_file: str | None = None) -> str | None:
   """The type of the filesystem holding local path p (the longest mount point above it)."""
   p = os.path.realpath(os.path.abspath(os.fspath(p)))
   best, fstype = "", None
   try:
-    with open(mounts_file) as f:
+    with open(mounts_file or MOUNTS_FILE) as f:
       for line in f:
         fields = line.split()
         if len(fields) < 3:
@@ -102,7 +102,7 @@ def filesystem_type(p, mounts_file: str = MOUNTS_FILE) -> str | None:
   return fstype
 
 
-def renames_are_atomic(p, mounts_file: str = MOUNTS_FILE) -> bool:
+def renames_are_atomic(p, mounts_file: str | None = None) -> bool:
   """Whether orbax may finalise checkpoints under p by renaming a directory."""
   return not is_uri(p) and filesystem_type(p, mounts_file) not in _NO_ATOMIC_DIR_RENAME
 
