@@ -89,7 +89,7 @@ case "${command}" in
     on_all "set -e; mkdir -p ~/${REMOTE_DIR} && tar -xzf ~/age_jax.tar.gz -C ~/${REMOTE_DIR} && cd ~/${REMOTE_DIR}
       python3 -m pip install -q --user -U uv
       ~/.local/bin/uv venv --allow-existing --python ${PYTHON_VERSION} .venv
-      ~/.local/bin/uv pip install -q --python .venv/bin/python -e . 'jax[tpu]'
+      ~/.local/bin/uv pip install -q --python .venv/bin/python -e '.[gcs]' 'jax[tpu]'
       .venv/bin/python --version"
     ;;
   data)
