@@ -30,6 +30,12 @@ with as many positives as negatives per task, available as a loss weighting:
                               the scale of 'uniform' (needs age_counts).
 `with_age_counts(cfg, ages)` fills config.formulation.age_counts from the training labels.
 
+Hybrid multi-task nets (Xing eq. 13) fuse their groups' head outputs with `Formulation.fuse`
+before decoding: regression outputs by their probability-weighted mean, softmax heads as the
+mixture of the groups' distributions (its expectation is exactly sum_g p_g E_g), ordinal heads
+as the mixture of each task's probability. The hybrid's end-to-end loss and its evaluation both
+read the fused outputs, so training optimises what evaluation measures.
+
 CORAL's rank consistency needs a head with one shared weight vector and K-1 biases:
 logits_k = features . w + b_k (w: (D, 1), no bias; b: (K-1,)). `Formulation.head` says 'coral'
 so the model can build that head instead of a plain Dense(num_outputs); the loss and decoder are
@@ -38,6 +44,7 @@ the ordinal ones.
 import dataclasses
 from typing import Callable
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -54,6 +61,9 @@ class Formulation:
   loss: Callable
   # outputs (B, num_outputs) -> predicted ages (B,) float32
   decode: Callable
+  # (group logits (B, G), per-group outputs (B, G, num_outputs)) -> the outputs (B, num_outputs)
+  # of the groups' mixture (Xing eq. 13, fused before decoding; see fuse_groups)
+  fuse: Callable = None
   # the output layer the model must provide: 'dense' = Dense(num_outputs);
   # 'coral' = shared Dense(1, no bias) + num_outputs biases (see the module docstring)
   head: str = "dense"
@@ -153,6 +163,25 @@ def _validate(cfg):
     _fail("or_max_class_weight", cfg.or_max_class_weight, "a number >= 1")
 
 
+def _fuse_linear(group_logits, group_outputs):
+  """Regression: sum_g p_g out_g. The decoder is affine, so this is eq. 13 on the ages."""
+  return jnp.einsum("bg,bgk->bk", jax.nn.softmax(group_logits, axis=-1), group_outputs)
+
+
+def _fuse_softmax(group_logits, group_outputs):
+  """Softmax heads: the log of the mixture sum_g p_g softmax(out_g), a valid logit vector; its
+  expectation is sum_g p_g E_g (eq. 13 exactly), its argmax the mixture's mode."""
+  log_p = jax.nn.log_softmax(group_logits, axis=-1)[:, :, None]
+  return jax.nn.logsumexp(log_p + jax.nn.log_softmax(group_outputs, axis=-1), axis=1)
+
+
+def _fuse_ordinal(group_logits, group_outputs):
+  """Ordinal heads: per task, the logit of the mixture probability q_k = sum_g p_g sigmoid(out_gk)."""
+  log_p = jax.nn.log_softmax(group_logits, axis=-1)[:, :, None]
+  return (jax.nn.logsumexp(log_p + jax.nn.log_sigmoid(group_outputs), axis=1)
+          - jax.nn.logsumexp(log_p + jax.nn.log_sigmoid(-group_outputs), axis=1))
+
+
 def _softmax_decoder(how, num_classes, min_age):
   if how == "argmax":
     return lambda out: min_age + jnp.argmax(out, axis=-1).astype(jnp.float32)
@@ -169,7 +198,7 @@ def get_formulation(cfg) -> Formulation:
     offset, scale = float(cfg.regression_offset), float(cfg.regression_scale)
     decode = lambda out: offset + scale * jnp.asarray(out, jnp.float32)[:, 0]
     error = losses.squared_error if name == "mse" else losses.absolute_error
-    return Formulation(name, 1, lambda out, ages: error(decode(out), ages), decode)
+    return Formulation(name, 1, lambda out, ages: error(decode(out), ages), decode, _fuse_linear)
 
   if name in ORDINAL:
     task_weights, fixed = _ordinal_weights(cfg)
@@ -183,7 +212,8 @@ def get_formulation(cfg) -> Formulation:
 
     # Xing eq. 11: yhat = 1 + sum_k f_k(x) with ages from 1; here bin 0 is min_age. logit > 0 <=> p > 0.5.
     decode = lambda out: min_age + jnp.sum(jnp.asarray(out) > 0, axis=-1).astype(jnp.float32)
-    return Formulation(name, k - 1, ordinal_loss, decode, head="coral" if name == "coral" else "dense")
+    return Formulation(name, k - 1, ordinal_loss, decode, _fuse_ordinal,
+                       head="coral" if name == "coral" else "dense")
 
   decode = _softmax_decoder(_DEFAULT_DECODE[name] if cfg.decode == "default" else cfg.decode, k, min_age)
   sigma = float(cfg.sigma)
@@ -198,7 +228,7 @@ def get_formulation(cfg) -> Formulation:
   else:  # lae_stage2
     mae = float(cfg.lae_mae)
     loss = lambda out, ages: losses.lae_stage2_loss(out, ages, sigma, mae, min_age)
-  return Formulation(name, k, loss, decode)
+  return Formulation(name, k, loss, decode, _fuse_softmax)
 
 
 def coral_bias_init(cfg) -> np.ndarray:
