@@ -91,7 +91,7 @@ def default_config() -> ml_collections.ConfigDict:
       "regression_scale": 20.0,
       "sigma": 1.0,                 # std (years) of the Gaussian label distribution (LAE 2.1: 1)
       "dldl_lambda": 1.0,           # 'dldl_v2': weight of L_er (LAE 3.3: 1)
-      "lae_mae": -1.0,              # 'lae_stage2': stage 1's validation MAE (eq. 5); must be set
+      "lae_mae": -1.0,              # 'lae_stage2': mae of eq. 4/5; < 0: the previous stage's validation MAE
       "decode": "default",          # softmax heads: 'default' | 'argmax' | 'expectation'
       "or_task_weights": "uniform",  # 'or'/'coral': task importance lambda_k
       "or_class_balance": "none",   # 'or'/'coral': per-task positive/negative weights
@@ -142,7 +142,7 @@ def _ordinal_weights(cfg):
   return task_weights, fixed
 
 
-def _validate(cfg):
+def _validate(cfg, need_mae: bool = True):
   if cfg.name not in NAMES:
     raise ValueError(f"config.formulation.name={cfg.name!r} is not a known formulation; known: {list(NAMES)}")
   if not isinstance(cfg.num_classes, int) or cfg.num_classes < 2:
@@ -157,8 +157,9 @@ def _validate(cfg):
     _fail("sigma", cfg.sigma, "a positive number of years")
   if cfg.name in REGRESSION and cfg.regression_scale == 0:
     _fail("regression_scale", cfg.regression_scale, "a non-zero number")
-  if cfg.name == "lae_stage2" and not cfg.lae_mae >= 0:
-    _fail("lae_mae", cfg.lae_mae, "the validation MAE of the stage-1 (representation) run, >= 0 (LAE eq. 5)")
+  if need_mae and cfg.name == "lae_stage2" and not cfg.lae_mae >= 0:
+    _fail("lae_mae", cfg.lae_mae, "the validation MAE of the stage-1 (representation) run, >= 0 (LAE eq. 5); "
+          "< 0 takes it from the previous stage of config.stages")
   if cfg.name in ORDINAL and not cfg.or_max_class_weight >= 1:
     _fail("or_max_class_weight", cfg.or_max_class_weight, "a number >= 1")
 
@@ -256,7 +257,7 @@ def check_ages(ages: np.ndarray, cfg) -> np.ndarray:
   config.formulation.out_of_range='error'; with 'clip' they are clipped (the losses clip the
   same way inside, so training sees exactly these values) and a warning says how many.
   """
-  _validate(cfg)
+  _validate(cfg, need_mae=False)  # stage 2's mae may still come from the previous stage
   ages = np.asarray(ages, np.float32)
   if not np.all(np.isfinite(ages)):
     bad = np.flatnonzero(~np.isfinite(ages))

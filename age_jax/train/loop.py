@@ -41,6 +41,8 @@ def train(cfg, workdir: str) -> dict:
   if formulations.needs_age_counts(cfg.formulation):  # stored in config.json: a resume rebuilds the same loss
     with cfg.unlocked():
       cfg.formulation = formulations.with_age_counts(cfg.formulation, labels["age"])
+  if not cfg.train.train_size:  # turns train.num_epochs into steps; stored in config.json
+    cfg.train.train_size = len(train_records)
   plan = stages_lib.plan(cfg)
   for stage in plan:  # bad labels stop the run here, before any long work
     formulations.check_ages(labels["age"], stage.cfg.formulation)
@@ -62,6 +64,12 @@ def train(cfg, workdir: str) -> dict:
       latest = ckpt.latest_step() or 0
       if latest >= stage.last_step:
         continue
+      if stages_lib.needs_previous_mae(stage):
+        mae = _previous_validation_mae(plan[stage.index - 1], workdir, ckpt, normalizer,
+                                       exp if state is not None else None, state)
+        stage = plan[stage.index] = stages_lib.with_lae_mae(stage, mae)
+        _log(f"stage {stage.name!r}: lae_mae={stage.cfg.formulation.lae_mae:.4f}, the validation MAE "
+             f"of stage {plan[stage.index - 1].name!r} (LAE eq. 5)")
       exp = experiment_lib.build(stage.cfg)
       state = _initial_state(exp, stage, plan, ckpt, latest, state)
       state, last = _run_stage(exp, stage, state, ckpt, logger, train_source, labels, normalizer,
@@ -76,6 +84,20 @@ def train(cfg, workdir: str) -> dict:
   logger.close()
   ckpt.close()
   return last
+
+
+def _previous_validation_mae(stage, workdir, ckpt, normalizer, exp=None, state=None) -> float:
+  """The finished `stage`'s validation MAE: as recorded in the workdir, else measured now (on its
+  final checkpoint unless its state is at hand) and recorded, so a resume reuses the same value."""
+  recorded = experiment_lib.load_stage_metrics(workdir).get(stage.name, {})
+  if "val_mae" in recorded:
+    return recorded["val_mae"]
+  if state is None:
+    exp = experiment_lib.build(stage.cfg)
+    state = ckpt.restore(exp.abstract_state, stage.last_step)
+  mae = evaluate.Evaluator(exp, exp.cfg, normalizer, exp.cfg.data.val_split).summary(state)["mae"]
+  experiment_lib.record_stage_metrics(workdir, stage.name, {"val_mae": mae})
+  return mae
 
 
 def _initial_state(exp, stage, plan, ckpt, latest: int, previous_state):
@@ -107,7 +129,7 @@ def _run_stage(exp, stage, state, ckpt, logger, train_source, labels, normalizer
       normalizer=normalizer, start_step=start - stage.first_step, process_index=jax.process_index(),
       process_count=jax.process_count())
   batches = prefetch_to_mesh(batches, exp.mesh, cfg.data.prefetch)
-  schedule = optim.make_schedule(cfg.optim, cfg.train.num_steps)
+  schedule = optim.make_schedule(cfg.optim, cfg.train.num_steps, cfg.train.batch_size)
   dropout_rng = jax.random.key(cfg.seed + 1)
   validator = None
   pending, last = [], {}  # device metrics since the last log line: fetched only at log time
