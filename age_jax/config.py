@@ -60,6 +60,7 @@ def default_config() -> ml_collections.ConfigDict:
       "fc_features": (512, 512),
       "dropout_rate": 0.5,
       "stochastic_depth_rate": 0.2,  # EfficientNetV2 only
+      "init_from": "",              # a workdir or a .safetensors/.npz: start from its weights (train/init_from.py)
   })
 
   c.multitask = multitask.default_config()

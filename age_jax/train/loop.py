@@ -9,7 +9,7 @@ import numpy as np
 from age_jax import checkpoint, config as config_lib, evaluate, formulations, objective
 from age_jax.data import datasets, pipeline
 from age_jax.train import experiment as experiment_lib
-from age_jax.train import optim, sharding, stages as stages_lib
+from age_jax.train import init_from, optim, sharding, stages as stages_lib
 from age_jax.train.logger import MetricLogger
 
 
@@ -107,13 +107,45 @@ def _initial_state(exp, stage, plan, ckpt, latest: int, previous_state):
     _log(f"resumed from step {latest} (stage {stage.name!r}) in {ckpt.directory}")
     return ckpt.restore(exp.abstract_state, latest)
   if latest == 0:
-    return exp.init_state(jax.random.key(stage.cfg.seed))
+    state = exp.init_state(jax.random.key(stage.cfg.seed))
+    if not stage.cfg.model.init_from:
+      return state
+    variables, summary = init_from.load_variables(stage.cfg.model.init_from, _host_variables(state),
+                                                  stage.cfg.model.name)
+    _log(summary)
+    return _with_variables(exp, state, variables)
   if previous_state is None:  # resuming exactly at a stage boundary
     before = plan[stage.index - 1]
     previous_state = ckpt.restore(experiment_lib.build(before.cfg).abstract_state, latest)
     _log(f"resumed from step {latest} (end of stage {before.name!r}) in {ckpt.directory}")
-  fresh = jax.jit(exp.tx.init, out_shardings=exp.state_sharding.opt_state)(previous_state.params)
-  return previous_state.replace(opt_state=fresh)
+  if _shapes(previous_state.params) != _shapes(exp.abstract_state.params):
+    # The head changed (e.g. identity pre-training -> age): carry every leaf that still fits.
+    fresh = exp.init_state(jax.random.key(stage.cfg.seed + stage.index))
+    variables, _, kept, _ = init_from.copy_variables(_host_variables(fresh), _host_variables(previous_state))
+    _log(f"stage {stage.name!r}: parameters carried over from the previous stage except "
+         f"{[p for p, _ in kept]} (fresh)")
+    return _with_variables(exp, previous_state, variables)
+  opt_state = jax.jit(exp.tx.init, out_shardings=exp.state_sharding.opt_state)(previous_state.params)
+  return previous_state.replace(opt_state=opt_state)
+
+
+def _shapes(tree):
+  return jax.tree.map(lambda x: tuple(x.shape), tree)
+
+
+def _host_variables(state) -> dict:
+  return {"params": jax.device_get(state.params), "batch_stats": jax.device_get(state.batch_stats)}
+
+
+def _with_variables(exp, state, variables: dict):
+  """state with host `variables` placed on the state's shardings and a fresh optimizer state."""
+  place = lambda tree, shardings: jax.tree.map(
+      lambda x, s: jax.make_array_from_callback(np.shape(x), s, lambda index, x=x: np.asarray(x)[index]),
+      tree, shardings)
+  params = place(variables["params"], exp.state_sharding.params)
+  batch_stats = place(variables["batch_stats"], exp.state_sharding.batch_stats)
+  opt_state = jax.jit(exp.tx.init, out_shardings=exp.state_sharding.opt_state)(params)
+  return state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state)
 
 
 def _run_stage(exp, stage, state, ckpt, logger, train_source, labels, normalizer, *, start: int,
