@@ -64,7 +64,9 @@ def restore(workdir: str, step: int | None = None):
     raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: has launch.train run in {workdir}?")
   # The mesh is how a run executed, not part of the model: evaluate data-parallel on the devices here.
   cfg.mesh.data, cfg.mesh.fsdp = -1, 1
-  stage_cfg = stages.stage_at(stages.plan(cfg), step).cfg  # the optimizer state differs by stage
+  plan = stages.plan(cfg)
+  stage = stages.stage_at(plan, step)  # the optimizer state differs by stage
+  stage_cfg = experiment_lib.resolve_stage(plan, stage.index, workdir).cfg
   exp = experiment_lib.build(stage_cfg)
   state = ckpt.restore(exp.abstract_state, step)
   ckpt.close()

@@ -15,6 +15,7 @@ from age_jax.train import optim, sharding, state as state_lib, step as step_lib
 
 CONFIG_FILE = "config.json"
 MEAN_IMAGE_FILE = "mean_image.npy"
+STAGE_METRICS_FILE = "stage_metrics.json"   # {stage name: {metric: value}} measured at its end
 
 
 @dataclasses.dataclass
@@ -68,7 +69,7 @@ def build(cfg: ml_collections.ConfigDict, devices=None) -> Experiment:
                            head_bias_init=bias)
   image_size = cfg.data.image_size
   params = jax.eval_shape(lambda r: state_lib.init_variables(model, r, image_size)[0], jax.random.key(0))
-  tx = optim.make_optimizer(cfg.optim, cfg.train.num_steps, trainable_mask(cfg, params))
+  tx = optim.make_optimizer(cfg.optim, cfg.train.num_steps, trainable_mask(cfg, params), cfg.train.batch_size)
   shapes = jax.eval_shape(lambda r: state_lib.create(model, tx, r, image_size), jax.random.key(0))
   shardings = sharding.state_sharding(mesh, shapes, cfg.mesh.fsdp_min_size)
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
@@ -142,6 +143,42 @@ def save_config(cfg, workdir: str):
   if jax.process_index() == 0:
     storage.write_text(storage.path(workdir) / CONFIG_FILE, cfg.to_json(indent=2))
   storage.check_shared(workdir)
+
+
+def load_stage_metrics(workdir: str) -> dict:
+  path = os.path.join(workdir, STAGE_METRICS_FILE)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def record_stage_metrics(workdir: str, stage_name: str, values: dict):
+  """Adds a finished stage's metrics (process 0; atomic), e.g. the validation MAE that LAE's
+  stage 2 uses: a resume reads it back instead of measuring again."""
+  if jax.process_index() != 0:
+    return
+  recorded = load_stage_metrics(workdir)
+  recorded[stage_name] = {**recorded.get(stage_name, {}), **values}
+  tmp = os.path.join(workdir, STAGE_METRICS_FILE + ".tmp")
+  with open(tmp, "w") as f:
+    json.dump(recorded, f, indent=2)
+  os.replace(tmp, os.path.join(workdir, STAGE_METRICS_FILE))
+
+
+def resolve_stage(plan: list, index: int, workdir: str):
+  """plan[index] with what it takes from earlier stages filled in (LAE stage 2's mae, from the
+  validation MAE recorded when the stage before it ended)."""
+  from age_jax.train import stages as stages_lib
+  stage = plan[index]
+  if not stages_lib.needs_previous_mae(stage):
+    return stage
+  before = plan[index - 1].name
+  recorded = load_stage_metrics(workdir).get(before, {})
+  if "val_mae" not in recorded:
+    raise FileNotFoundError(f"{os.path.join(workdir, STAGE_METRICS_FILE)} has no validation MAE of stage "
+                            f"{before!r}, which stage {stage.name!r} needs (formulation.lae_mae < 0)")
+  return stages_lib.with_lae_mae(stage, recorded["val_mae"])
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
