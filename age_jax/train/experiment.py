@@ -146,11 +146,10 @@ def save_config(cfg, workdir: str):
 
 
 def load_stage_metrics(workdir: str) -> dict:
-  path = os.path.join(workdir, STAGE_METRICS_FILE)
-  if not os.path.exists(path):
+  path = storage.path(workdir) / STAGE_METRICS_FILE
+  if not path.exists():
     return {}
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(path.read_text())
 
 
 def record_stage_metrics(workdir: str, stage_name: str, values: dict):
@@ -160,10 +159,7 @@ def record_stage_metrics(workdir: str, stage_name: str, values: dict):
     return
   recorded = load_stage_metrics(workdir)
   recorded[stage_name] = {**recorded.get(stage_name, {}), **values}
-  tmp = os.path.join(workdir, STAGE_METRICS_FILE + ".tmp")
-  with open(tmp, "w") as f:
-    json.dump(recorded, f, indent=2)
-  os.replace(tmp, os.path.join(workdir, STAGE_METRICS_FILE))
+  storage.write_text(storage.path(workdir) / STAGE_METRICS_FILE, json.dumps(recorded, indent=2))
 
 
 def resolve_stage(plan: list, index: int, workdir: str):
@@ -176,7 +172,7 @@ def resolve_stage(plan: list, index: int, workdir: str):
   before = plan[index - 1].name
   recorded = load_stage_metrics(workdir).get(before, {})
   if "val_mae" not in recorded:
-    raise FileNotFoundError(f"{os.path.join(workdir, STAGE_METRICS_FILE)} has no validation MAE of stage "
+    raise FileNotFoundError(f"{storage.path(workdir) / STAGE_METRICS_FILE} has no validation MAE of stage "
                             f"{before!r}, which stage {stage.name!r} needs (formulation.lae_mae < 0)")
   return stages_lib.with_lae_mae(stage, recorded["val_mae"])
 
