@@ -84,8 +84,8 @@ case "${command}" in
     archive="$(mktemp -d)/age_jax.tar.gz"
     git archive --format=tar.gz -o "${archive}" HEAD   # committed files only: no data, no caches
     gcloud_tpu tpu-vm scp "${archive}" "${TPU_NAME}:age_jax.tar.gz" --worker=all
-    # uv installs a standalone CPython ${PYTHON_VERSION} per user: no apt (locked by unattended-upgrades at
-    # boot), no PPA, no python3-venv package. uv itself comes from the registry pip already uses.
+    # uv installs a standalone CPython ${PYTHON_VERSION} per user: no apt (often locked by unattended-upgrades
+    # right after boot), no PPA, no python3-venv package. uv itself comes from the registry pip already uses.
     on_all "set -e; mkdir -p ~/${REMOTE_DIR} && tar -xzf ~/age_jax.tar.gz -C ~/${REMOTE_DIR} && cd ~/${REMOTE_DIR}
       python3 -m pip install -q --user -U uv
       ~/.local/bin/uv venv --allow-existing --python ${PYTHON_VERSION} .venv
