@@ -3,6 +3,7 @@
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -92,14 +93,15 @@ def test_create_asks_a_queued_resource_with_the_accelerators_runtime(cloud, acce
 
 def test_stop_escalates_to_sigkill_when_sigterm_does_not_end_the_run(cloud):
   # A trainer whose SIGTERM handler is busy (or that ignores it) must still be gone after `stop`.
-  stubborn = subprocess.Popen(["bash", "-c", "trap '' TERM; exec sleep 60"])
+  ignore_term = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+  stubborn = subprocess.Popen([sys.executable, "-c", ignore_term], stdout=subprocess.PIPE, text=True)
   polite = subprocess.Popen(["sleep", "60"])
   try:
+    assert stubborn.stdout.readline() == "ready\n"  # SIGTERM is ignored from here on
     for worker, proc in ((0, stubborn), (1, polite)):
       os.makedirs(cloud.home(worker), exist_ok=True)
       with open(os.path.join(cloud.home(worker), "age_jax_train.pid"), "w") as f:
         f.write(f"{proc.pid}\n")
-    time.sleep(0.2)  # the trap is set
     start = time.monotonic()
     done = cloud.run(TPU_POD, "stop", STOP_TIMEOUT="1", **TPU_ENV)
     assert done.returncode == 0, done.stderr
