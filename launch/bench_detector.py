@@ -53,14 +53,10 @@ def paste(chip, scene, scale, degrees, rng):
   sh, sw = scene.shape[:2]
   centre = [rng.uniform(half[0], sw - 1 - half[0]), rng.uniform(half[1], sh - 1 - half[1])]
   matrix = np.concatenate([rot, (centre - rot @ [(w - 1) / 2, (h - 1) / 2])[:, None]], axis=1)
-  inverse = np.linalg.inv(np.vstack([matrix, [0, 0, 1]]))[:2]
-  a_, b_, c_ = inverse[0]
-  d_, e_, f_ = inverse[1]
-  coeffs = (a_, b_, c_ + 0.5 - 0.5 * (a_ + b_), d_, e_, f_ + 0.5 - 0.5 * (d_ + e_))
-  warped = Image.fromarray(chip).transform((sw, sh), Image.AFFINE, coeffs, Image.BILINEAR)
-  mask = Image.new("L", (w, h), 255).transform((sw, sh), Image.AFFINE, coeffs, Image.BILINEAR)
+  warped = align.warp_affine(chip, matrix, (sw, sh))
+  mask = align.warp_affine(np.full((h, w), 255, np.uint8), matrix, (sw, sh))
   out = Image.fromarray(scene.copy())
-  out.paste(warped, (0, 0), mask)
+  out.paste(Image.fromarray(warped), (0, 0), Image.fromarray(mask))
   return np.asarray(out), matrix
 
 
