@@ -20,6 +20,7 @@ from age_jax.faces import nets, weights
 _CELL, _STRIDE = 12, 2  # P-Net's window and stride on each pyramid level
 _MAX_PIXELS_PER_CALL = 1 << 22  # P-Net batch cap (pixels of padded input per call)
 _CROP_BATCHES = (16, 64, 256)  # R-/O-Net batch buckets (larger counts run in chunks of the last)
+_IMAGES_PER_PASS = 32  # detect_many's unit of work (bounds the pyramid held in memory)
 _PAD_GREY = 127  # retry border: mid grey, 0 after P-Net's input scaling
 
 
@@ -103,8 +104,12 @@ class FaceDetector:
     return self.detect_many([image])[0]
 
   def detect_many(self, images) -> list[list[Face]]:
-    """detect() for each image, with the nets batched across images."""
+    """detect() for each image, with the nets batched across up to 32 images at a time."""
     images = [check_image(im) for im in images]
+    return [faces for start in range(0, len(images), _IMAGES_PER_PASS)
+            for faces in self._detect_checked(images[start:start + _IMAGES_PER_PASS])]
+
+  def _detect_checked(self, images):
     found = self._cascade(images)
     misses = [i for i, faces in enumerate(found) if not faces]
     if self.retry_pad and misses:
