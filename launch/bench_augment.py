@@ -7,7 +7,8 @@ Per row: images/s of the augmentation alone (pipeline.train_view: preset + norma
 jitted, batch-sharded over all devices), the train step's images/s with it inside (uint8
 input) and without it (a float input of the network's size), and the augmentation's share
 of the step = step time with / without - 1 (the two steps alternate in rounds, so a ratio
-stays fair when other processes share the machine); medians over rounds.
+stays fair when other processes share the machine; in brackets the same ratio of this process's
+CPU time, steadier on a shared CPU); medians over rounds.
 """
 import statistics
 import time
@@ -27,14 +28,15 @@ _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Model c
 
 
 def _seconds(fn, args, steps):
+  """(wall, process CPU) seconds per call."""
   import jax
   out = fn(*args)
   jax.block_until_ready(out)
-  start = time.perf_counter()
+  start, cpu = time.perf_counter(), time.process_time()
   for _ in range(steps):
     out = fn(*args)
   jax.block_until_ready(out)
-  return (time.perf_counter() - start) / steps
+  return (time.perf_counter() - start) / steps, (time.process_time() - cpu) / steps
 
 
 def _row(name):
@@ -62,17 +64,21 @@ def _row(name):
   state = exp.init_state(jax.random.key(0))
   rngkey = jax.random.key(1)
   times = {"augment": [], "with": [], "without": []}
+  cpu = {"with": [], "without": []}
   for _ in range(_ROUNDS.value):
-    times["augment"].append(_seconds(augment, (uint8,), _STEPS.value))
+    times["augment"].append(_seconds(augment, (uint8,), _STEPS.value)[0])
     for key, step in (("with", with_view), ("without", without)):
       def run(state_batch, step=step):
         nonlocal state
         state, metrics = step(state, state_batch, rngkey)
         return metrics
-      times[key].append(_seconds(run, (uint8 if key == "with" else floats,), _STEPS.value))
+      wall, cpu_s = _seconds(run, (uint8 if key == "with" else floats,), _STEPS.value)
+      times[key].append(wall)
+      cpu[key].append(cpu_s)
   aug, step_with, step_without = (statistics.median(times[k]) for k in ("augment", "with", "without"))
+  cpu_ratio = statistics.median(cpu["with"]) / statistics.median(cpu["without"])
   print(f"| {name} | {preset} | {model} | {load} -> {size} | {batch} | {batch / aug:.0f} | "
-        f"{batch / step_with:.1f} | {batch / step_without:.1f} | {100 * (step_with / step_without - 1):+.1f}% | "
+        f"{batch / step_with:.1f} | {batch / step_without:.1f} | {100 * (step_with / step_without - 1):+.1f}% ({100 * (cpu_ratio - 1):+.1f}%) | "
         f"{100 * aug / step_with:.1f}% |", flush=True)
 
 
@@ -82,7 +88,7 @@ def main(argv):
   import jax
   print(f"devices: {jax.devices()}")
   print("| row | preset | model | load -> input px | batch | augment img/s | step img/s (with) | "
-        "step img/s (without) | step time with/without - 1 | augment alone / step |")
+        "step img/s (without) | step time with/without - 1 (CPU time) | augment alone / step |")
   print("|---|---|---|---|---|---|---|---|---|---|")
   for name in _ROWS.value:
     _row(name)

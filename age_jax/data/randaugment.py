@@ -32,7 +32,6 @@ FILL = 128.0
 OPS = ("identity", "auto_contrast", "equalize", "rotate", "solarize", "color", "posterize",
        "contrast", "brightness", "sharpness", "shear_x", "shear_y", "translate_x", "translate_y")
 GEOMETRIC = ("rotate", "shear_x", "shear_y", "translate_x", "translate_y")
-SIGNED = GEOMETRIC + ("color", "contrast", "brightness", "sharpness")
 
 
 def check_options(num_ops, magnitude, op_prob):
