@@ -55,19 +55,32 @@ def _str(value):
   return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def restore(workdir: str, step: int | None = None):
-  """(experiment, stage config, state, normalizer) of a training workdir's checkpoint."""
+def restore(workdir: str, step: int | None = None, attempts: int = 5):
+  """(experiment, stage config, state, normalizer) of a training workdir's checkpoint.
+
+  Safe on a workdir being trained: only finalised checkpoints are listed, and the latest one
+  rotated away while it was read is replaced by the new latest (up to `attempts` times).
+  """
   cfg = experiment_lib.load_config(workdir)
-  ckpt = checkpoint.Checkpointer(workdir)
-  step = ckpt.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: has launch.train run in {workdir}?")
   # The mesh is how a run executed, not part of the model: evaluate data-parallel on the devices here.
   cfg.mesh.data, cfg.mesh.fsdp = -1, 1
-  stage_cfg = stages.stage_at(stages.plan(cfg), step).cfg  # the optimizer state differs by stage
-  exp = experiment_lib.build(stage_cfg)
-  state = ckpt.restore(exp.abstract_state, step)
-  ckpt.close()
+  ckpt = checkpoint.Checkpointer(workdir, read_only=True)
+  try:
+    for attempt in range(attempts):
+      chosen = ckpt.latest_step() if step is None else step
+      if chosen is None:
+        raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: has launch.train run in {workdir}?")
+      stage_cfg = stages.stage_at(stages.plan(cfg), chosen).cfg  # the optimizer state differs by stage
+      exp = experiment_lib.build(stage_cfg)
+      try:
+        state = ckpt.restore(exp.abstract_state, chosen)
+        break
+      except (FileNotFoundError, ValueError, OSError):
+        ckpt.reload()
+        if step is not None or chosen in ckpt.manager.all_steps() or attempt == attempts - 1:
+          raise  # not a rotation: a real error
+  finally:
+    ckpt.close()
   return exp, stage_cfg, state, experiment_lib.normalizer(cfg, workdir)
 
 
