@@ -14,6 +14,7 @@ from launch import local_cluster
 from tests.train.test_stop_and_lock import CONFIG, REPO, _logged_steps, _saved_step, data  # noqa: F401
 
 
+@pytest.mark.slow  # two JAX processes start up: the costliest of the stop tests
 def test_sigterm_to_one_process_stops_both_at_the_same_saved_step(data, tmp_path):
   workdir = str(tmp_path / "run")
   port = local_cluster.free_port()

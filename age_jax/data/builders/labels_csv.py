@@ -29,9 +29,11 @@ def parse_age(text: str, where: str) -> float:
 
 
 def check_age(age: float, where: str, text=None) -> float:
-  if not math.isfinite(age) or not 0 <= age <= MAX_AGE:
-    raise BadLabel(f"{where}: age {age if text is None else text!r} is not a possible age "
-                   f"(0..{MAX_AGE} years)")
+  shown = repr(text) if text is not None else age
+  if not math.isfinite(age) or age < 0:
+    raise BadLabel(f"{where}: age {shown} must be a finite number >= 0")
+  if age > MAX_AGE:
+    raise BadLabel(f"{where}: age {shown} is above {MAX_AGE} years, not a possible age")
   return age
 
 
