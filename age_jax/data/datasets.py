@@ -9,6 +9,9 @@ Records are dicts {'image': original file bytes, 'age': float, 'gender': int, 'r
 stored ones ('train', 'validation', 'test'; MORPH 'S1', 'S2', 'S3'; 'full' for k-fold datasets,
 as TFDS reserves 'all') with TFDS slicing and joining ('train[:10%]', 'S2+S3'), and for datasets with folds the virtual
 splits 'fold{k}_train' (every fold but k) and 'fold{k}_test' (fold k).
+
+Each source folder has its own build, data_dir/by_source/<folder>-<hash of its path and contents>;
+a run records the build's fingerprint (config.data.fingerprint) and reads only that build.
 """
 import glob
 import hashlib
