@@ -12,17 +12,17 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from age_jax import locks
+from age_jax import locks, storage
 from age_jax.train import experiment as experiment_lib
 
 LOCK_FILE = "train.lock"
-RESUMABLE = ("train.num_steps", "optim.learning_rate", "train.log_every", "train.checkpoint_every",
+RESUMABLE = ("train.num_steps", "train.num_epochs", "optim.learning_rate", "train.log_every", "train.checkpoint_every",
              "train.eval_every", "train.max_to_keep", "eval.batch_size", "data.manual_dir",
              "data.data_dir", "data.num_threads", "data.num_workers", "data.prefetch", "data.cache",
              "model.conv_lowering", "mesh.data", "mesh.fsdp", "mesh.fsdp_min_size")
 # Filled in by training from the data (stored so a resume rebuilds the same run); a changed
 # source is caught by the fingerprint (datasets.prepare), not here.
-DERIVED = ("data.fingerprint", "formulation.age_counts")
+DERIVED = ("data.fingerprint", "formulation.age_counts", "train.train_size")
 
 
 class WorkdirInUse(RuntimeError):
@@ -44,13 +44,18 @@ class _Held:
 
 
 def lock(workdir: str) -> _Held | None:
-  """Process 0 holds the workdir's lock for the run; every process fails if it is held."""
+  """Process 0 holds the workdir's lock for the run; every process fails if it is held.
+  An object store (gs://) or a filesystem without flock (gcsfuse) has no lock: a warning."""
   held, error = None, ""
   if jax.process_index() == 0:
     try:
-      held = _Held(workdir)
+      if storage.is_uri(workdir):
+        raise OSError("an object store has no file locks")
+      held = _Held(os.path.abspath(os.path.expanduser(workdir)))
     except locks.LockHeld as e:
       error = str(e)
+    except OSError as e:
+      print(f"warning: {workdir} is not locked against a second trainer ({e})", flush=True)
   failed = error != ""
   if jax.process_count() > 1:
     failed = bool(multihost_utils.broadcast_one_to_all(np.int32(failed)))
@@ -86,7 +91,7 @@ def changed_fields(saved, given) -> dict:
 def check_resume(cfg, workdir: str):
   """Refuses cfg when workdir holds a config it differs from in more than RESUMABLE fields;
   returns the saved config (None for a new workdir)."""
-  if not os.path.exists(os.path.join(workdir, experiment_lib.CONFIG_FILE)):
+  if not (storage.path(workdir) / experiment_lib.CONFIG_FILE).exists():
     return None
   saved = experiment_lib.load_config(workdir)
   changed = changed_fields(saved, cfg)
