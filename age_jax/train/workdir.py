@@ -65,16 +65,6 @@ def lock(workdir: str) -> _Held | None:
   return held
 
 
-def _flat(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = tuple(v) if isinstance(v, (list, tuple)) else v
-  return out
-
-
 def _field(key: str) -> str:
   """'stages.<name>.train.num_steps' -> 'train.num_steps'."""
   parts = key.split(".")
@@ -83,7 +73,7 @@ def _field(key: str) -> str:
 
 def changed_fields(saved, given) -> dict:
   """{field: (saved, given)} of the config fields that differ, derived ones left out."""
-  a, b = _flat(saved.to_dict()), _flat(given.to_dict())
+  a, b = experiment_lib._flatten(saved.to_dict()), experiment_lib._flatten(given.to_dict())
   return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
           if a.get(k) != b.get(k) and not _field(k).startswith(DERIVED)}
 

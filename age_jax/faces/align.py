@@ -13,8 +13,8 @@ from PIL import Image
 ARCFACE_TEMPLATE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
                                  [41.5493, 92.3655], [70.7299, 92.2041]], np.float64)
 
-# iBUG 68-point scheme (0-based), as in FG-NET's .pts files (read by builders/fgnet.py): the
-# subject's right eye (image left) is 36-41, the left eye 42-47, the nose tip 30, the mouth corners 48 and 54.
+# iBUG 68-point scheme (0-based): the subject's right eye (image left) is 36-41, the left eye 42-47,
+# the nose tip 30, the mouth corners 48 and 54. FG-NET's .pts files use their own markup, not this one.
 _RIGHT_EYE, _LEFT_EYE, _NOSE_TIP, _MOUTH_RIGHT, _MOUTH_LEFT = slice(36, 42), slice(42, 48), 30, 48, 54
 
 
@@ -24,7 +24,7 @@ def template(output_size: int) -> np.ndarray:
 
 
 def five_points_from_68(pts68: np.ndarray) -> np.ndarray:
-  """(68, 2) iBUG landmarks -> (5, 2): eye centres (mean of each eye's 6 points), nose tip,
+  """(68, 2) landmarks in the iBUG order (not FG-NET's) -> (5, 2): eye centres (mean of each eye's 6 points), nose tip,
   mouth corners, in the template's order."""
   pts = np.asarray(pts68, np.float64)
   if pts.shape != (68, 2):
@@ -61,9 +61,9 @@ def apply_transform(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
   return points @ matrix[:, :2].T + matrix[:, 2]
 
 
-def warp_affine(image: np.ndarray, matrix: np.ndarray, output_size: int, fill: int = 0) -> np.ndarray:
-  """Warps an HxWxC uint8 image by the 2x3 matrix (input pixel -> output pixel) into a square
-  output_size image, bilinear, uncovered pixels set to fill."""
+def warp_affine(image: np.ndarray, matrix: np.ndarray, output_size, fill: int = 0) -> np.ndarray:
+  """Warps an HxW or HxWxC uint8 image by the 2x3 matrix (input pixel -> output pixel) into an
+  output_size (a side, or (width, height)) image, bilinear, uncovered pixels set to fill."""
   full = np.vstack([matrix, [0, 0, 1]])
   inverse = np.linalg.inv(full)[:2]
   # PIL samples the output pixel (x, y) at the continuous point (x + 0.5, y + 0.5) and reads the
@@ -74,7 +74,8 @@ def warp_affine(image: np.ndarray, matrix: np.ndarray, output_size: int, fill: i
   f = f + 0.5 - 0.5 * (d + e)
   pil = Image.fromarray(np.ascontiguousarray(image))
   fillcolor = fill if pil.mode == "L" else (fill,) * len(pil.getbands())
-  out = pil.transform((output_size, output_size), Image.AFFINE, (a, b, c, d, e, f), Image.BILINEAR,
+  size = (output_size, output_size) if np.isscalar(output_size) else tuple(output_size)
+  out = pil.transform(size, Image.AFFINE, (a, b, c, d, e, f), Image.BILINEAR,
                       fillcolor=fillcolor)
   return np.asarray(out)
 
