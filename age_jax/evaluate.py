@@ -1,6 +1,7 @@
 """Evaluation: restore a run, predict ages for a split or a folder, and report the metrics."""
 import json
 import os
+import time
 
 import jax
 import numpy as np
@@ -58,8 +59,8 @@ def _str(value):
 def restore(workdir: str, step: int | None = None, attempts: int = 5):
   """(experiment, stage config, state, normalizer) of a training workdir's checkpoint.
 
-  Safe on a workdir being trained: only finalised checkpoints are listed, and the latest one
-  rotated away while it was read is replaced by the new latest (up to `attempts` times).
+  Safe on a workdir being trained: only finalised checkpoints are listed, and when the latest
+  one fails to read (rotated away meanwhile) the new latest is read (up to `attempts` times).
   """
   cfg = experiment_lib.load_config(workdir)
   # The mesh is how a run executed, not part of the model: evaluate data-parallel on the devices here.
@@ -77,10 +78,11 @@ def restore(workdir: str, step: int | None = None, attempts: int = 5):
       try:
         state = ckpt.restore(exp.abstract_state, chosen)
         break
-      except (FileNotFoundError, ValueError, OSError):
+      except (FileNotFoundError, KeyError, ValueError, OSError):
+        if step is not None or attempt == attempts - 1:
+          raise
+        time.sleep(0.2)  # a rotation deletes the step's files one by one: look again
         ckpt.reload()
-        if step is not None or chosen in ckpt.manager.all_steps() or attempt == attempts - 1:
-          raise  # not a rotation: a real error
   finally:
     ckpt.close()
   return exp, stage_cfg, state, experiment_lib.normalizer(cfg, workdir)
