@@ -78,6 +78,7 @@ def test_lae_eval_resizes_then_centre_crops():
 SHAPES = {"xing": (24, 20, 1000), "none": (24, 20, 8), "lae": (40, 32, 600)}
 
 
+@pytest.mark.slow  # compiles the 'lae' preset (tens of seconds on 2 cores)
 def test_every_preset_is_bit_identical_on_one_and_eight_devices():
   assert len(jax.devices()) == 8, "tests/conftest.py should fake 8 CPU devices"
   sharded = NamedSharding(Mesh(np.array(jax.devices()), ("batch",)), P("batch"))
@@ -217,6 +218,7 @@ def _pil_lae(image, size, rng, op_prob=0.5):
   return np.asarray(out, np.float32)
 
 
+@pytest.mark.slow  # compiles the 'lae' preset (tens of seconds on 2 cores)
 def test_lae_pixel_statistics_match_the_pil_recipe():
   image = _face_like(40)
   n = 600
