@@ -168,19 +168,6 @@ def resized_crop(image, top, left, h, w, size: int, mirror=False):
   return jnp.clip(jnp.round(_filter(across, rows, row_weights, axis=0)), 0, 255)
 
 
-def adjust_brightness(image, factor):
-  return randaugment.blend(jnp.zeros_like(image), image, factor)
-
-
-def adjust_contrast(image, factor):
-  # PIL: the degenerate image is the mean grey level, rounded.
-  return randaugment.blend(jnp.round(jnp.mean(randaugment.grayscale(image))), image, factor)
-
-
-def adjust_saturation(image, factor):
-  return randaugment.blend(randaugment.grayscale(image), image, factor)
-
-
 def adjust_hue(image, shift):
   """Rotates the HSV hue by `shift` of a full turn (dm-pix), back to uint8 values."""
   return jnp.clip(jnp.round(dm_pix.adjust_hue(image / 255.0, shift) * 255.0), 0, 255)
@@ -202,7 +189,7 @@ def color_jitter(image, key, strengths: Sequence[float] = COLOR_JITTER):
   lows = jnp.array([max(0.0, 1 - brightness), max(0.0, 1 - contrast), max(0.0, 1 - saturation), -hue])
   highs = jnp.array([1 + brightness, 1 + contrast, 1 + saturation, hue])
   factors = jax.random.uniform(k_factors, (4,), minval=lows, maxval=highs)
-  ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+  ops = (randaugment.brightness, randaugment.contrast, randaugment.color, adjust_hue)
 
   def adjust(x, op):  # one traced body for the four positions: compiles once
     return jax.lax.switch(op, ops, x, factors[op]), None

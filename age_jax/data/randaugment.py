@@ -145,6 +145,19 @@ def grayscale(image):
   return jnp.round(image @ jnp.array([0.299, 0.587, 0.114], jnp.float32))[..., None]
 
 
+def brightness(image, factor):
+  return blend(jnp.zeros_like(image), image, factor)
+
+
+def contrast(image, factor):
+  # PIL: the degenerate image is the mean grey level, rounded.
+  return blend(jnp.round(jnp.mean(grayscale(image))), image, factor)
+
+
+def color(image, factor):
+  return blend(grayscale(image), image, factor)
+
+
 def smooth(image):
   """PIL's ImageFilter.SMOOTH (3x3 kernel 1 1 1 / 1 5 1 / 1 1 1, / 13), rounded; the border
   pixels are kept, as ImageEnhance.Sharpness does."""
@@ -186,9 +199,9 @@ def apply_op(image, op, magnitude: float, sign=1.0):
       "equalize": equalize,
       "solarize": lambda x: solarize(x, 256 - round(256 * f)),
       "posterize": lambda x: posterize(x, 8 - round(4 * f)),
-      "color": lambda x: blend(grayscale(x), x, factor),
-      "contrast": lambda x: blend(jnp.round(jnp.mean(grayscale(x))), x, factor),
-      "brightness": lambda x: blend(jnp.zeros_like(x), x, factor),
+      "color": lambda x: color(x, factor),
+      "contrast": lambda x: contrast(x, factor),
+      "brightness": lambda x: brightness(x, factor),
       "sharpness": lambda x: blend(smooth(x), x, factor),
   }
   names = ("identity", *branches)
