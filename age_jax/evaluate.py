@@ -5,7 +5,7 @@ import os
 import jax
 import numpy as np
 
-from age_jax import checkpoint, metrics, report as report_lib
+from age_jax import checkpoint, conformal, metrics, report as report_lib
 from age_jax.data import datasets, pipeline
 from age_jax.train import experiment as experiment_lib
 from age_jax.train import sharding, stages
@@ -39,16 +39,33 @@ class Evaluator:
     return {k: v[keep][order] for k, v in out.items()}
 
   def summary(self, state) -> dict:
-    p = self.predict(state)
-    return {"mae": metrics.mae(p["pred_age"], p["age"]),
-            "aar": metrics.aar(p["pred_age"], p["age"])["aar"]}
+    return summarize(self.predict(state))
 
-  def report(self, state) -> dict:
+  def report(self, state, calibration: conformal.Calibration | None = None) -> dict:
+    """The evaluation report; with a calibration, also interval coverage and widths."""
     p = self.predict(state)
     known = lambda key: p[key] if key in p and np.any(p[key] >= 0) else None
-    return report_lib.evaluation_report(
+    result = report_lib.evaluation_report(
         p["pred_age"], p["age"], gender=known("gender"), race=known("race"),
         pred_gender=p.get("pred_gender"), pred_race=p.get("pred_race"), file_names=self.file_names)
+    if calibration is not None:
+      result["intervals"] = conformal.report_section(calibration, p, gender=known("gender"), race=known("race"))
+    return result
+
+
+def summarize(p: dict) -> dict:
+  return {"mae": metrics.mae(p["pred_age"], p["age"]), "aar": metrics.aar(p["pred_age"], p["age"])["aar"]}
+
+
+def calibrate(exp, cfg, normalizer, state, workdir: str, split: str | None = None) -> dict:
+  """Predicts the validation split (or `split`), stores the conformal calibration in the workdir
+  (conformal.CALIBRATION_FILE) and returns the split's MAE and AAR."""
+  split = split or cfg.data.val_split
+  p = Evaluator(exp, cfg, normalizer, split).predict(state)
+  calibration = conformal.calibrate_predictions(p, f"{cfg.data.name}:{split}", int(state.step))
+  if jax.process_index() == 0:
+    conformal.save(calibration, workdir)
+  return summarize(p)
 
 
 def _str(value):
@@ -72,17 +89,23 @@ def restore(workdir: str, step: int | None = None):
 
 
 def evaluate_workdir(workdir: str, *, split: str | None = None, folder: str | None = None,
-                     out_dir: str | None = None, step: int | None = None) -> dict:
+                     out_dir: str | None = None, step: int | None = None, calibrate_first: bool = False) -> dict:
   """Evaluates a checkpoint on a split of its dataset (default: config.data.eval_split) or a
-  labelled folder, writes report.json and plots to out_dir, and returns the report."""
+  labelled folder, writes report.json and plots to out_dir, and returns the report. With
+  calibrate_first, first (re)calibrates the intervals on the validation split; the report has
+  interval coverage whenever the workdir holds a calibration."""
   exp, cfg, state, normalizer = restore(workdir, step)
+  if calibrate_first:
+    if not cfg.data.val_split:
+      raise ValueError("calibration needs a validation split, and config.data.val_split is empty")
+    calibrate(exp, cfg, normalizer, state, workdir)
   if folder:
     records, source_name = datasets.folder_source(folder), folder
   else:
     split = split or cfg.data.eval_split
     records, source_name = experiment_lib.load_split(cfg, split), f"{cfg.data.name}:{split}"
   evaluator = Evaluator(exp, cfg, normalizer, records=records)
-  result = evaluator.report(state)
+  result = evaluator.report(state, conformal.load(workdir))
   result["source"] = source_name
   result["step"] = int(state.step)
   result["workdir"] = os.path.abspath(workdir)

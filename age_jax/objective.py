@@ -91,6 +91,14 @@ def predicted_age(outputs: dict, formulation) -> jnp.ndarray:
   return jnp.sum(jax.nn.softmax(outputs["group"], axis=-1) * per_group, axis=-1)
 
 
+def predicted_spread(outputs: dict, formulation):
+  """(B,) spread in years of the predicted age distribution, or None where the head gives one
+  number per face (regression, ordinal) or is a mixture of group estimators (hybrid)."""
+  if formulation.spread is None or "group_age" in outputs:
+    return None
+  return formulation.spread(outputs["age"])
+
+
 def trainable_mask(params, stage: str):
   """Pytree of bools like `params`: True where the hybrid training `stage` updates the leaf.
 

@@ -204,6 +204,15 @@ def format_table(report: dict) -> str:
       per = report[name]["mae_per_label"]
       parts = "  ".join(f"{k}: {per[k]['mae']:.2f} (n={per[k]['count']})" for k in sorted(per, key=int))
       lines.append(f"{name:<6} acc.   {_fmt(report[name]['accuracy'])}   MAE per label  {parts}")
+  if "intervals" in report:
+    lines.append(f"intervals     {report['intervals']['method']} conformal, calibrated on "
+                 f"{report['intervals']['calibrated_on']} (n={report['intervals']['calibration_examples']})")
+    for nominal, entry in report["intervals"]["by_coverage"].items():
+      groups = entry["per_age_group"]
+      lines.append(f"  {100 * float(nominal):g}%: coverage {_fmt(100 * entry['coverage'], '.1f')}% width "
+                   f"{entry['mean_width']:.1f} y; per age group " + "  ".join(
+                       f"{g}:{_fmt(None if v['coverage'] is None else 100 * v['coverage'], '.0f')}%/"
+                       f"{_fmt(v['mean_width'], '.0f')}" for g, v in groups.items()))
   return "\n".join(lines)
 
 

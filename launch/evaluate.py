@@ -1,6 +1,7 @@
-"""Evaluate a trained workdir:  python -m launch.evaluate --workdir=DIR [--split=test | --folder=DIR]
+"""Evaluate a trained workdir:  python -m launch.evaluate --workdir=DIR [--split=test | --folder=DIR] [--calibrate]
 
-Writes report.json and PNG plots (default: DIR/eval/<source>/) and prints the metrics table.
+Writes report.json and PNG plots (default: DIR/eval/<source>/) and prints the metrics table;
+--calibrate first calibrates the conformal age intervals on the validation split (DIR/calibration.json).
 """
 from absl import app, flags
 
@@ -12,6 +13,8 @@ _FOLDER = flags.DEFINE_string("folder", None, "Evaluate on another labelled fold
                               "(UTKFace-named images, or images with a labels.csv).")
 _OUT = flags.DEFINE_string("out", None, "Where to write report.json and plots.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+_CALIBRATE = flags.DEFINE_bool("calibrate", False, "First calibrate the age intervals on the validation "
+                                "split and store them in the workdir (training does this when it ends).")
 flags.mark_flag_as_required("workdir")
 
 
@@ -23,7 +26,8 @@ def main(argv):
   common.setup_jax()
   from age_jax import evaluate, report
   result = evaluate.evaluate_workdir(_WORKDIR.value, split=_SPLIT.value, folder=_FOLDER.value,
-                                     out_dir=_OUT.value, step=_STEP.value)
+                                     out_dir=_OUT.value, step=_STEP.value,
+                                     calibrate_first=_CALIBRATE.value)
   print(report.format_table(result), flush=True)
 
 
