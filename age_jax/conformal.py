@@ -135,13 +135,15 @@ def load(workdir: str) -> Calibration | None:
 
 def _coverage_width(cover, width, mask):
   n = int(mask.sum())
+  mean_width = float(width[mask].mean()) if n else None
   return {"count": n, "coverage": float(cover[mask].mean()) if n else None,
-          "mean_width": float(width[mask].mean()) if n else None}
+          "mean_width": mean_width if mean_width is not None and np.isfinite(mean_width) else None}
 
 
 def interval_report(low, high, true_age, gender=None, race=None) -> dict:
   """Empirical coverage and mean width, overall and per LAE age group (of the true age),
-  gender and race (labels -1 = unknown, skipped)."""
+  gender and race (labels -1 = unknown, skipped). An infinite width (too few calibration
+  examples for the coverage) reports mean_width None."""
   low, high = np.asarray(low, np.float64), np.asarray(high, np.float64)
   true = np.asarray(true_age, np.float64).reshape(-1)
   cover, width = (low <= true) & (true <= high), high - low

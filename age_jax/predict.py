@@ -44,12 +44,17 @@ def interval_rows(predictions: dict, calibration, coverage: float) -> list[dict]
   if calibration is not None:
     low, high = calibration.intervals(ages, predictions.get("pred_spread"), coverage)
     for row, lo, hi in zip(rows, low, high):
-      row.update(low=round(float(lo), 2), high=round(float(hi), 2))
+      row.update(low=_years(lo), high=_years(hi))
   for task in ("gender", "race"):
     if f"pred_{task}" in predictions:
       for row, v in zip(rows, predictions[f"pred_{task}"]):
         row[task] = int(v)
   return rows
+
+
+def _years(value):
+  """Rounded years; None for an unbounded side (too few calibration examples for the coverage)."""
+  return round(float(value), 2) if np.isfinite(value) else None
 
 
 def predict_folder(workdir: str, folder: str, out_csv: str, step: int | None = None,

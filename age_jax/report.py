@@ -210,7 +210,7 @@ def format_table(report: dict) -> str:
     for nominal, entry in report["intervals"]["by_coverage"].items():
       groups = entry["per_age_group"]
       lines.append(f"  {100 * float(nominal):g}%: coverage {_fmt(100 * entry['coverage'], '.1f')}% width "
-                   f"{entry['mean_width']:.1f} y; per age group " + "  ".join(
+                   f"{_fmt(entry['mean_width'], '.1f')} y; per age group " + "  ".join(
                        f"{g}:{_fmt(None if v['coverage'] is None else 100 * v['coverage'], '.0f')}%/"
                        f"{_fmt(v['mean_width'], '.0f')}" for g, v in groups.items()))
   return "\n".join(lines)

@@ -122,7 +122,7 @@ def test_cli_trains_evaluates_on_a_folder_and_predicts(utk_folder, tmp_path):
        f"--out={tmp_path / 'ages.csv'}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert predict.returncode == 0, predict.stderr[-3000:]
   rows = open(tmp_path / "ages.csv").read().splitlines()
-  assert rows[0] == "file,age" and len(rows) - 1 == 13
+  assert rows[0] == "file,age,low,high" and len(rows) - 1 == 13  # training ended with a calibration
 
 
 def test_unknown_config_field_fails_before_any_work(tmp_path):

@@ -1,0 +1,29 @@
+"""Export a trained workdir as one file that runs with JAX alone (no age_jax, flax or orbax):
+  python -m launch.export --workdir=DIR --out=age.jaxexport [--coverage=0.9]
+
+See age_jax/export.py for what the file holds and README.md for running it from a bare Python.
+"""
+from absl import app, flags
+
+from launch import common
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by launch.train.")
+_OUT = flags.DEFINE_string("out", None, "The artifact to write (a zip: model.jax + meta.json).")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+_COVERAGE = flags.DEFINE_float("coverage", 0.9, "Coverage of the age interval built into the artifact.")
+_PLATFORMS = flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"], "Platforms the artifact runs on.")
+flags.mark_flags_as_required(["workdir", "out"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  common.setup_jax()
+  from age_jax import export
+  meta = export.export_workdir(_WORKDIR.value, _OUT.value, _STEP.value, _COVERAGE.value, _PLATFORMS.value)
+  print(f"wrote {_OUT.value}: {meta['model']} / {meta['formulation']} step {meta['step']}, outputs "
+        f"{meta['outputs']}, platforms {meta['platforms']}")
+
+
+if __name__ == "__main__":
+  app.run(main)
