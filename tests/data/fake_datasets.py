@@ -179,15 +179,15 @@ def fgnet_face_points() -> np.ndarray:
   return pts
 
 
-def draw_face(points5: np.ndarray, size: int) -> np.ndarray:
-  """A grey size x size picture with dark discs at the two eyes, a mid-grey one at the nose tip and
-  dark ones at the mouth corners (points5 in the alignment template's order)."""
-  yy, xx = np.mgrid[0:size, 0:size]
-  image = np.full((size, size), 200.0)
+def draw_face(points5: np.ndarray, size: int, image: np.ndarray | None = None) -> np.ndarray:
+  """A grey size x size picture (or `image`, drawn on) with dark discs at the two eyes, a mid-grey
+  one at the nose tip and dark ones at the mouth corners (points5 in the alignment template's order)."""
+  image = np.full((size, size, 3), 200, np.uint8) if image is None else image.copy()
+  yy, xx = np.mgrid[0:image.shape[0], 0:image.shape[1]]
   eye = np.linalg.norm(points5[1] - points5[0])
   for (x, y), value in zip(points5, (20, 20, 110, 60, 60)):
     image[(xx - x) ** 2 + (yy - y) ** 2 <= (0.12 * eye) ** 2] = value
-  return np.repeat(image.astype(np.uint8)[..., None], 3, axis=2)
+  return image
 
 
 FGNET_FIVE = [31, 36, 67, 48, 54]  # the points `draw_face` draws, in FG-NET's markup
