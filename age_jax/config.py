@@ -26,6 +26,8 @@ def default_config() -> ml_collections.ConfigDict:
           "skip_corrupt": False,
           "skip_bad_labels": False,
           "split_file": "",
+          "canonical_crop": False,  # detect and align every face onto the canonical crop at build time
+          "crop_size": 256,
       }),
       "train_split": "train",
       "val_split": "validation",
@@ -36,7 +38,7 @@ def default_config() -> ml_collections.ConfigDict:
       "normalize": "mean_image",    # 'mean_image' (Xing 3.1.1) | 'imagenet'
       "pixel_scale": 1.0 / 255.0,   # applied after mean subtraction
       "cache": "none",              # 'memory': decode+resize each image once and keep it in RAM
-      "align": False,               # five-point alignment from the records' landmarks (FG-NET; LAE 3.3)
+      "align": False,               # align at load time from the records' five landmarks (FG-NET; LAE 3.3)
       "sampler": "shuffle",         # 'shuffle' | 'age_aware' (Xing 4.1) | 'class_balanced' (LAE 2.4)
       "balance_by": "age",          # class_balanced: 'age' | 'age_group' | 'gender' | 'race' | 'gender_race'
       # 'lae' preset (LAE 2.3): random resized crop, colour jitter, RandAugment N, M.
@@ -145,6 +147,9 @@ def _validate_stage(cfg):
   if cfg.data.augment != "lae" and cfg.data.image_size > cfg.data.load_size:
     raise ValueError(f"config.data.image_size={cfg.data.image_size} is larger than "
                      f"config.data.load_size={cfg.data.load_size}; crops are taken from the loaded image")
+  if cfg.data.align and cfg.data.builder_options.get("canonical_crop", False):
+    raise ValueError("config.data.align=True would align again the faces that "
+                     "config.data.builder_options.canonical_crop=True already aligned; choose one")
   if not 0 <= cfg.model.dropout_rate < 1:
     raise ValueError(f"config.model.dropout_rate={cfg.model.dropout_rate}; expected 0 <= rate < 1")
   from age_jax import models  # the registry lists what exists

@@ -189,10 +189,16 @@ def _fmt(value, spec=".3f"):
   return "-" if value is None else format(value, spec)
 
 
+def _faces_line(faces: dict) -> str:
+  return (f"faces         detector run on {faces['detected_images']} images: {faces['no_face']} without a "
+          f"face (left out), {faces['several_faces']} with several (the largest, most central kept)")
+
+
 def format_table(report: dict) -> str:
   """The report's headline metrics as aligned text lines."""
   aar, ccs = report["aar"], report["ccs"]
   lines = [f"examples      {report['num_examples']}",
+           *([_faces_line(report["faces"])] if "faces" in report else []),
            f"MAE           {report['mae']:.3f}",
            f"AAR           {aar['aar']:.3f}   (sigma {aar['sigma']:.3f} over {aar['groups_used']} age groups)",
            "CCS(t)        " + "  ".join(f"t={t}:{100 * f:.1f}%" for t, f in zip(ccs["threshold"], ccs["fraction"])),

@@ -1,8 +1,10 @@
 """A local web page and JSON API for a trained model (FastAPI; the optional `serve` extra).
 
   GET  /              the page: drop or choose a photo, see every face boxed with its age and interval
-  POST /api/predict   multipart field 'file' (+ ?coverage=0.9) -> {'width', 'height', 'faces': [{'box':
-                      [x0, y0, x1, y1] in pixels, 'score', 'age', 'low', 'high'}], 'coverage', 'detector'}
+  POST /api/predict   multipart field 'file' (+ ?coverage=0.9&faces=detect|crops) -> {'width', 'height',
+                      'faces': [{'box': [x0, y0, x1, y1] in pixels, 'score', 'landmarks', 'age', 'low',
+                      'high' (+ 'gender', 'race')}], 'coverage', 'mode'}; faces=detect finds every face
+                      (age_jax.faces), faces=crops takes the upload as one face crop
   GET  /api/health    {'status': 'ok', 'model', 'formulation', 'interval'}
 
 Uploads stay in memory (at most max_upload_bytes; starlette spools larger multipart bodies to
@@ -12,7 +14,6 @@ reason: 400 empty or missing, 413 too large (bytes or pixels), 415 not a decodab
 """
 import io
 import pathlib
-from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -46,17 +47,20 @@ def decode_upload(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     raise BadUpload(415, f"not a readable image (JPEG, PNG, WebP, BMP, ...): {e}") from e
 
 
-def whole_image_faces(image: np.ndarray) -> list[dict]:
-  """The whole image as one face: for uploads that are already face crops."""
-  h, w = image.shape[:2]
-  return [{"box": [0, 0, w, h], "score": None, "crop": image}]
+FACE_MODES = ("detect", "crops")
 
 
-def create_app(predictor, find_faces: Callable[[np.ndarray], list[dict]] = whole_image_faces,
-               detector_name: str = "whole image", coverage: float = 0.9,
+def face_ages(predictor, image: np.ndarray, mode: str, coverage: float) -> list[dict]:
+  """Every face of the image ('detect') or the image as one crop ('crops'), as JSON dicts."""
+  if mode == "crops":
+    h, w = image.shape[:2]
+    return [{"box": [0, 0, w, h], **face.as_dict()} for face in predictor.crop_ages([image], coverage)]
+  return [face.as_dict() for face in predictor.photo(image, coverage)]
+
+
+def create_app(predictor, faces: str = "detect", coverage: float = 0.9,
                max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS):
-  """predictor: crops -> rows (age_jax.predict.Predictor); find_faces: RGB image -> [{'box',
-  'score', 'crop'}] (the crop as the model expects it, e.g. aligned)."""
+  """predictor: an age_jax.predict.Predictor; faces: the default mode (FACE_MODES)."""
   import fastapi
   from fastapi import responses
 
@@ -76,15 +80,17 @@ def create_app(predictor, find_faces: Callable[[np.ndarray], list[dict]] = whole
   @app.get("/api/health")
   def health():
     return {"status": "ok", "model": cfg.model.name, "formulation": cfg.formulation.name,
-            "detector": detector_name,
+            "faces": faces,
             "interval": None if calibration is None else {"method": calibration.method,
                                                           "default_coverage": coverage}}
 
   @app.post("/api/predict")
   async def predict(request: fastapi.Request, file: fastapi.UploadFile | None = None,
-                    coverage: float = coverage):
+                    coverage: float = coverage, faces: str = faces):
     if not 0 < coverage < 1:
       raise BadUpload(422, f"coverage={coverage}; expected a fraction in (0, 1), e.g. 0.9")
+    if faces not in FACE_MODES:
+      raise BadUpload(422, f"faces={faces!r}; expected one of {list(FACE_MODES)}")
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > max_upload_bytes + 65536:
       raise BadUpload(413, f"the upload is {int(length)} bytes; at most {max_upload_bytes} are accepted")
@@ -94,11 +100,7 @@ def create_app(predictor, find_faces: Callable[[np.ndarray], list[dict]] = whole
     if len(data) > max_upload_bytes:
       raise BadUpload(413, f"the upload is over {max_upload_bytes} bytes")
     image = decode_upload(data, max_pixels)
-    faces = find_faces(image)
-    rows = predictor([f["crop"] for f in faces], coverage) if faces else []
     return {"width": int(image.shape[1]), "height": int(image.shape[0]), "coverage": coverage,
-            "detector": detector_name,
-            "faces": [{"box": [int(round(v)) for v in f["box"]], "score": f["score"], **row}
-                      for f, row in zip(faces, rows)]}
+            "mode": faces, "faces": face_ages(predictor, image, faces, coverage)}
 
   return app

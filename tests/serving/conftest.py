@@ -23,6 +23,12 @@ def real_faces(n: int) -> list[str]:
   return [os.path.join(UTKFACE, names[i]) for i in range(0, len(names), len(names) // n)[:n]]
 
 
+def face_records(folder: str, n: int) -> list[dict]:
+  """The first n images of a folder as records ({'image': bytes, 'file_name'}), sorted by name."""
+  names = sorted(os.listdir(folder))[:n]
+  return [{"image": open(os.path.join(folder, name), "rb").read(), "file_name": name} for name in names]
+
+
 @pytest.fixture(scope="session")
 def trained_workdir(tmp_path_factory):
   """(workdir, folder of its faces, whether they are real)."""

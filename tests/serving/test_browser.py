@@ -1,6 +1,6 @@
 """The page in a real headless Chromium (Debian's chromium-headless-shell or chromium; skipped
 where neither is installed): load it from a real uvicorn on 127.0.0.1, upload a UTKFace face
-through the file input, and read the age back from the page.
+through the file input (the page's default: detect every face), and read the age back from the page.
 
 Chromium is driven over the DevTools protocol (a websocket): no chromedriver needed. Set
 AGE_JAX_SCREENSHOT=path.png to keep a screenshot of the page with its prediction.
@@ -23,7 +23,8 @@ uvicorn = pytest.importorskip("uvicorn")
 ws_client = pytest.importorskip("websockets.sync.client")
 
 from age_jax import webapp  # noqa: E402
-from age_jax.predict import Predictor, image_records  # noqa: E402
+from age_jax.predict import Predictor  # noqa: E402
+from tests.serving.conftest import face_records  # noqa: E402
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium-headless-shell", "chromium", "chromium-browser")
                  if shutil.which(n)), None)
@@ -112,7 +113,7 @@ def _wait(tools, expression, timeout=60):
 
 def test_upload_a_face_and_read_its_age_from_the_page(browser, server, trained_workdir, tmp_path):
   _, folder, _ = trained_workdir
-  record = image_records(folder)[0]
+  record = face_records(folder, 1)[0]
   face = tmp_path / record["file_name"]
   face.write_bytes(record["image"])
   expected = urllib.request.urlopen(urllib.request.Request(
@@ -131,6 +132,8 @@ def test_upload_a_face_and_read_its_age_from_the_page(browser, server, trained_w
   text = browser.evaluate("document.querySelector('#results .face').textContent")
   assert age == pytest.approx(expected["age"], abs=1e-6)
   assert f"{expected['age']:.1f} y [{expected['low']:.0f}-{expected['high']:.0f}] 90%" == text
+  box = expected["box"]  # the detector's box of the chip's one face
+  assert box[2] - box[0] > 100 and expected["score"] > 0.9
   _wait(browser, "document.getElementById('canvas').width > 0")  # the image is drawn, boxed
   shot = os.environ.get("AGE_JAX_SCREENSHOT")
   if shot:

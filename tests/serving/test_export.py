@@ -12,7 +12,7 @@ import pytest
 from age_jax import conformal, export
 from age_jax.evaluate import Evaluator, restore
 from age_jax.models import layers
-from age_jax.predict import image_records
+from tests.serving.conftest import face_records
 
 # What README.md tells a user to run, with age_jax, flax and orbax made unimportable.
 BARE_PYTHON = """
@@ -57,7 +57,7 @@ def test_artifact_has_no_custom_calls_of_ours(trained_workdir, artifact):
 def test_bare_python_gives_the_checkpoints_ages_and_intervals(trained_workdir, artifact, tmp_path):
   workdir, folder, real = trained_workdir
   exp, cfg, state, normalizer = restore(workdir)
-  records = image_records(folder)[:24]
+  records = face_records(folder, 24)
   expected = Evaluator(exp, cfg, normalizer, records=records).predict(state)
   low, high = conformal.load(workdir).intervals(expected["pred_age"], expected["pred_spread"], 0.9)
   assert np.all(np.isfinite(high))

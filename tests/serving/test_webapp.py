@@ -13,7 +13,8 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from age_jax import webapp  # noqa: E402
 from age_jax.evaluate import Evaluator  # noqa: E402
-from age_jax.predict import Predictor, image_records  # noqa: E402
+from age_jax.predict import Predictor  # noqa: E402
+from tests.serving.conftest import face_records  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def predictor(trained_workdir):
 
 @pytest.fixture(scope="module")
 def client(predictor):
-  return TestClient(webapp.create_app(predictor, max_upload_bytes=200_000, max_pixels=4_000_000))
+  return TestClient(webapp.create_app(predictor, faces="crops", max_upload_bytes=200_000, max_pixels=4_000_000))
 
 
 def _png(size, mode="RGB"):
@@ -37,11 +38,12 @@ def test_page_and_health(client):
   assert page.status_code == 200 and 'id="file"' in page.text and "/api/predict" in page.text
   health = client.get("/api/health").json()
   assert health["formulation"] == "dldl_v2" and health["interval"]["method"] == "normalized"
+  assert health["faces"] == "crops"
 
 
 def test_a_real_face_gets_evaluations_age_and_an_interval(client, predictor, trained_workdir):
   _, folder, _ = trained_workdir
-  records = image_records(folder)[:3]
+  records = face_records(folder, 3)
   expected = Evaluator(predictor.exp, predictor.cfg, predictor.normalizer, records=records).predict(predictor.state)
   for record, age in zip(records, expected["pred_age"]):
     response = client.post("/api/predict", files={"file": (record["file_name"], record["image"], "image/jpeg")})
@@ -64,6 +66,7 @@ def test_a_real_face_gets_evaluations_age_and_an_interval(client, predictor, tra
     ({"file": ("wide.png", _png((2500, 2000), "1"), "image/png")}, {}, 413, "pixels"),
     ({"other": ("face.png", _png((8, 8)), "image/png")}, {}, 400, "'file'"),
     ({"file": ("face.png", _png((8, 8)), "image/png")}, {"coverage": "90"}, 422, "coverage"),
+    ({"file": ("face.png", _png((8, 8)), "image/png")}, {"faces": "all"}, 422, "faces"),
 ])
 def test_bad_uploads_get_a_4xx_with_the_reason(client, files, params, status, reason):
   response = client.post("/api/predict", files=files, params=params)
