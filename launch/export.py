@@ -1,7 +1,9 @@
-"""Export a trained workdir as one file that runs with JAX alone (no age_jax, flax or orbax):
-  python -m launch.export --workdir=DIR --out=age.jaxexport [--coverage=0.9]
+"""Export a trained workdir as one file that runs without age_jax, flax or orbax:
+  python -m launch.export --workdir=DIR --out=age.jaxexport [--coverage=0.9]     # JAX alone
+  python -m launch.export --workdir=DIR --out=age.onnx --format=onnx             # onnxruntime alone
 
-See age_jax/export.py for what the file holds and README.md for running it from a bare Python.
+See age_jax/export.py (and export_onnx.py: the Xing baseline) for what the file holds and
+README.md for running it from a bare Python.
 """
 from absl import app, flags
 
@@ -12,6 +14,8 @@ _OUT = flags.DEFINE_string("out", None, "The artifact to write (a zip: model.jax
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 _COVERAGE = flags.DEFINE_float("coverage", 0.9, "Coverage of the age interval built into the artifact.")
 _PLATFORMS = flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"], "Platforms the artifact runs on.")
+_FORMAT = flags.DEFINE_enum("format", "jax", ["jax", "onnx"], "jax.export StableHLO (any network) or ONNX "
+                            "(the Xing baseline; needs the `onnx` package).")
 flags.mark_flags_as_required(["workdir", "out"])
 
 
@@ -19,6 +23,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   common.setup_jax()
+  if _FORMAT.value == "onnx":
+    from age_jax import export_onnx
+    outputs = export_onnx.export_workdir(_WORKDIR.value, _OUT.value, _STEP.value, _COVERAGE.value)
+    print(f"wrote {_OUT.value}: ONNX opset {export_onnx.OPSET}, input 'faces', outputs {outputs}")
+    return
   from age_jax import export
   meta = export.export_workdir(_WORKDIR.value, _OUT.value, _STEP.value, _COVERAGE.value, _PLATFORMS.value)
   print(f"wrote {_OUT.value}: {meta['model']} / {meta['formulation']} step {meta['step']}, outputs "

@@ -84,3 +84,40 @@ def test_lae_preset_is_refused_with_the_reason(trained_workdir):
   cfg.data.augment = "lae"
   with pytest.raises(ValueError, match="augment='lae'"):
     export._center_crop_offsets(cfg)
+
+
+def test_onnx_gives_the_artifacts_ages_and_intervals(trained_workdir, artifact, tmp_path):
+  ort = pytest.importorskip("onnxruntime")
+  pytest.importorskip("onnx")
+  from age_jax import export_onnx
+  workdir, folder, _ = trained_workdir
+  path = str(tmp_path / "age.onnx")
+  assert export_onnx.export_workdir(workdir, path) == ["age", "high", "low", "spread"]
+  _, cfg, _, _ = restore(workdir)
+  from age_jax.data import pipeline
+  faces = np.stack([pipeline.decode_image(r["image"], cfg.data.load_size) for r in face_records(folder, 16)])
+  got = dict(zip(["age", "high", "low", "spread"], ort.InferenceSession(path).run(None, {"faces": faces})))
+  want = export.load_artifact(artifact[0])[0].call(faces)
+  for name in got:
+    np.testing.assert_allclose(got[name], np.asarray(want[name]), atol=1e-4, err_msg=name)
+
+
+@pytest.mark.parametrize("name", ["mae", "oh", "ldl"])
+def test_onnx_decoders_match_jax_on_a_fresh_model(name):
+  ort = pytest.importorskip("onnxruntime")
+  pytest.importorskip("onnx")
+  import jax
+  from age_jax import export_onnx
+  from age_jax.data import pipeline
+  from tests.tiny import tiny_config
+  cfg, exp = export.portable_experiment(tiny_config(**{"formulation.name": name}))
+  state = exp.init_state(jax.random.key(0))
+  mean = np.random.default_rng(0).uniform(0, 255, (64, 64, 3)).astype(np.float32)
+  normalizer = pipeline.Normalizer("mean_image", mean, 1 / 255)
+  faces = np.random.default_rng(1).integers(0, 256, (5, 72, 72, 3), np.uint8)
+  model = export_onnx.build_model(cfg, jax.device_get(state.params), normalizer)
+  got = ort.InferenceSession(model.SerializeToString()).run(["age"], {"faces": faces})[0]
+  want = export.inference_function(exp, cfg, state, normalizer)(faces)["age"]
+  np.testing.assert_allclose(got, np.asarray(want), atol=1e-4)
+  with pytest.raises(ValueError, match="xing_baseline"):
+    export_onnx._refuse(tiny_config(**{"model.name": "resnet18"}))
