@@ -18,6 +18,9 @@ def default_config() -> ml_collections.ConfigDict:
       "name": "utkface",            # builder name, see age_jax.data.datasets
       "manual_dir": "",             # the folder of source files the user downloaded
       "data_dir": "",               # where the prepared ArrayRecord dataset lives ('' = ~/.cache/age_jax/tfds)
+      # The build of the source a run trained on (set by training, kept in config.json): evaluation
+      # and resumes read exactly that build. '' = whatever manual_dir holds now.
+      "fingerprint": "",
       # Options of the dataset builder (see age_jax/data/builders/base.py); each distinct set of
       # options is prepared once, side by side. Dataset-specific ones (e.g. MORPH's num_folds) can
       # be added here by an experiment config.
@@ -62,6 +65,7 @@ def default_config() -> ml_collections.ConfigDict:
       "fc_features": (512, 512),
       "dropout_rate": 0.5,
       "stochastic_depth_rate": 0.2,  # EfficientNetV2 only
+      "init_from": "",              # a workdir or a .safetensors/.npz: start from its weights (train/init_from.py)
   })
 
   c.multitask = multitask.default_config()
@@ -75,9 +79,11 @@ def default_config() -> ml_collections.ConfigDict:
       "momentum": 0.9,
       "nesterov": False,
       "weight_decay": 5e-4,         # L2 added to the gradient (Caffe); kernels only
-      "schedule": "step",           # 'step' | 'cosine' | 'onecycle' | 'constant'
+      "schedule": "step",           # 'step' | 'multistep' | 'cosine' | 'onecycle' | 'constant'
       "step_every": 10_000,
       "step_factor": 0.1,
+      "milestones": (),             # 'multistep': fractions of the stage's steps where lr *= step_factor
+      "lr_reference_batch": 0,      # > 0: lr = learning_rate * train.batch_size / this (LAE 3.3: 256)
       "warmup_steps": 0,
       "grad_clip_norm": 0.0,        # 0 = off
   })
@@ -85,6 +91,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict({
       "batch_size": 128,            # global, across all devices and processes
       "num_steps": 50_000,
+      "num_epochs": 0.0,            # > 0: overrides num_steps with ceil(num_epochs * train_size / batch_size)
+      "train_size": 0,              # training examples per epoch; filled in by training (config.json)
       "log_every": 100,
       "checkpoint_every": 5_000,
       "eval_every": 0,              # validation MAE every N steps (0 = only at the end)
@@ -114,12 +122,17 @@ _CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "model.conv_lowering": layers.LOWERINGS,
     "optim.name": ("sgd", "adamw"),
-    "optim.schedule": ("step", "cosine", "onecycle", "constant"),
+    "optim.schedule": ("step", "multistep", "cosine", "onecycle", "constant"),
     "train.trainable": ("all", "head"),
 }
 
 _POSITIVE = ("data.load_size", "data.image_size", "train.batch_size", "train.num_steps",
-             "train.log_every", "train.checkpoint_every", "eval.batch_size", "optim.learning_rate")
+             "train.log_every", "train.checkpoint_every", "train.max_to_keep", "eval.batch_size",
+             "optim.learning_rate", "data.num_threads")
+_NON_NEGATIVE = ("train.eval_every", "data.num_workers", "data.prefetch", "optim.warmup_steps",
+                 "optim.weight_decay", "optim.grad_clip_norm")
+# Models whose trunk takes one width per convolution block (a tuple of this length).
+_CONV_BLOCKS = {"xing_baseline": 3}
 
 
 def _get(cfg, dotted):
@@ -133,6 +146,12 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   naming the field."""
   from age_jax.train import stages
   for stage in stages.plan(cfg):
+    if stages.needs_previous_mae(stage):
+      if stage.index == 0 or not stage.cfg.data.val_split:
+        raise ValueError(f"stage {stage.name!r}: config.formulation.lae_mae < 0 takes the previous "
+                         "stage's validation MAE, but there is no previous stage or no "
+                         "config.data.val_split; set lae_mae (LAE eq. 5)")
+      stage = stages.with_lae_mae(stage, 0.0)
     _validate_stage(stage.cfg)
   return cfg
 
@@ -144,12 +163,31 @@ def _validate_stage(cfg):
   for field in _POSITIVE:
     if not _get(cfg, field) > 0:
       raise ValueError(f"config.{field}={_get(cfg, field)!r}; expected a positive number")
+  for field in _NON_NEGATIVE:
+    if not _get(cfg, field) >= 0:
+      raise ValueError(f"config.{field}={_get(cfg, field)!r}; expected a number >= 0")
+  blocks = _CONV_BLOCKS.get(cfg.model.name)
+  if blocks and len(cfg.model.conv_features) != blocks:
+    raise ValueError(f"config.model.conv_features={tuple(cfg.model.conv_features)}: model "
+                     f"{cfg.model.name!r} has {blocks} convolution blocks; give {blocks} widths")
+  for field in ("model.conv_features", "model.fc_features"):
+    if not all(isinstance(w, int) and w > 0 for w in _get(cfg, field)):
+      raise ValueError(f"config.{field}={tuple(_get(cfg, field))}; expected positive integer widths")
   if cfg.data.augment != "lae" and cfg.data.image_size > cfg.data.load_size:
     raise ValueError(f"config.data.image_size={cfg.data.image_size} is larger than "
                      f"config.data.load_size={cfg.data.load_size}; crops are taken from the loaded image")
   if cfg.data.align and cfg.data.builder_options.get("canonical_crop", False):
     raise ValueError("config.data.align=True would align again the faces that "
                      "config.data.builder_options.canonical_crop=True already aligned; choose one")
+  for field in ("train.num_epochs", "train.train_size", "optim.lr_reference_batch"):
+    if not _get(cfg, field) >= 0:
+      raise ValueError(f"config.{field}={_get(cfg, field)!r}; expected a number >= 0")
+  milestones = tuple(cfg.optim.milestones)
+  if list(milestones) != sorted(milestones) or not all(0 < m < 1 for m in milestones):
+    raise ValueError(f"config.optim.milestones={milestones}; expected increasing fractions of the "
+                     "stage's steps, each in (0, 1)")
+  if cfg.optim.schedule == "multistep" and not milestones:
+    raise ValueError("config.optim.schedule='multistep' needs config.optim.milestones")
   if not 0 <= cfg.model.dropout_rate < 1:
     raise ValueError(f"config.model.dropout_rate={cfg.model.dropout_rate}; expected 0 <= rate < 1")
   from age_jax import models  # the registry lists what exists

@@ -19,11 +19,10 @@ The calibration keeps every score, so any coverage can be asked for later.
 import dataclasses
 import json
 import math
-import os
 
 import numpy as np
 
-from age_jax import metrics
+from age_jax import metrics, storage
 
 CALIBRATION_FILE = "calibration.json"
 METHODS = ("normalized", "mondrian")
@@ -113,24 +112,20 @@ def calibrate_predictions(predictions: dict, source: str = "", step: int = -1) -
 
 
 def save(calibration: Calibration, workdir: str) -> str:
-  path = os.path.join(workdir, CALIBRATION_FILE)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(calibration.to_json(), f)
-  os.replace(tmp, path)
-  return path
+  path = storage.path(workdir) / CALIBRATION_FILE
+  storage.write_text(path, json.dumps(calibration.to_json()))
+  return str(path)
 
 
 def load(workdir: str) -> Calibration | None:
   """The workdir's calibration, or None when it has none."""
-  path = os.path.join(workdir, CALIBRATION_FILE)
-  if not os.path.exists(path):
+  path = storage.path(workdir) / CALIBRATION_FILE
+  if not path.exists():
     return None
-  with open(path) as f:
-    try:
-      return Calibration.from_json(json.load(f))
-    except (ValueError, KeyError) as e:
-      raise ValueError(f"{path} is not a valid calibration: {e}") from e
+  try:
+    return Calibration.from_json(json.loads(path.read_text()))
+  except (ValueError, KeyError) as e:
+    raise ValueError(f"{path} is not a valid calibration: {e}") from e
 
 
 def _coverage_width(cover, width, mask):
