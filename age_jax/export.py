@@ -30,7 +30,7 @@ PLATFORMS = ("cpu", "cuda", "tpu")
 FORMAT_VERSION = 1
 
 
-def _center_crop_offsets(cfg):
+def center_crop_offsets(cfg):
   if cfg.data.augment == "lae":
     raise ValueError("export: config.data.augment='lae' resizes before its evaluation crop, which the "
                      "artifact does not reproduce; export supports the 'xing' and 'none' presets")
@@ -42,7 +42,7 @@ def inference_function(exp, cfg, state, normalizer, calibration=None,
                        coverage: float = conformal.DEFAULT_COVERAGE):
   """A pure function uint8 (B, L, L, 3) -> outputs, closing over the weights (see module doc).
   exp must be built with conv_lowering='xla' for the result to be portable."""
-  offset, size = _center_crop_offsets(cfg)
+  offset, size = center_crop_offsets(cfg)
   mean, scale = np.asarray(normalizer.mean, np.float32), np.asarray(normalizer.scale, np.float32)
   variables = {"params": jax.device_get(state.params)}
   if state.batch_stats:

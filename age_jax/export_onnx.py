@@ -10,7 +10,7 @@ centred). Other networks, multi-task models and CORAL's head are refused with th
 import numpy as np
 
 from age_jax import conformal, formulations, metrics
-from age_jax.export import _center_crop_offsets
+from age_jax.export import center_crop_offsets
 
 OPSET = 17
 
@@ -31,7 +31,7 @@ def build_model(cfg, params, normalizer, calibration=None, coverage: float = con
   from onnx import TensorProto, helper, numpy_helper
 
   _refuse(cfg)
-  offset, size = _center_crop_offsets(cfg)
+  offset, size = center_crop_offsets(cfg)
   nodes, inits = [], []
   counter = [0]
 

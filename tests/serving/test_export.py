@@ -83,7 +83,7 @@ def test_lae_preset_is_refused_with_the_reason(trained_workdir):
   _, cfg, _, _ = restore(trained_workdir[0])
   cfg.data.augment = "lae"
   with pytest.raises(ValueError, match="augment='lae'"):
-    export._center_crop_offsets(cfg)
+    export.center_crop_offsets(cfg)
 
 
 def test_onnx_gives_the_artifacts_ages_and_intervals(trained_workdir, artifact, tmp_path):
