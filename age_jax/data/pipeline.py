@@ -15,7 +15,8 @@ import grain
 import numpy as np
 from PIL import Image
 
-from age_jax.data import align, augment, samplers
+from age_jax.data import augment, samplers
+from age_jax.faces import align
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255

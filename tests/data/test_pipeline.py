@@ -108,7 +108,7 @@ def test_mean_image_normalisation_centres_the_training_images(records):
 
 
 def test_alignment_uses_the_records_landmarks():
-  from age_jax.data import align
+  from age_jax.faces import align
   rng = np.random.default_rng(0)
   image = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
   buf = io.BytesIO()

@@ -13,8 +13,8 @@ from PIL import Image
 ARCFACE_TEMPLATE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
                                  [41.5493, 92.3655], [70.7299, 92.2041]], np.float64)
 
-# iBUG 68-point scheme (0-based), as in FG-NET's .pts files (read by builders/fgnet.py): the
-# subject's right eye (image left) is 36-41, the left eye 42-47, the nose tip 30, the mouth corners 48 and 54.
+# iBUG 68-point scheme (0-based): the subject's right eye (image left) is 36-41, the left eye 42-47,
+# the nose tip 30, the mouth corners 48 and 54. FG-NET's .pts files use their own markup, not this one.
 _RIGHT_EYE, _LEFT_EYE, _NOSE_TIP, _MOUTH_RIGHT, _MOUTH_LEFT = slice(36, 42), slice(42, 48), 30, 48, 54
 
 
@@ -24,7 +24,7 @@ def template(output_size: int) -> np.ndarray:
 
 
 def five_points_from_68(pts68: np.ndarray) -> np.ndarray:
-  """(68, 2) iBUG landmarks -> (5, 2): eye centres (mean of each eye's 6 points), nose tip,
+  """(68, 2) landmarks in the iBUG order (not FG-NET's) -> (5, 2): eye centres (mean of each eye's 6 points), nose tip,
   mouth corners, in the template's order."""
   pts = np.asarray(pts68, np.float64)
   if pts.shape != (68, 2):

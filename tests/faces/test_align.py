@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from age_jax.data import align
+from age_jax.faces import align
 
 
 def _similarity(scale, degrees, tx, ty):
