@@ -22,7 +22,7 @@ def _chosen(detector, images, chunk=16, label=""):
   out, start = [], time.time()
   for first in range(0, len(images), chunk):
     part = images[first:first + chunk]
-    for image, faces in zip(part, detector.detect_many(part)):
+    for image, faces in zip(part, face_crops.detect(detector, part)):
       k = face_crops.choose_face(faces, image.shape[1], image.shape[0])
       out.append(None if k is None else faces[k])
     if label:

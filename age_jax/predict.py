@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from age_jax.data.builders import base as builder_base
-from age_jax.data.builders.face_crops import read_rgb
+from age_jax.data.builders.face_crops import detect, read_rgb
 from age_jax.data.builders.records import GENDER_NAMES, RACE_NAMES
 from age_jax.evaluate import predict_source, restore
 from age_jax.train import experiment as experiment_lib
@@ -92,7 +92,7 @@ class Predictor:
   def faces(self, images: list[np.ndarray]) -> list[list[FaceAge]]:
     """Every face of each photo (detector order: best score first), with its age."""
     from age_jax.faces import align_to_canonical
-    found = self.detector.detect_many(images) if images else []
+    found = detect(self.detector, images)
     crops, owners = [], []
     for k, (image, faces) in enumerate(zip(images, found)):
       for face in faces:
