@@ -67,16 +67,23 @@ class Predictor:
       self._detector = FaceDetector()
     return self._detector
 
-  def crop_ages(self, crops: list[np.ndarray]) -> list[FaceAge]:
-    """Ages of face crops (uint8 HxWx3, any size), each resized to the model's load size."""
+  def crop_ages(self, crops: list[np.ndarray], mirror: bool = False) -> list[FaceAge]:
+    """Ages of face crops (uint8 HxWx3, any size), each resized to the model's load size; with
+    mirror, each age is the mean of the crop's and its mirror image's (training mirrors too)."""
     if not crops:
       return []
     size = self.cfg.data.load_size
-    source = [{"image": _resize(c, size), "age": -1.0, "gender": -1, "race": -1} for c in crops]
+    images = [_resize(c, size) for c in crops]
+    if mirror:
+      images += [im[:, ::-1] for im in images]
+    source = [{"image": im, "age": -1.0, "gender": -1, "race": -1} for im in images]
     p = predict_source(self.exp, self.cfg, self.normalizer, self._predict, self.state, source)
+    ages = p["pred_age"][:len(crops)]
+    if mirror:
+      ages = (ages + p["pred_age"][len(crops):]) / 2
     out = []
     for i in range(len(crops)):
-      face = FaceAge(age=float(p["pred_age"][i]))
+      face = FaceAge(age=float(ages[i]))
       if "pred_gender" in p:
         face.gender = GENDER_NAMES[int(p["pred_gender"][i])]
       if "pred_race" in p:
