@@ -1,16 +1,19 @@
 """Orbax checkpoints of the train state; the data order is a function of the step, so the
 step is all the iterator state there is (see age_jax/data/pipeline.py)."""
-import os
-
 import orbax.checkpoint as ocp
+
+from age_jax import storage
 
 
 class Checkpointer:
 
   def __init__(self, workdir: str, max_to_keep: int = 2):
-    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    self.manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+    self.directory = storage.path(workdir) / "checkpoints"
+    # Where a directory rename is not atomic (gcsfuse), orbax writes in place plus a commit file.
+    atomicity = None if storage.renames_are_atomic(workdir) else ocp.options.AtomicityOptions(
+        mode=ocp.options.AtomicityMode.COMMIT_FILE)
+    self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=True, atomicity_options=atomicity))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()

@@ -62,6 +62,7 @@ def default_config() -> ml_collections.ConfigDict:
       "fc_features": (512, 512),
       "dropout_rate": 0.5,
       "stochastic_depth_rate": 0.2,  # EfficientNetV2 only
+      "init_from": "",              # a workdir or a .safetensors/.npz: start from its weights (train/init_from.py)
   })
 
   c.multitask = multitask.default_config()
@@ -75,9 +76,11 @@ def default_config() -> ml_collections.ConfigDict:
       "momentum": 0.9,
       "nesterov": False,
       "weight_decay": 5e-4,         # L2 added to the gradient (Caffe); kernels only
-      "schedule": "step",           # 'step' | 'cosine' | 'onecycle' | 'constant'
+      "schedule": "step",           # 'step' | 'multistep' | 'cosine' | 'onecycle' | 'constant'
       "step_every": 10_000,
       "step_factor": 0.1,
+      "milestones": (),             # 'multistep': fractions of the stage's steps where lr *= step_factor
+      "lr_reference_batch": 0,      # > 0: lr = learning_rate * train.batch_size / this (LAE 3.3: 256)
       "warmup_steps": 0,
       "grad_clip_norm": 0.0,        # 0 = off
   })
@@ -85,6 +88,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict({
       "batch_size": 128,            # global, across all devices and processes
       "num_steps": 50_000,
+      "num_epochs": 0.0,            # > 0: overrides num_steps with ceil(num_epochs * train_size / batch_size)
+      "train_size": 0,              # training examples per epoch; filled in by training (config.json)
       "log_every": 100,
       "checkpoint_every": 5_000,
       "eval_every": 0,              # validation MAE every N steps (0 = only at the end)
@@ -114,7 +119,7 @@ _CHOICES = {
     "model.dtype": ("float32", "bfloat16"),
     "model.conv_lowering": layers.LOWERINGS,
     "optim.name": ("sgd", "adamw"),
-    "optim.schedule": ("step", "cosine", "onecycle", "constant"),
+    "optim.schedule": ("step", "multistep", "cosine", "onecycle", "constant"),
     "train.trainable": ("all", "head"),
 }
 
@@ -133,6 +138,12 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   naming the field."""
   from age_jax.train import stages
   for stage in stages.plan(cfg):
+    if stages.needs_previous_mae(stage):
+      if stage.index == 0 or not stage.cfg.data.val_split:
+        raise ValueError(f"stage {stage.name!r}: config.formulation.lae_mae < 0 takes the previous "
+                         "stage's validation MAE, but there is no previous stage or no "
+                         "config.data.val_split; set lae_mae (LAE eq. 5)")
+      stage = stages.with_lae_mae(stage, 0.0)
     _validate_stage(stage.cfg)
   return cfg
 
@@ -150,6 +161,15 @@ def _validate_stage(cfg):
   if cfg.data.align and cfg.data.builder_options.get("canonical_crop", False):
     raise ValueError("config.data.align=True would align again the faces that "
                      "config.data.builder_options.canonical_crop=True already aligned; choose one")
+  for field in ("train.num_epochs", "train.train_size", "optim.lr_reference_batch"):
+    if not _get(cfg, field) >= 0:
+      raise ValueError(f"config.{field}={_get(cfg, field)!r}; expected a number >= 0")
+  milestones = tuple(cfg.optim.milestones)
+  if list(milestones) != sorted(milestones) or not all(0 < m < 1 for m in milestones):
+    raise ValueError(f"config.optim.milestones={milestones}; expected increasing fractions of the "
+                     "stage's steps, each in (0, 1)")
+  if cfg.optim.schedule == "multistep" and not milestones:
+    raise ValueError("config.optim.schedule='multistep' needs config.optim.milestones")
   if not 0 <= cfg.model.dropout_rate < 1:
     raise ValueError(f"config.model.dropout_rate={cfg.model.dropout_rate}; expected 0 <= rate < 1")
   from age_jax import models  # the registry lists what exists

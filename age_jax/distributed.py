@@ -117,7 +117,36 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   if local_device_ids is not None:
     kwargs["local_device_ids"] = local_device_ids
   _connect(coordinator_address, process_id, num_processes, timeout_s, kwargs)
+  if not explicit:  # a cluster's launch: it says which accelerator this process was given
+    check_backend(jax.default_backend(), expected_accelerator())
   return True
+
+
+# What a scheduler sets when it hands a process GPUs (SLURM's GRES, or any CUDA launcher).
+_GPU_ENV = ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "SLURM_GPUS_ON_NODE", "CUDA_VISIBLE_DEVICES")
+
+
+def expected_accelerator(environ=None) -> tuple[str, str] | None:
+  """('gpu' or 'tpu', the evidence) when this process was given accelerators, else None."""
+  env = os.environ if environ is None else environ
+  for key in _GPU_ENV:
+    if env.get(key, "") not in ("", "0", "-1", "NoDevFiles"):
+      return "gpu", f"{key}={env[key]}"
+  if environ is None and _has_tpu_chips():
+    return "tpu", "TPU chips on this host's PCI bus"
+  return None
+
+
+def check_backend(backend: str, expected: tuple[str, str] | None) -> None:
+  """Refuses a run whose JAX backend is not the accelerator it was given: a GPU job on a CPU-only
+  jax would otherwise train on CPUs and 'succeed' many times slower."""
+  if expected is None or backend == expected[0]:
+    return
+  install = {"gpu": "the CUDA jax: pip install -e '.[cuda]' (NVIDIA driver >= 525; '.[cuda13]' for >= 580)",
+             "tpu": "jax for TPU: pip install 'jax[tpu]' (launch/tpu_pod.sh setup does this)"}[expected[0]]
+  raise RuntimeError(f"this process was given {expected[0].upper()}s ({expected[1]}) but JAX's backend is "
+                     f"{backend!r}: the installed jax cannot use them. Install {install}; check with "
+                     "python -c 'import jax; print(jax.devices())'.")
 
 
 def _check_explicit(address, num_processes, process_id):

@@ -5,7 +5,7 @@ import os
 import jax
 import numpy as np
 
-from age_jax import checkpoint, metrics, report as report_lib
+from age_jax import checkpoint, metrics, report as report_lib, storage
 from age_jax.data import datasets, pipeline
 from age_jax.train import experiment as experiment_lib
 from age_jax.train import sharding, stages
@@ -70,7 +70,9 @@ def restore(workdir: str, step: int | None = None):
     raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: has launch.train run in {workdir}?")
   # The mesh is how a run executed, not part of the model: evaluate data-parallel on the devices here.
   cfg.mesh.data, cfg.mesh.fsdp = -1, 1
-  stage_cfg = stages.stage_at(stages.plan(cfg), step).cfg  # the optimizer state differs by stage
+  plan = stages.plan(cfg)
+  stage = stages.stage_at(plan, step)  # the optimizer state differs by stage
+  stage_cfg = experiment_lib.resolve_stage(plan, stage.index, workdir).cfg
   exp = experiment_lib.build(stage_cfg)
   state = ckpt.restore(exp.abstract_state, step)
   ckpt.close()
@@ -119,7 +121,7 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, folder: str | No
   if face_counts is not None:
     result["faces"] = face_counts
   result["step"] = int(state.step)
-  result["workdir"] = os.path.abspath(workdir)
+  result["workdir"] = str(storage.path(workdir))
   out_dir = out_dir or os.path.join(workdir, "eval", _slug(source_name))
   if jax.process_index() == 0:
     report_lib.write_report(result, out_dir)

@@ -30,6 +30,12 @@ with as many positives as negatives per task, available as a loss weighting:
                               the scale of 'uniform' (needs age_counts).
 `with_age_counts(cfg, ages)` fills config.formulation.age_counts from the training labels.
 
+Hybrid multi-task nets (Xing eq. 13) fuse their groups' head outputs with `Formulation.fuse`
+before decoding: regression outputs by their probability-weighted mean, softmax heads as the
+mixture of the groups' distributions (its expectation is exactly sum_g p_g E_g), ordinal heads
+as the mixture of each task's probability. The hybrid's end-to-end loss and its evaluation both
+read the fused outputs, so training optimises what evaluation measures.
+
 CORAL's rank consistency needs a head with one shared weight vector and K-1 biases:
 logits_k = features . w + b_k (w: (D, 1), no bias; b: (K-1,)). `Formulation.head` says 'coral'
 so the model can build that head instead of a plain Dense(num_outputs); the loss and decoder are
@@ -38,6 +44,7 @@ the ordinal ones.
 import dataclasses
 from typing import Callable
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -54,6 +61,9 @@ class Formulation:
   loss: Callable
   # outputs (B, num_outputs) -> predicted ages (B,) float32
   decode: Callable
+  # (group logits (B, G), per-group outputs (B, G, num_outputs)) -> the outputs (B, num_outputs)
+  # of the groups' mixture (Xing eq. 13, fused before decoding; see fuse_groups)
+  fuse: Callable = None
   # the output layer the model must provide: 'dense' = Dense(num_outputs);
   # 'coral' = shared Dense(1, no bias) + num_outputs biases (see the module docstring)
   head: str = "dense"
@@ -81,7 +91,7 @@ def default_config() -> ml_collections.ConfigDict:
       "regression_scale": 20.0,
       "sigma": 1.0,                 # std (years) of the Gaussian label distribution (LAE 2.1: 1)
       "dldl_lambda": 1.0,           # 'dldl_v2': weight of L_er (LAE 3.3: 1)
-      "lae_mae": -1.0,              # 'lae_stage2': stage 1's validation MAE (eq. 5); must be set
+      "lae_mae": -1.0,              # 'lae_stage2': mae of eq. 4/5; < 0: the previous stage's validation MAE
       "decode": "default",          # softmax heads: 'default' | 'argmax' | 'expectation'
       "or_task_weights": "uniform",  # 'or'/'coral': task importance lambda_k
       "or_class_balance": "none",   # 'or'/'coral': per-task positive/negative weights
@@ -132,7 +142,7 @@ def _ordinal_weights(cfg):
   return task_weights, fixed
 
 
-def _validate(cfg):
+def _validate(cfg, need_mae: bool = True):
   if cfg.name not in NAMES:
     raise ValueError(f"config.formulation.name={cfg.name!r} is not a known formulation; known: {list(NAMES)}")
   if not isinstance(cfg.num_classes, int) or cfg.num_classes < 2:
@@ -147,10 +157,30 @@ def _validate(cfg):
     _fail("sigma", cfg.sigma, "a positive number of years")
   if cfg.name in REGRESSION and cfg.regression_scale == 0:
     _fail("regression_scale", cfg.regression_scale, "a non-zero number")
-  if cfg.name == "lae_stage2" and not cfg.lae_mae >= 0:
-    _fail("lae_mae", cfg.lae_mae, "the validation MAE of the stage-1 (representation) run, >= 0 (LAE eq. 5)")
+  if need_mae and cfg.name == "lae_stage2" and not cfg.lae_mae >= 0:
+    _fail("lae_mae", cfg.lae_mae, "the validation MAE of the stage-1 (representation) run, >= 0 (LAE eq. 5); "
+          "< 0 takes it from the previous stage of config.stages")
   if cfg.name in ORDINAL and not cfg.or_max_class_weight >= 1:
     _fail("or_max_class_weight", cfg.or_max_class_weight, "a number >= 1")
+
+
+def _fuse_linear(group_logits, group_outputs):
+  """Regression: sum_g p_g out_g. The decoder is affine, so this is eq. 13 on the ages."""
+  return jnp.einsum("bg,bgk->bk", jax.nn.softmax(group_logits, axis=-1), group_outputs)
+
+
+def _fuse_softmax(group_logits, group_outputs):
+  """Softmax heads: the log of the mixture sum_g p_g softmax(out_g), a valid logit vector; its
+  expectation is sum_g p_g E_g (eq. 13 exactly), its argmax the mixture's mode."""
+  log_p = jax.nn.log_softmax(group_logits, axis=-1)[:, :, None]
+  return jax.nn.logsumexp(log_p + jax.nn.log_softmax(group_outputs, axis=-1), axis=1)
+
+
+def _fuse_ordinal(group_logits, group_outputs):
+  """Ordinal heads: per task, the logit of the mixture probability q_k = sum_g p_g sigmoid(out_gk)."""
+  log_p = jax.nn.log_softmax(group_logits, axis=-1)[:, :, None]
+  return (jax.nn.logsumexp(log_p + jax.nn.log_sigmoid(group_outputs), axis=1)
+          - jax.nn.logsumexp(log_p + jax.nn.log_sigmoid(-group_outputs), axis=1))
 
 
 def _softmax_decoder(how, num_classes, min_age):
@@ -169,7 +199,7 @@ def get_formulation(cfg) -> Formulation:
     offset, scale = float(cfg.regression_offset), float(cfg.regression_scale)
     decode = lambda out: offset + scale * jnp.asarray(out, jnp.float32)[:, 0]
     error = losses.squared_error if name == "mse" else losses.absolute_error
-    return Formulation(name, 1, lambda out, ages: error(decode(out), ages), decode)
+    return Formulation(name, 1, lambda out, ages: error(decode(out), ages), decode, _fuse_linear)
 
   if name in ORDINAL:
     task_weights, fixed = _ordinal_weights(cfg)
@@ -183,7 +213,8 @@ def get_formulation(cfg) -> Formulation:
 
     # Xing eq. 11: yhat = 1 + sum_k f_k(x) with ages from 1; here bin 0 is min_age. logit > 0 <=> p > 0.5.
     decode = lambda out: min_age + jnp.sum(jnp.asarray(out) > 0, axis=-1).astype(jnp.float32)
-    return Formulation(name, k - 1, ordinal_loss, decode, head="coral" if name == "coral" else "dense")
+    return Formulation(name, k - 1, ordinal_loss, decode, _fuse_ordinal,
+                       head="coral" if name == "coral" else "dense")
 
   decode = _softmax_decoder(_DEFAULT_DECODE[name] if cfg.decode == "default" else cfg.decode, k, min_age)
   sigma = float(cfg.sigma)
@@ -198,7 +229,7 @@ def get_formulation(cfg) -> Formulation:
   else:  # lae_stage2
     mae = float(cfg.lae_mae)
     loss = lambda out, ages: losses.lae_stage2_loss(out, ages, sigma, mae, min_age)
-  return Formulation(name, k, loss, decode)
+  return Formulation(name, k, loss, decode, _fuse_softmax)
 
 
 def coral_bias_init(cfg) -> np.ndarray:
@@ -226,7 +257,7 @@ def check_ages(ages: np.ndarray, cfg) -> np.ndarray:
   config.formulation.out_of_range='error'; with 'clip' they are clipped (the losses clip the
   same way inside, so training sees exactly these values) and a warning says how many.
   """
-  _validate(cfg)
+  _validate(cfg, need_mae=False)  # stage 2's mae may still come from the previous stage
   ages = np.asarray(ages, np.float32)
   if not np.all(np.isfinite(ages)):
     bad = np.flatnonzero(~np.isfinite(ages))

@@ -148,3 +148,22 @@ def ordinal_binary_cross_entropy(logits, targets, task_weights=None, pos_weights
   if task_weights is not None:
     per_task = per_task * _f32(task_weights)
   return jnp.sum(per_task, axis=-1)
+
+
+# --- face-identity pre-training (LAE 2.2: AM-softmax / CosFace, Wang et al. 2018) ---
+
+def am_softmax_loss(features, class_weights, labels, scale: float = 64.0, margin: float = 0.35
+                    ) -> jnp.ndarray:
+  """Large-margin cosine loss per example (CosFace eq. 4):
+  -log(e^{s (cos t_y - m)} / (e^{s (cos t_y - m)} + sum_{j != y} e^{s cos t_j})),
+  cos t_j the cosine between the example's features (B, D) and class j's weight column (D, C).
+  Both are L2-normalised here, so the loss depends on angles alone; s and m default to CosFace's
+  64 and 0.35 (LAE cites it for the pre-training loss without giving values)."""
+  f = _f32(features)
+  w = _f32(class_weights)
+  f = f / jnp.maximum(jnp.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
+  w = w / jnp.maximum(jnp.linalg.norm(w, axis=0, keepdims=True), 1e-12)
+  cosine = f @ w
+  labels = jnp.asarray(labels, jnp.int32)
+  margins = margin * jax.nn.one_hot(labels, cosine.shape[-1], dtype=jnp.float32)
+  return one_hot_cross_entropy(scale * (cosine - margins), labels)

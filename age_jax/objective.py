@@ -9,9 +9,12 @@ it never looks inside. Multi-task terms (Xing 2017, 3.3) join here:
                    'group'      group cross-entropy only (train shared conv1-2 + classifier);
                    'group_age'  each example trains only its own group's age estimator;
                    'end_to_end' / 'all'  age loss on the eq. 13 fusion + group_weight * group CE.
+Eq. 13 fuses the group estimators' outputs before decoding (`formulation.fuse`: the mixture of
+the groups' predictive distributions), so training's loss and evaluation's prediction read the
+same fused output for every formulation.
 `trainable_mask` gives the parameters each hybrid step trains: freeze the rest with
 optax.multi_transform({'train': tx, 'freeze': optax.set_to_zero()}, labels) (optax.masked
-alone passes the frozen leaves' gradients through unchanged); `predicted_age` applies eq. 13 exactly for any formulation.
+alone passes the frozen leaves' gradients through unchanged).
 """
 import jax
 import jax.numpy as jnp
@@ -76,19 +79,21 @@ def per_example_loss(outputs: dict, batch: dict, formulation, cfg, stage: str | 
     own_loss = jnp.where(groups >= 0, formulation.loss(own, batch["age"]), 0.0)
     return own_loss, {"group_age_loss": own_loss}
   if stage in ("end_to_end", "all"):
-    age_loss = formulation.loss(outputs["age"], batch["age"])
+    age_loss = formulation.loss(age_outputs(outputs, formulation), batch["age"])
     return age_loss + mt.group_weight * group_loss, {"age_loss": age_loss, "group_loss": group_loss}
   raise ValueError(f"config.multitask.stage={stage!r}; expected one of {list(multitask_lib.STAGES)}")
 
 
-def predicted_age(outputs: dict, formulation) -> jnp.ndarray:
-  """Predicted ages (B,) in years. For the hybrid: eq. 13, sum_g p_g * decode(group_age_g),
-  exact for any decoder; otherwise decode(outputs['age'])."""
+def age_outputs(outputs: dict, formulation) -> jnp.ndarray:
+  """The age head's outputs (B, num_outputs); for the hybrid, the eq. 13 fusion of its groups'."""
   if "group_age" not in outputs:
-    return formulation.decode(outputs["age"])
-  b, g, k = outputs["group_age"].shape
-  per_group = formulation.decode(outputs["group_age"].reshape(b * g, k)).reshape(b, g)
-  return jnp.sum(jax.nn.softmax(outputs["group"], axis=-1) * per_group, axis=-1)
+    return outputs["age"]
+  return formulation.fuse(outputs["group"], outputs["group_age"])
+
+
+def predicted_age(outputs: dict, formulation) -> jnp.ndarray:
+  """Predicted ages (B,) in years: the decoded (fused) age outputs."""
+  return formulation.decode(age_outputs(outputs, formulation))
 
 
 def trainable_mask(params, stage: str):

@@ -5,13 +5,14 @@ The report keeps every per-example prediction ('predictions'), so two runs can b
 without re-running either. Plots use matplotlib's Figure directly (Agg canvas): no pyplot, no
 global backend change, safe in worker processes and without a display.
 """
+import io
 import json
 import os
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from age_jax import metrics
+from age_jax import metrics, storage
 
 REPORT_FILE = "report.json"
 _PREDICTION_DIGITS = 5
@@ -82,26 +83,25 @@ def evaluation_report(pred_age, true_age, gender=None, race=None, pred_gender=No
 
 def load_report(path: str) -> dict:
   """A report from report.json or from the folder holding it."""
-  if os.path.isdir(path):
-    path = os.path.join(path, REPORT_FILE)
-  if not os.path.exists(path):
+  path = storage.path(path)
+  if path.is_dir():
+    path = path / REPORT_FILE
+  if not path.exists():
     raise FileNotFoundError(f"{path} not found: expected a report.json written by age_jax.report.write_report")
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(path.read_text())
 
 
 def _write_json(obj, path):
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1, allow_nan=False)
-  os.replace(tmp, path)
+  storage.write_text(path, json.dumps(obj, indent=1, allow_nan=False))
 
 
 # --- plots ---
 
 def _save(fig, path):
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  png = io.BytesIO()
+  fig.savefig(png, format="png", dpi=110)
+  storage.write_bytes(path, png.getvalue())
   return path
 
 
@@ -171,7 +171,6 @@ def plot_mae_per_label(report, path):
 
 def write_report(report: dict, out_dir: str) -> list:
   """Writes report.json and the PNG plots into out_dir; returns the written paths."""
-  os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, REPORT_FILE)
   _write_json(report, path)
   written = [path,
@@ -285,10 +284,8 @@ def plot_rccs(comparison: dict, path: str) -> str:
 
 
 def write_comparison(comparison: dict, out_dir: str) -> list:
-  os.makedirs(out_dir, exist_ok=True)
   json_path = os.path.join(out_dir, "comparison.json")
   _write_json(comparison, json_path)
   table_path = os.path.join(out_dir, "comparison.txt")
-  with open(table_path, "w") as f:
-    f.write(format_comparison(comparison) + "\n")
+  storage.write_text(table_path, format_comparison(comparison) + "\n")
   return [json_path, table_path, plot_rccs(comparison, os.path.join(out_dir, "rccs.png"))]

@@ -5,12 +5,10 @@ sigma = 1, lambda = 1), 224 px, LAE augmentation (random resized crop, flip, col
 RandAugment N=2 M=9), ImageNet normalisation, SGD + OneCycle, base lr 0.005 scaled by batch/256,
 weight decay 5e-4, 24 epochs. Stage 2 (classification): only the FC layer learns, on
 class-balanced batches, with L_ld + (L_er - mae)^2 (eq. 4) for 8 epochs at base lr 0.001;
-set stages.stage2_classifier.formulation.lae_mae to stage 1's validation MAE.
-Steps assume ~16k UTKFace training images at batch 256 (63 steps/epoch); scale for your data.
+mae is stage 1's validation MAE, measured when stage 1 ends (formulation.lae_mae = -1).
+Epochs become steps from the training split's size; rates scale with the global batch / 256.
 """
 from age_jax import config as config_lib
-
-STEPS_PER_EPOCH = 63
 
 
 def get_config():
@@ -29,13 +27,13 @@ def get_config():
   c.optim.momentum = 0.9
   c.optim.weight_decay = 5e-4
   c.optim.schedule = "onecycle"
-  c.optim.learning_rate = 0.005 * c.train.batch_size / 256
-  c.train.num_steps = 24 * STEPS_PER_EPOCH
-  c.stages.stage1_representation = {"train": {"num_steps": 24 * STEPS_PER_EPOCH}}
+  c.optim.learning_rate = 0.005
+  c.optim.lr_reference_batch = 256
+  c.stages.stage1_representation = {"train": {"num_epochs": 24.0}}
   c.stages.stage2_classifier = {
-      "train": {"num_steps": 8 * STEPS_PER_EPOCH, "trainable": "head"},
+      "train": {"num_epochs": 8.0, "trainable": "head"},
       "data": {"sampler": "class_balanced", "balance_by": "age"},
-      "optim": {"learning_rate": 0.001 * c.train.batch_size / 256},
-      "formulation": {"name": "lae_stage2", "lae_mae": 5.0},
+      "optim": {"learning_rate": 0.001},
+      "formulation": {"name": "lae_stage2", "lae_mae": -1.0},
   }
   return c

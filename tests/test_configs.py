@@ -45,7 +45,11 @@ def test_lae_config_has_two_stages_with_a_frozen_backbone_in_the_second():
   assert first.formulation.name == "dldl_v2" and first.train.trainable == "all"
   assert second.formulation.name == "lae_stage2" and second.train.trainable == "head"
   assert second.data.sampler == "class_balanced" and second.optim.learning_rate == 0.001
-  assert formulations.get_formulation(second.formulation).num_outputs == 101
+  assert first.optim.lr_reference_batch == second.optim.lr_reference_batch == 256
+  assert (first.train.num_epochs, second.train.num_epochs) == (24, 8) and stages.needs_previous_mae(plan[1])
+  c.train.train_size = 16_034   # UTKFace's training split: 62.6 steps per epoch at batch 256
+  assert [s.cfg.train.num_steps for s in stages.plan(c)] == [1504, 502]   # ceil(24 * 62.63), ceil(8 * 62.63)
+  assert formulations.get_formulation(stages.with_lae_mae(plan[1], 5.0).cfg.formulation).num_outputs == 101
 
 
 def test_bad_values_name_the_field():

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from age_jax import checkpoint
+from age_jax import checkpoint, evaluate
 from age_jax.train import experiment, loop, stages, step as step_lib
 from tests.data.fake_datasets import make_utkface_folder
 from tests.tiny import tiny_config
@@ -75,17 +75,24 @@ def test_interrupted_and_resumed_run_ends_with_the_same_parameters(utk_folder, t
 def test_two_stage_run_trains_only_the_head_in_the_classifier_stage(utk_folder, tmp_path):
   cfg = _cfg(utk_folder, str(tmp_path / "tfds"), **{"formulation.name": "dldl_v2"})
   cfg.stages.stage1_representation = {"train": {"num_steps": 2}}
+  # lae_mae left at -1: stage 2 takes stage 1's validation MAE (LAE eq. 5).
   cfg.stages.stage2_classifier = {"train": {"num_steps": 2, "trainable": "head"},
                            "data": {"sampler": "class_balanced", "balance_by": "age_group"},
-                           "formulation": {"name": "lae_stage2", "lae_mae": 5.0}}
+                           "formulation": {"name": "lae_stage2"}}
   workdir = str(tmp_path / "staged")
   result = loop.train(cfg, workdir)
   assert np.isfinite(result["loss"]) and "val_mae" in result
+  recorded = experiment.load_stage_metrics(workdir)["stage1_representation"]["val_mae"]
+  stage1 = evaluate.evaluate_workdir(workdir, split="validation", step=2, out_dir=str(tmp_path / "ev"))
+  np.testing.assert_allclose(recorded, stage1["mae"], rtol=1e-6)
+  _, stage2_cfg, _, _ = evaluate.restore(workdir, 4)
+  assert stage2_cfg.formulation.lae_mae == recorded
   ckpt = checkpoint.Checkpointer(workdir)
   assert list(ckpt.manager.all_steps()) == [2, 4]
   restored = {}
+  plan = stages.plan(experiment.load_config(workdir))
   for step in (2, 4):
-    stage_cfg = stages.stage_at(stages.plan(experiment.load_config(workdir)), step).cfg
+    stage_cfg = experiment.resolve_stage(plan, stages.stage_at(plan, step).index, workdir).cfg
     restored[step] = jax.device_get(ckpt.restore(experiment.build(stage_cfg).abstract_state, step).params)
   ckpt.close()
   for name in restored[2]:

@@ -60,8 +60,7 @@ def _hybrid_outputs():
   # B = 2, G = 4 (race-major: race * 2 + gender), one regression output per group.
   group = jnp.array([[1.0, 0.0, -1.0, 2.0], [0.0, 0.0, 0.0, 0.0]])
   group_age = jnp.array([[[0.0], [0.5], [-0.5], [1.0]], [[0.1], [0.2], [0.3], [0.4]]])
-  p = jax.nn.softmax(group)
-  return {"group": group, "group_age": group_age, "age": jnp.einsum("bg,bgk->bk", p, group_age)}
+  return {"group": group, "group_age": group_age}
 
 
 def test_hybrid_stage_losses():
@@ -92,19 +91,56 @@ def test_group_age_step_sends_gradient_only_to_the_examples_own_group():
   assert nonzero == [[0, 0], [1, 3]]
 
 
-def test_equation_13_decodes_each_group_before_fusing():
+def test_equation_13_for_regression_is_the_weighted_mean_of_the_groups_ages():
   outputs = _hybrid_outputs()
   p = np.exp(_log_softmax(outputs["group"]))
   ages = 33 + 20 * np.asarray(outputs["group_age"])[..., 0]
   np.testing.assert_allclose(objective.predicted_age(outputs, MAE), np.sum(p * ages, axis=1), rtol=1e-5)
-  # Linear decode: fusing outputs first gives the same ages.
-  np.testing.assert_allclose(MAE.decode(outputs["age"]), np.sum(p * ages, axis=1), rtol=1e-5)
-  # A non-linear decoder (softmax expectation over ages 0..2): only per-group decoding is eq. 13.
-  expect = formulations.Formulation("ex", 3, None, lambda o: jax.nn.softmax(o) @ jnp.arange(3.0))
-  logits = jnp.array([[[9.0, 0.0, 0.0], [0.0, 0.0, 9.0]]])   # group 0 says 0, group 1 says 2
-  out = {"group": jnp.array([[0.0, 0.0]]), "group_age": logits}
-  np.testing.assert_allclose(objective.predicted_age(out, expect), [1.0], atol=1e-3)
-  np.testing.assert_allclose(objective.predicted_age({"age": logits[:, 1]}, expect), [2.0], atol=1e-3)
+
+
+def _dldl_v2(k=5):
+  cfg = formulations.default_config()
+  cfg.name, cfg.num_classes = "dldl_v2", k
+  return formulations.get_formulation(cfg)
+
+
+def test_hybrid_distribution_head_trains_on_what_evaluation_predicts():
+  # Two groups of a 5-bin DLDL-v2 head: training's L_er must use evaluation's fused age.
+  form = _dldl_v2()
+  group = jnp.array([[0.3, -0.4], [1.5, 0.0]])
+  group_age = jnp.array([[[4.0, 1.0, 0.0, -1.0, 0.0], [0.0, 0.0, 1.0, 2.0, 5.0]],
+                         [[0.0, 3.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0, 1.0]]])
+  outputs = {"group": group, "group_age": group_age}
+  batch = {"age": jnp.array([3.0, 1.0]), "gender": jnp.array([0, 1]), "race": jnp.array([0, 0])}
+  cfg = _config("hybrid", group_weight=0.0, stage="end_to_end")
+  loss, terms = objective.per_example_loss(outputs, batch, form, cfg)
+  # By hand: the mixture of the groups' softmaxes, its KL to the Gaussian target, its expectation.
+  p = np.exp(_log_softmax(group))
+  mixture = np.einsum("bg,bgk->bk", p, np.exp(_log_softmax(group_age)))
+  expected_age = mixture @ np.arange(5.0)
+  target = np.exp(-(np.arange(5.0)[None] - np.array([[3.0], [1.0]])) ** 2 / 2)
+  target /= target.sum(1, keepdims=True)
+  kl = np.sum(target * np.log(target / mixture), axis=1)
+  np.testing.assert_allclose(objective.predicted_age(outputs, form), expected_age, rtol=1e-5)
+  np.testing.assert_allclose(terms["age_loss"], kl + np.abs([3.0, 1.0] - expected_age), rtol=1e-4)
+  # Eq. 13 as written (sum_g p_g * E_g) is the same age: expectation is linear in the mixture.
+  per_group = np.exp(_log_softmax(group_age)) @ np.arange(5.0)
+  np.testing.assert_allclose(expected_age, np.sum(p * per_group, axis=1), rtol=1e-5)
+
+
+def test_hybrid_ordinal_head_fuses_task_probabilities():
+  cfg = formulations.default_config()
+  cfg.name, cfg.num_classes = "or", 4
+  form = formulations.get_formulation(cfg)
+  group = jnp.array([[0.0, 0.0]])
+  # group 0 is sure the age is above bins 0, 1 (age 2); group 1 only above bin 0 (age 1).
+  group_age = jnp.array([[[9.0, 9.0, -9.0], [9.0, -9.0, -9.0]]])
+  fused = np.asarray(objective.age_outputs({"group": group, "group_age": group_age}, form))
+  sigmoid = 1 / (1 + np.exp(-fused))
+  np.testing.assert_allclose(sigmoid, [[1.0, 0.5, 0.0]], atol=1e-3)
+  np.testing.assert_allclose(form.loss(jnp.asarray(fused), jnp.array([2.0])),
+                             [-np.log(sigmoid[0, 0]) - np.log(sigmoid[0, 1]) - np.log(1 - sigmoid[0, 2])],
+                             rtol=1e-4)
 
 
 def _hybrid_params():

@@ -61,9 +61,9 @@ def apply_transform(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
   return points @ matrix[:, :2].T + matrix[:, 2]
 
 
-def warp_affine(image: np.ndarray, matrix: np.ndarray, output_size: int, fill: int = 0) -> np.ndarray:
-  """Warps an HxWxC uint8 image by the 2x3 matrix (input pixel -> output pixel) into a square
-  output_size image, bilinear, uncovered pixels set to fill."""
+def warp_affine(image: np.ndarray, matrix: np.ndarray, output_size, fill: int = 0) -> np.ndarray:
+  """Warps an HxW or HxWxC uint8 image by the 2x3 matrix (input pixel -> output pixel) into an
+  output_size (a side, or (width, height)) image, bilinear, uncovered pixels set to fill."""
   full = np.vstack([matrix, [0, 0, 1]])
   inverse = np.linalg.inv(full)[:2]
   # PIL samples the output pixel (x, y) at the continuous point (x + 0.5, y + 0.5) and reads the
@@ -74,7 +74,8 @@ def warp_affine(image: np.ndarray, matrix: np.ndarray, output_size: int, fill: i
   f = f + 0.5 - 0.5 * (d + e)
   pil = Image.fromarray(np.ascontiguousarray(image))
   fillcolor = fill if pil.mode == "L" else (fill,) * len(pil.getbands())
-  out = pil.transform((output_size, output_size), Image.AFFINE, (a, b, c, d, e, f), Image.BILINEAR,
+  size = (output_size, output_size) if np.isscalar(output_size) else tuple(output_size)
+  out = pil.transform(size, Image.AFFINE, (a, b, c, d, e, f), Image.BILINEAR,
                       fillcolor=fillcolor)
   return np.asarray(out)
 

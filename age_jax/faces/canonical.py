@@ -16,8 +16,8 @@ from age_jax.faces import align
 
 # Order of align.ARCFACE_TEMPLATE_112: image-left eye, image-right eye, nose tip, image-left and
 # image-right mouth corners; (x, y) fractions of the crop side.
-CANONICAL_TEMPLATE = np.array([[0.2999, 0.2921], [0.6938, 0.2925], [0.4924, 0.5228],
-                               [0.3218, 0.6957], [0.6693, 0.6954]], np.float64)
+CANONICAL_TEMPLATE = np.array([[0.2998, 0.2922], [0.6938, 0.2926], [0.4924, 0.5226],
+                               [0.3218, 0.6960], [0.6693, 0.6956]], np.float64)
 UTKFACE_CHIP_SIZE = 200  # the side at which the template was measured
 
 

@@ -2,7 +2,7 @@
 then R-Net and O-Net on the surviving boxes, each stage followed by box calibration and NMS.
 
 The nets run jitted in JAX (any backend); the pyramid, crops and NMS are numpy. P-Net inputs are
-zero-padded up to a few bucket shapes and R-/O-Net batches to powers of two, so the number of
+zero-padded up to a few bucket shapes and R-/O-Net batches to three sizes, so the number of
 compiled programs stays small whatever the photo sizes.
 """
 import dataclasses
@@ -19,7 +19,9 @@ from age_jax.faces import nets, weights
 
 _CELL, _STRIDE = 12, 2  # P-Net's window and stride on each pyramid level
 _MAX_PIXELS_PER_CALL = 1 << 22  # P-Net batch cap (pixels of padded input per call)
-_MIN_BATCH, _MAX_BATCH = 8, 256  # R-/O-Net batch buckets: powers of two in this range
+_CROP_BATCHES = (16, 64, 256)  # R-/O-Net batch buckets (larger counts run in chunks of the last)
+_IMAGES_PER_PASS = 32  # detect_many's unit of work (bounds the pyramid held in memory)
+_PAD_GREY = 127  # retry border: mid grey, 0 after P-Net's input scaling
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,8 +62,8 @@ def _bucket(n: int) -> int:
   raise AssertionError(n)
 
 
-def _batch_bucket(n: int) -> int:
-  return max(_MIN_BATCH, 1 << (max(n, 1) - 1).bit_length())
+def _crop_batch(n: int) -> int:
+  return next(b for b in _CROP_BATCHES if b >= n)
 
 
 def check_image(image) -> np.ndarray:
@@ -76,18 +78,25 @@ def check_image(image) -> np.ndarray:
 class FaceDetector:
   """MTCNN with its usual settings: faces from min_face_size pixels up, a pyramid shrinking by
   scale_factor per level, per-stage probability thresholds (P, R, O), and NMS overlap thresholds
-  (P-Net within a level, P-Net across levels, R-Net, O-Net; O-Net's measured over the smaller box)."""
+  (P-Net within a level, P-Net across levels, R-Net, O-Net; O-Net's measured over the smaller box).
+
+  retry_pad: an image where no face is found is searched once more inside a grey border of this
+  fraction of its short side (0: never), so a face filling a tightly cropped image, its chin or
+  forehead cut by the edge, is still found; boxes and landmarks stay in the image's coordinates.
+  """
 
   def __init__(self, min_face_size: float = 20.0, thresholds=(0.6, 0.7, 0.8), scale_factor: float = 0.709,
-               nms_thresholds=(0.5, 0.7, 0.7, 0.7)):
-    if min_face_size <= 0 or not 0 < scale_factor < 1:
-      raise ValueError(f"need min_face_size > 0 and 0 < scale_factor < 1, got {min_face_size}, {scale_factor}")
+               nms_thresholds=(0.5, 0.7, 0.7, 0.7), retry_pad: float = 0.3):
+    if min_face_size <= 0 or not 0 < scale_factor < 1 or retry_pad < 0:
+      raise ValueError(f"need min_face_size > 0, 0 < scale_factor < 1 and retry_pad >= 0, got "
+                       f"{min_face_size}, {scale_factor}, {retry_pad}")
     if len(thresholds) != 3 or len(nms_thresholds) != 4:
       raise ValueError(f"need 3 thresholds and 4 nms_thresholds, got {thresholds} and {nms_thresholds}")
     self.min_face_size = float(min_face_size)
     self.thresholds = tuple(float(t) for t in thresholds)
     self.scale_factor = float(scale_factor)
     self.nms_thresholds = tuple(float(t) for t in nms_thresholds)
+    self.retry_pad = float(retry_pad)
     self._params = {net: _params(net) for net in weights.NETS}
 
   def detect(self, image: np.ndarray) -> list[Face]:
@@ -95,8 +104,22 @@ class FaceDetector:
     return self.detect_many([image])[0]
 
   def detect_many(self, images) -> list[list[Face]]:
-    """detect() for each image, with the nets batched across images."""
+    """detect() for each image, with the nets batched across up to 32 images at a time."""
     images = [check_image(im) for im in images]
+    return [faces for start in range(0, len(images), _IMAGES_PER_PASS)
+            for faces in self._detect_checked(images[start:start + _IMAGES_PER_PASS])]
+
+  def _detect_checked(self, images):
+    found = self._cascade(images)
+    misses = [i for i, faces in enumerate(found) if not faces]
+    if self.retry_pad and misses:
+      pads = [int(round(self.retry_pad * min(images[i].shape[:2]))) for i in misses]
+      padded = [np.pad(images[i], ((p, p), (p, p), (0, 0)), constant_values=_PAD_GREY) for i, p in zip(misses, pads)]
+      for i, p, faces in zip(misses, pads, self._cascade(padded)):
+        found[i] = [Face(box=f.box - p, score=f.score, landmarks=f.landmarks - p) for f in faces]
+    return found
+
+  def _cascade(self, images):
     candidates = self._proposals(images)
     candidates = self._refine(images, candidates)
     return self._output(images, candidates)
@@ -164,9 +187,9 @@ class FaceDetector:
         crops.append(np.asarray(Image.fromarray(patch).resize((size, size), Image.BOX)))
         owners.append(i)
     outputs = []
-    for start in range(0, len(crops), _MAX_BATCH):
-      chunk = crops[start:start + _MAX_BATCH]
-      batch = np.zeros((_batch_bucket(len(chunk)), size, size, 3), np.uint8)
+    for start in range(0, len(crops), _CROP_BATCHES[-1]):
+      chunk = crops[start:start + _CROP_BATCHES[-1]]
+      batch = np.zeros((_crop_batch(len(chunk)), size, size, 3), np.uint8)
       batch[:len(chunk)] = chunk
       result = jax.device_get(_apply(net)(self._params[net], batch))
       outputs.append([r[:len(chunk)] for r in result])

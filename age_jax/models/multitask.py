@@ -14,12 +14,9 @@ subtree, see pretrained.py).
 
 Hybrid outputs and how they meet a formulation's `decode`:
   'group'      (B, G) logits;
-  'group_age'  (B, G, num_outputs) each group estimator's raw head outputs;
-  'age'        (B, num_outputs) = sum_g p_g * group_age_g, the probability-weighted head
-               outputs. For regression formulations (decode linear in the outputs, Xing's
-               NetMAE) decode('age') IS eq. 13. For non-linear decoders (softmax expectation,
-               argmax, ordinal count) eq. 13 is sum_g p_g * decode(group_age_g), which
-               objective.predicted_age(outputs, formulation) computes for any model.
+  'group_age'  (B, G, num_outputs) each group estimator's raw head outputs; the eq. 13 fusion
+               depends on the formulation (a mixture of distributions for softmax and
+               ordinal heads), so it is done by objective.age_outputs, not here;
   'gender', 'race'  log-marginals of the group distribution (valid logits: their argmax is
                the most probable gender / race), so gender/race accuracy comes for free.
 """
@@ -138,9 +135,7 @@ class Hybrid(nn.Module):
                        "expected 'top' or 'branch'")
     estimators = [self.make_trunk(name=f"group_{k}") for k in range(g)]
     group_age = jnp.stack([e.head(e.top(shared, train)) for e in estimators], axis=1)
-    probs = jax.nn.softmax(group, axis=-1)
-    outputs = {"group": group, "group_age": group_age,
-               "age": jnp.einsum("bg,bgk->bk", probs, group_age)}  # eq. 13 in output space
+    outputs = {"group": group, "group_age": group_age}
     log_probs = jax.nn.log_softmax(group, axis=-1)
     if self.groups == "gender_race":
       by_race = log_probs.reshape(-1, self.num_races, NUM_GENDERS)

@@ -2,21 +2,20 @@
 formulation, optimizer, state shapes and shardings, and the data of a run."""
 import dataclasses
 import json
-import os
 
 import jax
 import ml_collections
-import numpy as np
 from jax.experimental import multihost_utils
 
 from age_jax import config as config_lib
-from age_jax import formulations, models, objective
+from age_jax import formulations, models, objective, storage
 from age_jax.data import datasets, pipeline
 from age_jax.models import layers
 from age_jax.train import optim, sharding, state as state_lib, step as step_lib
 
 CONFIG_FILE = "config.json"
 MEAN_IMAGE_FILE = "mean_image.npy"
+STAGE_METRICS_FILE = "stage_metrics.json"   # {stage name: {metric: value}} measured at its end
 
 
 @dataclasses.dataclass
@@ -70,7 +69,7 @@ def build(cfg: ml_collections.ConfigDict, devices=None) -> Experiment:
                            head_bias_init=bias)
   image_size = cfg.data.image_size
   params = jax.eval_shape(lambda r: state_lib.init_variables(model, r, image_size)[0], jax.random.key(0))
-  tx = optim.make_optimizer(cfg.optim, cfg.train.num_steps, trainable_mask(cfg, params))
+  tx = optim.make_optimizer(cfg.optim, cfg.train.num_steps, trainable_mask(cfg, params), cfg.train.batch_size)
   shapes = jax.eval_shape(lambda r: state_lib.create(model, tx, r, image_size), jax.random.key(0))
   shardings = sharding.state_sharding(mesh, shapes, cfg.mesh.fsdp_min_size)
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
@@ -127,40 +126,62 @@ def normalizer(cfg, workdir: str, train_source: pipeline.LoadedSource | None = N
   """The run's normaliser; the mean training image is computed once and kept in the workdir."""
   if cfg.data.normalize != "mean_image":
     return pipeline.Normalizer(cfg.data.normalize)
-  path = os.path.join(workdir, MEAN_IMAGE_FILE)
-  if os.path.exists(path):
-    mean = np.load(path)
+  path = storage.path(workdir) / MEAN_IMAGE_FILE
+  if path.exists():
+    mean = storage.load_npy(path)
   else:
     if train_source is None:
       raise FileNotFoundError(f"{path} is missing: the mean training image is written by training")
     mean = pipeline.mean_image(train_source, cfg.data)
     if jax.process_index() == 0:
-      os.makedirs(workdir, exist_ok=True)
-      _atomic_save(path, mean)
+      storage.save_npy(path, mean)
   return pipeline.Normalizer("mean_image", mean, cfg.data.pixel_scale)
 
 
-def _atomic_save(path, array):
-  tmp = path + ".tmp.npy"
-  np.save(tmp, array)
-  os.replace(tmp, path)
-
-
 def save_config(cfg, workdir: str):
+  """Process 0 writes config.json; then every process checks that it sees the same workdir."""
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    tmp = os.path.join(workdir, CONFIG_FILE + ".tmp")
-    with open(tmp, "w") as f:
-      f.write(cfg.to_json(indent=2))
-    os.replace(tmp, os.path.join(workdir, CONFIG_FILE))
+    storage.write_text(storage.path(workdir) / CONFIG_FILE, cfg.to_json(indent=2))
+  storage.check_shared(workdir)
+
+
+def load_stage_metrics(workdir: str) -> dict:
+  path = storage.path(workdir) / STAGE_METRICS_FILE
+  if not path.exists():
+    return {}
+  return json.loads(path.read_text())
+
+
+def record_stage_metrics(workdir: str, stage_name: str, values: dict):
+  """Adds a finished stage's metrics (process 0; atomic), e.g. the validation MAE that LAE's
+  stage 2 uses: a resume reads it back instead of measuring again."""
+  if jax.process_index() != 0:
+    return
+  recorded = load_stage_metrics(workdir)
+  recorded[stage_name] = {**recorded.get(stage_name, {}), **values}
+  storage.write_text(storage.path(workdir) / STAGE_METRICS_FILE, json.dumps(recorded, indent=2))
+
+
+def resolve_stage(plan: list, index: int, workdir: str):
+  """plan[index] with what it takes from earlier stages filled in (LAE stage 2's mae, from the
+  validation MAE recorded when the stage before it ended)."""
+  from age_jax.train import stages as stages_lib
+  stage = plan[index]
+  if not stages_lib.needs_previous_mae(stage):
+    return stage
+  before = plan[index - 1].name
+  recorded = load_stage_metrics(workdir).get(before, {})
+  if "val_mae" not in recorded:
+    raise FileNotFoundError(f"{storage.path(workdir) / STAGE_METRICS_FILE} has no validation MAE of stage "
+                            f"{before!r}, which stage {stage.name!r} needs (formulation.lae_mae < 0)")
+  return stages_lib.with_lae_mae(stage, recorded["val_mae"])
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
+  path = storage.path(workdir) / CONFIG_FILE
+  if not path.exists():
     raise FileNotFoundError(f"{path} not found: --workdir must be a directory written by launch.train")
-  with open(path) as f:
-    loaded = json.load(f)
+  loaded = json.loads(path.read_text())
   cfg = config_lib.default_config()
   stages = loaded.pop("stages", {})
   cfg.update_from_flattened_dict(_flatten(loaded))

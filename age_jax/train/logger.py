@@ -1,12 +1,15 @@
 """Progress lines, a JSON-lines metrics file and TensorBoard event files (tensorboardX, no TF).
 
-Only process 0 writes; every process may call it.
+Only process 0 writes; every process may call it. A gs:// workdir gets metrics.jsonl only (the
+event files are appended to, which an object store cannot do).
 """
 import json
 import os
 import time
 
 import jax
+
+from age_jax import storage
 
 
 class MetricLogger:
@@ -19,20 +22,20 @@ class MetricLogger:
     self._last = None  # (step, time) of the previous progress line
     self._jsonl = self._tb = None
     if self.is_main:
-      os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-      from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      self._jsonl = storage.LineLog(storage.path(workdir) / "metrics.jsonl")
+      if not storage.is_uri(workdir):
+        from tensorboardX import SummaryWriter
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step: int, scalars: dict, prefix: str = "train"):
     if not self.is_main:
       return
     scalars = {k: float(v) for k, v in scalars.items()}
     self._jsonl.write(json.dumps({"step": step, "split": prefix, **scalars}) + "\n")
-    self._jsonl.flush()
-    for name, value in scalars.items():
-      self._tb.add_scalar(f"{prefix}/{name}", value, step)
-    self._tb.flush()
+    if self._tb is not None:
+      for name, value in scalars.items():
+        self._tb.add_scalar(f"{prefix}/{name}", value, step)
+      self._tb.flush()
 
   def progress(self, step: int, scalars: dict, learning_rate: float):
     """One line: step, epoch, loss, lr, images/s and ETA since the previous line."""
@@ -57,7 +60,8 @@ class MetricLogger:
   def close(self):
     if self.is_main:
       self._jsonl.close()
-      self._tb.close()
+      if self._tb is not None:
+        self._tb.close()
 
 
 def _duration(seconds: float) -> str:

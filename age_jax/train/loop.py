@@ -9,7 +9,7 @@ import numpy as np
 from age_jax import checkpoint, config as config_lib, evaluate, formulations, objective
 from age_jax.data import datasets, pipeline
 from age_jax.train import experiment as experiment_lib
-from age_jax.train import optim, sharding, stages as stages_lib
+from age_jax.train import init_from, optim, sharding, stages as stages_lib
 from age_jax.train.logger import MetricLogger
 
 
@@ -41,6 +41,8 @@ def train(cfg, workdir: str) -> dict:
   if formulations.needs_age_counts(cfg.formulation):  # stored in config.json: a resume rebuilds the same loss
     with cfg.unlocked():
       cfg.formulation = formulations.with_age_counts(cfg.formulation, labels["age"])
+  if not cfg.train.train_size:  # turns train.num_epochs into steps; stored in config.json
+    cfg.train.train_size = len(train_records)
   plan = stages_lib.plan(cfg)
   for stage in plan:  # bad labels stop the run here, before any long work
     formulations.check_ages(labels["age"], stage.cfg.formulation)
@@ -62,6 +64,12 @@ def train(cfg, workdir: str) -> dict:
       latest = ckpt.latest_step() or 0
       if latest >= stage.last_step:
         continue
+      if stages_lib.needs_previous_mae(stage):
+        mae = _previous_validation_mae(plan[stage.index - 1], workdir, ckpt, normalizer,
+                                       exp if state is not None else None, state)
+        stage = plan[stage.index] = stages_lib.with_lae_mae(stage, mae)
+        _log(f"stage {stage.name!r}: lae_mae={stage.cfg.formulation.lae_mae:.4f}, the validation MAE "
+             f"of stage {plan[stage.index - 1].name!r} (LAE eq. 5)")
       exp = experiment_lib.build(stage.cfg)
       state = _initial_state(exp, stage, plan, ckpt, latest, state)
       state, last = _run_stage(exp, stage, state, ckpt, logger, train_source, labels, normalizer,
@@ -78,6 +86,20 @@ def train(cfg, workdir: str) -> dict:
   return last
 
 
+def _previous_validation_mae(stage, workdir, ckpt, normalizer, exp=None, state=None) -> float:
+  """The finished `stage`'s validation MAE: as recorded in the workdir, else measured now (on its
+  final checkpoint unless its state is at hand) and recorded, so a resume reuses the same value."""
+  recorded = experiment_lib.load_stage_metrics(workdir).get(stage.name, {})
+  if "val_mae" in recorded:
+    return recorded["val_mae"]
+  if state is None:
+    exp = experiment_lib.build(stage.cfg)
+    state = ckpt.restore(exp.abstract_state, stage.last_step)
+  mae = evaluate.Evaluator(exp, exp.cfg, normalizer, exp.cfg.data.val_split).summary(state)["mae"]
+  experiment_lib.record_stage_metrics(workdir, stage.name, {"val_mae": mae})
+  return mae
+
+
 def _initial_state(exp, stage, plan, ckpt, latest: int, previous_state):
   """This stage's starting state: a fresh init, a mid-stage checkpoint, or the previous stage's
   parameters with a fresh optimizer."""
@@ -85,13 +107,45 @@ def _initial_state(exp, stage, plan, ckpt, latest: int, previous_state):
     _log(f"resumed from step {latest} (stage {stage.name!r}) in {ckpt.directory}")
     return ckpt.restore(exp.abstract_state, latest)
   if latest == 0:
-    return exp.init_state(jax.random.key(stage.cfg.seed))
+    state = exp.init_state(jax.random.key(stage.cfg.seed))
+    if not stage.cfg.model.init_from:
+      return state
+    variables, summary = init_from.load_variables(stage.cfg.model.init_from, _host_variables(state),
+                                                  stage.cfg.model.name)
+    _log(summary)
+    return _with_variables(exp, state, variables)
   if previous_state is None:  # resuming exactly at a stage boundary
     before = plan[stage.index - 1]
     previous_state = ckpt.restore(experiment_lib.build(before.cfg).abstract_state, latest)
     _log(f"resumed from step {latest} (end of stage {before.name!r}) in {ckpt.directory}")
-  fresh = jax.jit(exp.tx.init, out_shardings=exp.state_sharding.opt_state)(previous_state.params)
-  return previous_state.replace(opt_state=fresh)
+  if _shapes(previous_state.params) != _shapes(exp.abstract_state.params):
+    # The head changed (e.g. identity pre-training -> age): carry every leaf that still fits.
+    fresh = exp.init_state(jax.random.key(stage.cfg.seed + stage.index))
+    variables, _, kept, _ = init_from.copy_variables(_host_variables(fresh), _host_variables(previous_state))
+    _log(f"stage {stage.name!r}: parameters carried over from the previous stage except "
+         f"{[p for p, _ in kept]} (fresh)")
+    return _with_variables(exp, previous_state, variables)
+  opt_state = jax.jit(exp.tx.init, out_shardings=exp.state_sharding.opt_state)(previous_state.params)
+  return previous_state.replace(opt_state=opt_state)
+
+
+def _shapes(tree):
+  return jax.tree.map(lambda x: tuple(x.shape), tree)
+
+
+def _host_variables(state) -> dict:
+  return {"params": jax.device_get(state.params), "batch_stats": jax.device_get(state.batch_stats)}
+
+
+def _with_variables(exp, state, variables: dict):
+  """state with host `variables` placed on the state's shardings and a fresh optimizer state."""
+  place = lambda tree, shardings: jax.tree.map(
+      lambda x, s: jax.make_array_from_callback(np.shape(x), s, lambda index, x=x: np.asarray(x)[index]),
+      tree, shardings)
+  params = place(variables["params"], exp.state_sharding.params)
+  batch_stats = place(variables["batch_stats"], exp.state_sharding.batch_stats)
+  opt_state = jax.jit(exp.tx.init, out_shardings=exp.state_sharding.opt_state)(params)
+  return state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state)
 
 
 def _run_stage(exp, stage, state, ckpt, logger, train_source, labels, normalizer, *, start: int,
@@ -107,7 +161,7 @@ def _run_stage(exp, stage, state, ckpt, logger, train_source, labels, normalizer
       normalizer=normalizer, start_step=start - stage.first_step, process_index=jax.process_index(),
       process_count=jax.process_count())
   batches = prefetch_to_mesh(batches, exp.mesh, cfg.data.prefetch)
-  schedule = optim.make_schedule(cfg.optim, cfg.train.num_steps)
+  schedule = optim.make_schedule(cfg.optim, cfg.train.num_steps, cfg.train.batch_size)
   dropout_rng = jax.random.key(cfg.seed + 1)
   validator = None
   pending, last = [], {}  # device metrics since the last log line: fetched only at log time

@@ -6,12 +6,14 @@ the sorted order of their names (ConfigDict keeps no insertion order), so number
     c.stages.stage2_classifier = {"train": {"num_steps": 1000, "trainable": "head"},
                            "data": {"sampler": "class_balanced"},
                            "formulation": {"name": "lae_stage2", "lae_mae": 5.1}}
-Each stage runs `train.num_steps` steps of its own config, starting from the previous stage's
+Each stage runs `train.num_steps` steps of its own config (or `train.num_epochs` epochs of
+`train.train_size` examples, which training fills in from the training split), starting from the previous stage's
 parameters with a fresh optimizer (its own schedule). Global steps count across stages, so a
 checkpoint's step says which stage it belongs to and a run resumes mid-stage. With no stages,
 the base config is the one stage.
 """
 import dataclasses
+import math
 
 import ml_collections
 
@@ -48,9 +50,25 @@ def plan(cfg: ml_collections.ConfigDict) -> list[Stage]:
     del stage_cfg.stages
     merge_overrides(stage_cfg, overrides, f"stages.{name}.")
     stage_cfg.stages = ml_collections.ConfigDict()
+    train = stage_cfg.train
+    if train.num_epochs > 0 and train.train_size > 0:
+      train.num_steps = math.ceil(train.num_epochs * train.train_size / train.batch_size)
     stages.append(Stage(index, name, stage_cfg, step, step + stage_cfg.train.num_steps))
     step += stage_cfg.train.num_steps
   return stages
+
+
+def needs_previous_mae(stage: Stage) -> bool:
+  """LAE eq. 4/5 with formulation.lae_mae < 0: the stage takes `mae` from the validation MAE of
+  the stage before it, measured when that stage ends (see train/loop.py)."""
+  f = stage.cfg.formulation
+  return f.name == "lae_stage2" and f.lae_mae < 0
+
+
+def with_lae_mae(stage: Stage, mae: float) -> Stage:
+  cfg = ml_collections.ConfigDict(stage.cfg.to_dict())
+  cfg.formulation.lae_mae = float(mae)
+  return dataclasses.replace(stage, cfg=cfg)
 
 
 def total_steps(stages: list[Stage]) -> int:

@@ -1,5 +1,5 @@
 """Start-up logic without a cluster: which environment asks for jax.distributed, the argument
-errors, the local N-process launcher, and the Cloud TPU script's commands (gcloud faked)."""
+errors and the local N-process launcher (the cluster scripts: test_cluster_scripts.py)."""
 import os
 import subprocess
 import sys
@@ -12,6 +12,7 @@ from age_jax import distributed
 from launch import local_cluster
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 
 _SLURM_STEP = {"SLURM_JOB_ID": "77", "SLURM_STEP_NODELIST": "gpu[01-02]", "SLURM_NTASKS": "16",
                "SLURM_PROCID": "3", "SLURM_LOCALID": "3"}
@@ -99,44 +100,6 @@ def test_local_cluster_time_limit_stops_everything():
   assert [r.returncode for r in results] == [None, None]
 
 
-FAKE_GCLOUD = """#!/bin/bash
-printf '%s\\n' "$@" >> "$FAKE_GCLOUD_LOG"
-echo '--' >> "$FAKE_GCLOUD_LOG"
-"""
-
-
-def _tpu_pod(tmp_path, *args, **env):
-  bin_dir = tmp_path / "bin"
-  bin_dir.mkdir(exist_ok=True)
-  (bin_dir / "gcloud").write_text(FAKE_GCLOUD)
-  (bin_dir / "gcloud").chmod(0o755)
-  log = tmp_path / "gcloud.log"
-  full_env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_GCLOUD_LOG": str(log), "HOME": str(tmp_path),
-              **env}
-  done = subprocess.run(["bash", os.path.join(REPO, "launch", "tpu_pod.sh"), *args], env=full_env,
-                        capture_output=True, text=True, timeout=30)
-  calls = [c.strip("\n").split("\n") for c in log.read_text().split("--\n") if c.strip()] if log.exists() else []
-  return done, calls
-
-
-def test_tpu_pod_script_runs_one_command_on_every_host(tmp_path):
-  done, calls = _tpu_pod(tmp_path, "train", "--config=configs/x.py", "--workdir=/mnt/runs/a b",
-                         TPU_NAME="age-pod", ZONE="us-west4-a", PROJECT="proj")
-  assert done.returncode == 0, done.stderr
-  (call,) = calls
-  assert call[:6] == ["compute", "tpus", "tpu-vm", "ssh", "age-pod", "--zone=us-west4-a"]
-  assert "--project=proj" in call and "--worker=all" in call
-  command = next(a for a in call if a.startswith("--command="))
-  assert ".venv/bin/python -m launch.train --distributed=on --config=configs/x.py --workdir=/mnt/runs/a\\ b" \
-      in command  # every host runs the same flags, quoted for the remote shell
-  assert "age_jax_train.pid" in command
-
-  done, calls = _tpu_pod(tmp_path, "train", TPU_NAME="age-pod", ZONE="us-west4-a")
-  assert done.returncode == 2 and "give launch.train's flags" in done.stderr
-  done, _ = _tpu_pod(tmp_path, "train", "--config=x")
-  assert done.returncode != 0 and "set TPU_NAME" in done.stderr
-
-
 def test_tpu_chips_are_told_from_other_google_pci_devices(tmp_path):
   def device(name, vendor, device_id):
     (tmp_path / name).mkdir()
@@ -147,3 +110,31 @@ def test_tpu_chips_are_told_from_other_google_pci_devices(tmp_path):
   assert not distributed.pci_has_tpu(str(tmp_path))
   device("0000:00:06.0", "0x1ae0", "0x0063")  # a TPU v5e chip
   assert distributed.pci_has_tpu(str(tmp_path))
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({"SLURM_GPUS_ON_NODE": "8"}, ("gpu", "SLURM_GPUS_ON_NODE=8")),
+    ({"CUDA_VISIBLE_DEVICES": "0,1"}, ("gpu", "CUDA_VISIBLE_DEVICES=0,1")),
+    ({"CUDA_VISIBLE_DEVICES": "", "SLURM_GPUS_ON_NODE": "0"}, None),   # no GPUs given: a CPU job
+    ({}, None),
+])
+def test_expected_accelerator_reads_the_schedulers_gpu_variables(environ, expected):
+  assert distributed.expected_accelerator(environ) == expected
+
+
+def test_a_slurm_gpu_job_on_a_cpu_only_jax_is_refused_on_every_process(tmp_path):
+  # Two tasks of a fake SLURM step on this host: JAX's own SLURM detection connects them, then
+  # the GPUs SLURM says it gave do not match the CPU backend.
+  job_id = str(os.getpid() % 1000 + 1000)
+  script = "from age_jax import distributed; distributed.initialize(mode='on', timeout_s=60)"
+  base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "CUDA_", "AGE_JAX_"))}
+  procs = [subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**base, "SLURM_JOB_ID": job_id, "SLURM_STEP_NODELIST": "localhost",
+                                            "SLURM_NTASKS": "2", "SLURM_PROCID": str(i), "SLURM_LOCALID": str(i),
+                                            "SLURM_GPUS_ON_NODE": "2", "JAX_PLATFORMS": "cpu"})
+           for i in range(2)]
+  outputs = [p.communicate(timeout=90)[0] for p in procs]
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 1, out
+    assert "was given GPUs (SLURM_GPUS_ON_NODE=2) but JAX's backend is 'cpu'" in out
+    assert "pip install -e '.[cuda]'" in out

@@ -1,5 +1,8 @@
 """The ('data', 'fsdp') mesh on the 8 fake devices of tests/conftest.py: FSDP really shards the
 state, gives the data-parallel numbers, and bad mesh or batch shapes fail clearly."""
+import dataclasses
+import itertools
+
 import jax
 import ml_collections
 import numpy as np
@@ -86,3 +89,37 @@ def test_fsdp_shards_params_and_optimizer_state_and_matches_data_parallel():
   assert dp_losses[0] != dp_losses[-1]
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
                jax.device_get(state.params), jax.device_get(dp_state.params))
+
+
+@dataclasses.dataclass(frozen=True)
+class MockTpuDevice:  # the attributes jax's mesh_utils reads, as in jax's own mesh_utils tests
+  id: int
+  process_index: int
+  coords: tuple
+  core_on_chip: int
+  device_kind: str
+  platform: str = "tpu"
+  slice_index: int = 0
+
+
+def _mock_torus(x, y, z, kind, host_chips=(2, 2, 1)):
+  """One device per chip (v4/v5p megacore, v5e/v6e single core); 4 chips per host."""
+  hosts_x, hosts_y = x // host_chips[0], y // host_chips[1]
+  devices = []
+  for k, j, i in itertools.product(range(z), range(y), range(x)):
+    host = i // host_chips[0] + j // host_chips[1] * hosts_x + k // host_chips[2] * hosts_x * hosts_y
+    devices.append(MockTpuDevice(len(devices), host, (i, j, k), 0, kind))
+  return devices
+
+
+@pytest.mark.parametrize("topology, kind", [((16, 16, 1), "TPU v5 lite"), ((4, 4, 4), "TPU v4")])
+@pytest.mark.parametrize("fsdp", [2, 4, 8])
+def test_fsdp_groups_are_physical_neighbours_on_a_tpu_torus(monkeypatch, topology, kind, fsdp):
+  devices = _mock_torus(*topology, kind)
+  monkeypatch.setattr(jax, "devices", lambda *a: devices)
+  grid = sharding.make_mesh(_mesh_cfg(-1, fsdp)).devices
+  assert grid.shape == (len(devices) // fsdp, fsdp)
+  assert sorted(d.id for d in grid.flat) == list(range(len(devices)))
+  for group in grid:  # one fsdp group: a line or block of the torus, no wider than its size
+    coords = np.array([d.coords for d in group])
+    assert np.prod(coords.max(0) - coords.min(0) + 1) == fsdp

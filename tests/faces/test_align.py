@@ -93,3 +93,11 @@ def test_warp_with_the_identity_and_a_shift_is_exact():
   shifted = align.warp_affine(image, _similarity(1, 0, 3, 2), 20)
   np.testing.assert_array_equal(shifted[2:, 3:], image[:-2, :-3])
   assert np.all(shifted[:2] == 0) and np.all(shifted[:, :3] == 0)
+
+
+def test_warp_affine_takes_a_rectangular_output_size():
+  image = np.random.default_rng(0).integers(0, 256, (10, 10, 3), dtype=np.uint8)
+  out = align.warp_affine(image, np.array([[1.0, 0, 3], [0, 1, 1]]), (20, 15))  # shift by (3, 1)
+  assert out.shape == (15, 20, 3)
+  np.testing.assert_array_equal(out[1:11, 3:13], image)
+  assert not out[0].any() and not out[:, :3].any()

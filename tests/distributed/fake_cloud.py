@@ -1,0 +1,169 @@
+"""Fake `gcloud`, `srun` and a fake TPU VM host, for running launch/tpu_pod.sh and
+launch/slurm.sbatch without a cluster.
+
+Every fake appends one JSON line per call to $FAKE_LOG: the program, its argv, its working
+directory and the environment it saw. `gcloud compute tpus tpu-vm ssh --command=C` really runs C
+with bash on each fake host (a home folder per worker, whose PATH holds the image's tools:
+python3 3.10 without the venv module, as on the Ubuntu 22.04 TPU images), so `~`, quoting, pid
+files and signals behave as on a host. `tpu-vm scp` follows scp's rules for a target folder:
+into it when it exists, *as* it when it does not, an error for a missing `dir/`.
+What this cannot show: gcloud's own parsing and authentication, the real images' package state,
+the network.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+_LOGGER = f"""#!{sys.executable}
+import json, os, sys
+def log(prog, **extra):
+  with open(os.environ["FAKE_LOG"], "a") as f:
+    f.write(json.dumps({{"prog": prog, "argv": sys.argv[1:], "cwd": os.getcwd(),
+                         "env": dict(os.environ), **extra}}) + "\\n")
+"""
+
+GCLOUD = _LOGGER + r"""
+import shutil, subprocess
+args = sys.argv[1:]
+log("gcloud")
+def flag(name, default=None):
+  return next((a.split("=", 1)[1] for a in args if a.startswith(name + "=")), default)
+def hosts():
+  worker = flag("--worker", "0")
+  n = int(os.environ.get("FAKE_WORKERS", "2"))
+  homes = [os.path.join(os.environ["FAKE_HOSTS"], f"w{i}") for i in (range(n) if worker == "all" else [int(worker)])]
+  for home in homes:
+    os.makedirs(home, exist_ok=True)
+  return homes
+def remote(home, path):
+  path = path.split(":", 1)[1]
+  path = path[2:] if path.startswith("~/") else path
+  return os.path.join(home, path)
+if args[:4] == ["compute", "tpus", "tpu-vm", "ssh"]:
+  rc = 0
+  for home in hosts():
+    env = {"HOME": home, "PATH": os.environ["FAKE_HOST_PATH"],
+           **{k: v for k, v in os.environ.items() if k.startswith("FAKE_")}}
+    rc |= subprocess.run(["bash", "-c", flag("--command")], cwd=home, env=env).returncode
+  sys.exit(rc)
+if args[:4] == ["compute", "tpus", "tpu-vm", "scp"]:
+  paths = [a for a in args[4:] if not a.startswith("--")]
+  *sources, target = paths
+  for home in hosts():
+    dest = remote(home, target)
+    for src in sources:
+      if os.path.isdir(dest):
+        to = os.path.join(dest, os.path.basename(src.rstrip("/")))
+      elif dest.endswith("/"):
+        sys.exit(f"scp: {target}: No such file or directory")
+      else:
+        to = dest
+      (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, to)
+  sys.exit(0)
+if args[:4] == ["compute", "tpus", "queued-resources", "describe"]:
+  print(os.environ.get("FAKE_QR_STATE", "ACTIVE"))
+"""
+
+# The TPU image's python3: 3.10, pip works, the venv module's ensurepip is missing.
+HOST_PYTHON3 = _LOGGER + r"""
+args = sys.argv[1:]
+log("python3")
+if args == ["--version"]:
+  print("Python 3.10.12"); sys.exit(0)
+if args[:2] == ["-m", "venv"]:
+  sys.exit("The virtual environment was not created successfully because ensurepip is not available.")
+if args[:3] == ["-m", "pip", "install"] and "uv" in args:
+  bin_dir = os.path.expanduser("~/.local/bin")
+  os.makedirs(bin_dir, exist_ok=True)
+  with open(os.path.join(bin_dir, "uv"), "w") as f:
+    f.write(open(os.environ["FAKE_UV_TEMPLATE"]).read())
+  os.chmod(os.path.join(bin_dir, "uv"), 0o755)
+  sys.exit(0)
+sys.exit(f"fake python3 3.10: {args} not supported")
+"""
+
+# uv as installed by pip: `venv --python V DIR` makes DIR/bin/python (version V); `pip install` records.
+UV = _LOGGER + r"""
+args = sys.argv[1:]
+log("uv")
+if args[0] == "venv":
+  version = args[args.index("--python") + 1] if "--python" in args else "3.10"
+  target = [a for a in args[1:] if not a.startswith("-") and a != version][0]
+  os.makedirs(os.path.join(target, "bin"), exist_ok=True)
+  python = os.path.join(target, "bin", "python")
+  with open(python, "w") as f:
+    f.write(open(os.environ["FAKE_VENV_PYTHON_TEMPLATE"]).read().replace("@VERSION@", version))
+  os.chmod(python, 0o755)
+"""
+
+# A virtual environment's python: reports its version, records every other call (launch.train).
+VENV_PYTHON = _LOGGER + r"""
+if sys.argv[1:] == ["--version"]:
+  print("Python @VERSION@"); sys.exit(0)
+log("venv-python", version="@VERSION@")
+"""
+
+# srun: records what each task would see (argv and environment).
+SRUN = _LOGGER + r"""
+log("srun")
+"""
+
+
+def _write(path, text):
+  with open(path, "w") as f:
+    f.write(text)
+  os.chmod(path, 0o755)
+
+
+class FakeCloud:
+  """A local bin/ with the fakes, the fake hosts' homes under hosts/, and the call log."""
+
+  def __init__(self, root):
+    self.root = str(root)
+    self.log = os.path.join(self.root, "calls.jsonl")
+    self.hosts = os.path.join(self.root, "hosts")
+    self.bin = os.path.join(self.root, "bin")
+    self.host_bin = os.path.join(self.root, "host_bin")
+    for d in (self.bin, self.host_bin, self.hosts):
+      os.makedirs(d, exist_ok=True)
+    _write(os.path.join(self.bin, "gcloud"), GCLOUD)
+    _write(os.path.join(self.bin, "srun"), SRUN)
+    _write(os.path.join(self.host_bin, "python3"), HOST_PYTHON3)
+    _write(os.path.join(self.root, "uv.template"), UV)
+    _write(os.path.join(self.root, "venv_python.template"), VENV_PYTHON)
+
+  def home(self, worker: int) -> str:
+    return os.path.join(self.hosts, f"w{worker}")
+
+  def make_venv(self, worker: int, version: str):
+    """~/age_jax/.venv on a fake host, as `setup` leaves it."""
+    venv = os.path.join(self.home(worker), "age_jax", ".venv")
+    subprocess.run([os.path.join(self.root, "uv.template"), "venv", "--python", version, venv],
+                   env=self.env(), check=True)
+
+  def env(self, **extra) -> dict:
+    host_path = f"{self.host_bin}:/usr/local/bin:/usr/bin:/bin"
+    return {"PATH": f"{self.bin}:/usr/local/bin:/usr/bin:/bin", "HOME": os.path.join(self.root, "local_home"),
+            "FAKE_LOG": self.log, "FAKE_HOSTS": self.hosts, "FAKE_HOST_PATH": host_path,
+            "FAKE_UV_TEMPLATE": os.path.join(self.root, "uv.template"),
+            "FAKE_VENV_PYTHON_TEMPLATE": os.path.join(self.root, "venv_python.template"), **extra}
+
+  def run(self, script, *args, cwd=None, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", script, *args], env=self.env(**env), cwd=cwd, capture_output=True,
+                          text=True, timeout=60)
+
+  def calls(self, prog=None, wait_for: int = 0, timeout_s: float = 10.0) -> list[dict]:
+    """The recorded calls (of one program); waits until at least wait_for of them are there
+    (background processes on the fake hosts log late)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+      calls = []
+      if os.path.exists(self.log):
+        with open(self.log) as f:
+          calls = [json.loads(line) for line in f if line.strip()]
+      calls = [c for c in calls if prog is None or c["prog"] == prog]
+      if len(calls) >= wait_for or time.monotonic() > deadline:
+        return calls
+      time.sleep(0.05)
