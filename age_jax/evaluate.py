@@ -7,6 +7,7 @@ import numpy as np
 
 from age_jax import checkpoint, metrics, report as report_lib, storage
 from age_jax.data import datasets, pipeline
+from age_jax.data.builders import face_crops
 from age_jax.train import experiment as experiment_lib
 from age_jax.train import sharding, stages
 
@@ -95,7 +96,7 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, folder: str | No
   if folder and dataset:
     raise ValueError("give a folder or a dataset to evaluate on, not both")
   exp, cfg, state, normalizer = restore(workdir, step)
-  crop_size = int(dict(cfg.data.builder_options).get("crop_size", 256))
+  crop_size = face_crops.run_crop_size(cfg.data)
   face_counts = None
   if folder:
     records = datasets.folder_source(folder, crop_size=crop_size if faces == "detect" else 0)

@@ -16,6 +16,7 @@ import numpy as np
 from age_jax import metrics
 from age_jax.data import paste
 from age_jax.data.builders import face_crops
+from age_jax.faces import align_to_canonical
 
 
 def _chosen(detector, images, chunk=16, label=""):
@@ -33,7 +34,6 @@ def _chosen(detector, images, chunk=16, label=""):
 
 
 def _aligned_ages(predictor, images, faces, mirror=False):
-  from age_jax.faces import align_to_canonical
   crops = [align_to_canonical(im, np.asarray(f.landmarks, np.float64), predictor.crop_size)
            for im, f in zip(images, faces) if f is not None]
   ages = iter(a.age for a in predictor.crop_ages(crops, mirror))

@@ -18,10 +18,10 @@ import jax
 import numpy as np
 from PIL import Image, ImageDraw
 
-from age_jax.data.builders import base as builder_base
-from age_jax.data.builders.face_crops import detect, read_rgb
+from age_jax.data.builders.face_crops import detect, read_rgb, run_crop_size
 from age_jax.data.builders.records import GENDER_NAMES, RACE_NAMES
 from age_jax.evaluate import predict_source, restore
+from age_jax.faces import FaceDetector, align_to_canonical
 from age_jax.train import experiment as experiment_lib
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -54,16 +54,11 @@ class Predictor:
     self.exp, self.cfg, self.state, self.normalizer = restore(workdir, step)
     self._predict = self.exp.jit_predict_step()
     self._detector = detector
-    data = self.cfg.data
-    # A face is aligned as the model's training images were: at load size when the pipeline
-    # aligned them (config.data.align), else onto the stored crop's size, then resized.
-    options = builder_base.COMMON_OPTIONS | dict(data.builder_options)
-    self.crop_size = data.load_size if data.align else int(options["crop_size"])
+    self.crop_size = run_crop_size(self.cfg.data)
 
   @property
   def detector(self):
     if self._detector is None:
-      from age_jax.faces import FaceDetector
       self._detector = FaceDetector()
     return self._detector
 
@@ -98,7 +93,6 @@ class Predictor:
 
   def faces(self, images: list[np.ndarray]) -> list[list[FaceAge]]:
     """Every face of each photo (detector order: best score first), with its age."""
-    from age_jax.faces import align_to_canonical
     found = detect(self.detector, images)
     crops, owners = [], []
     for k, (image, faces) in enumerate(zip(images, found)):

@@ -20,15 +20,25 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from age_jax.data.builders.records import SourceExample
+from age_jax.faces import FaceDetector, align_to_canonical
 
 JPEG_QUALITY = 95
 PAD_FRACTION = 0.1
+CROP_SIZE = 256  # the builder option crop_size's default
+
+
+def run_crop_size(data_cfg) -> int:
+  """The side at which a run's faces were aligned: load size when the pipeline aligned them
+  (config.data.align), else its builds' crop_size; new faces are aligned the same way."""
+  if data_cfg.align:
+    return int(data_cfg.load_size)
+  return int(dict(data_cfg.builder_options).get("crop_size", CROP_SIZE))
 
 
 def read_rgb(source) -> np.ndarray:
   """A path or bytes -> uint8 HxWx3 RGB, turned upright by its EXIF orientation."""
-  image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-  return np.asarray(ImageOps.exif_transpose(image).convert("RGB"), np.uint8)
+  with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+    return np.asarray(ImageOps.exif_transpose(image).convert("RGB"), np.uint8)
 
 
 def choose_face(faces, width: int, height: int) -> int | None:
@@ -70,7 +80,6 @@ def face_fields(landmarks, box=None, score=None) -> dict:
 
 def default_detector():
   """The detector builds use (tests replace this)."""
-  from age_jax.faces import FaceDetector
   return FaceDetector()
 
 
@@ -116,7 +125,6 @@ def locate_faces(examples: list[SourceExample], report, detector_factory, *, dat
 
 def canonical_jpeg(path: str, landmarks, size: int) -> bytes:
   """The image at path aligned onto the canonical crop (size x size), as JPEG bytes."""
-  from age_jax.faces import align_to_canonical
   crop = align_to_canonical(read_rgb(path), np.asarray(landmarks, np.float64), size)
   buf = io.BytesIO()
   Image.fromarray(crop).save(buf, "JPEG", quality=JPEG_QUALITY)
