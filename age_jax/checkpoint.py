@@ -7,13 +7,15 @@ from age_jax import storage
 
 class Checkpointer:
 
-  def __init__(self, workdir: str, max_to_keep: int = 2):
+  def __init__(self, workdir: str, max_to_keep: int = 2, read_only: bool = False):
+    """read_only: for readers of a workdir a trainer may be writing (never creates, cleans up
+    or deletes anything there; sees only finalised checkpoints)."""
     self.directory = storage.path(workdir) / "checkpoints"
     # Where a directory rename is not atomic (gcsfuse), orbax writes in place plus a commit file.
     atomicity = None if storage.renames_are_atomic(workdir) else ocp.options.AtomicityOptions(
         mode=ocp.options.AtomicityMode.COMMIT_FILE)
     self.manager = ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, create=True, atomicity_options=atomicity))
+        max_to_keep=max_to_keep, create=not read_only, read_only=read_only, atomicity_options=atomicity))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -28,6 +30,10 @@ class Checkpointer:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
     restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
     return restored["state"]
+
+  def reload(self):
+    """Re-reads the list of finalised steps (a trainer may have added or rotated some)."""
+    self.manager.reload()
 
   def wait(self):
     self.manager.wait_until_finished()

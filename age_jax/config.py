@@ -18,6 +18,9 @@ def default_config() -> ml_collections.ConfigDict:
       "name": "utkface",            # builder name, see age_jax.data.datasets
       "manual_dir": "",             # the folder of source files the user downloaded
       "data_dir": "",               # where the prepared ArrayRecord dataset lives ('' = ~/.cache/age_jax/tfds)
+      # The build of the source a run trained on (set by training, kept in config.json): evaluation
+      # and resumes read exactly that build. '' = whatever manual_dir holds now.
+      "fingerprint": "",
       # Options of the dataset builder (see age_jax/data/builders/base.py); each distinct set of
       # options is prepared once, side by side. Dataset-specific ones (e.g. MORPH's num_folds) can
       # be added here by an experiment config.
@@ -124,7 +127,12 @@ _CHOICES = {
 }
 
 _POSITIVE = ("data.load_size", "data.image_size", "train.batch_size", "train.num_steps",
-             "train.log_every", "train.checkpoint_every", "eval.batch_size", "optim.learning_rate")
+             "train.log_every", "train.checkpoint_every", "train.max_to_keep", "eval.batch_size",
+             "optim.learning_rate", "data.num_threads")
+_NON_NEGATIVE = ("train.eval_every", "data.num_workers", "data.prefetch", "optim.warmup_steps",
+                 "optim.weight_decay", "optim.grad_clip_norm")
+# Models whose trunk takes one width per convolution block (a tuple of this length).
+_CONV_BLOCKS = {"xing_baseline": 3}
 
 
 def _get(cfg, dotted):
@@ -155,6 +163,16 @@ def _validate_stage(cfg):
   for field in _POSITIVE:
     if not _get(cfg, field) > 0:
       raise ValueError(f"config.{field}={_get(cfg, field)!r}; expected a positive number")
+  for field in _NON_NEGATIVE:
+    if not _get(cfg, field) >= 0:
+      raise ValueError(f"config.{field}={_get(cfg, field)!r}; expected a number >= 0")
+  blocks = _CONV_BLOCKS.get(cfg.model.name)
+  if blocks and len(cfg.model.conv_features) != blocks:
+    raise ValueError(f"config.model.conv_features={tuple(cfg.model.conv_features)}: model "
+                     f"{cfg.model.name!r} has {blocks} convolution blocks; give {blocks} widths")
+  for field in ("model.conv_features", "model.fc_features"):
+    if not all(isinstance(w, int) and w > 0 for w in _get(cfg, field)):
+      raise ValueError(f"config.{field}={tuple(_get(cfg, field))}; expected positive integer widths")
   if cfg.data.augment != "lae" and cfg.data.image_size > cfg.data.load_size:
     raise ValueError(f"config.data.image_size={cfg.data.image_size} is larger than "
                      f"config.data.load_size={cfg.data.load_size}; crops are taken from the loaded image")

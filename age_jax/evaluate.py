@@ -1,6 +1,7 @@
 """Evaluation: restore a run, predict ages for a split or a folder, and report the metrics."""
 import json
 import os
+import time
 
 import jax
 import numpy as np
@@ -62,21 +63,35 @@ def _str(value):
   return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def restore(workdir: str, step: int | None = None):
-  """(experiment, stage config, state, normalizer) of a training workdir's checkpoint."""
+def restore(workdir: str, step: int | None = None, attempts: int = 5):
+  """(experiment, stage config, state, normalizer) of a training workdir's checkpoint.
+
+  Safe on a workdir being trained: only finalised checkpoints are listed, and when the latest
+  one fails to read (rotated away meanwhile) the new latest is read (up to `attempts` times).
+  """
   cfg = experiment_lib.load_config(workdir)
-  ckpt = checkpoint.Checkpointer(workdir)
-  step = ckpt.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: has launch.train run in {workdir}?")
   # The mesh is how a run executed, not part of the model: evaluate data-parallel on the devices here.
   cfg.mesh.data, cfg.mesh.fsdp = -1, 1
+  ckpt = checkpoint.Checkpointer(workdir, read_only=True)
   plan = stages.plan(cfg)
-  stage = stages.stage_at(plan, step)  # the optimizer state differs by stage
-  stage_cfg = experiment_lib.resolve_stage(plan, stage.index, workdir).cfg
-  exp = experiment_lib.build(stage_cfg)
-  state = ckpt.restore(exp.abstract_state, step)
-  ckpt.close()
+  try:
+    for attempt in range(attempts):
+      chosen = ckpt.latest_step() if step is None else step
+      if chosen is None:
+        raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: has launch.train run in {workdir}?")
+      stage = stages.stage_at(plan, chosen)  # the optimizer state differs by stage
+      stage_cfg = experiment_lib.resolve_stage(plan, stage.index, workdir).cfg
+      exp = experiment_lib.build(stage_cfg)
+      try:
+        state = ckpt.restore(exp.abstract_state, chosen)
+        break
+      except (FileNotFoundError, KeyError, ValueError, OSError):
+        if step is not None or attempt == attempts - 1:
+          raise
+        time.sleep(0.2)  # a rotation deletes the step's files one by one: look again
+        ckpt.reload()
+  finally:
+    ckpt.close()
   return exp, stage_cfg, state, experiment_lib.normalizer(cfg, workdir)
 
 

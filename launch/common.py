@@ -2,7 +2,7 @@
 import os
 
 import jax
-from absl import flags, logging
+from absl import app, flags, logging
 
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "on", "off"],
@@ -13,6 +13,19 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_processes-1.")
 _DISTRIBUTED_TIMEOUT = flags.DEFINE_integer("distributed_timeout", 300,
                                             "Seconds to wait for every process to join before failing.")
+
+
+def refuse_repeated_flags(argv) -> None:
+  """A flag given twice is an error: absl keeps the last value, or joins a tuple's two values."""
+  seen = set()
+  for arg in argv:
+    if arg == "--":
+      break
+    if arg.startswith("--"):
+      name = arg[2:].split("=", 1)[0]
+      if name in seen:
+        raise app.UsageError(f"--{name} is given twice; give each flag once")
+      seen.add(name)
 
 
 def setup_distributed() -> None:

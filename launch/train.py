@@ -1,7 +1,11 @@
 """Train an experiment:  python -m launch.train --config=configs/x.py --workdir=DIR [--config.key=value]
 
 Re-running the same command on the same workdir resumes from its latest checkpoint.
+On SIGTERM or SIGINT it saves a checkpoint at the current step and exits with one line (status
+143 or 130); re-running resumes there. A workdir another trainer holds is refused.
 """
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -16,9 +20,17 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  common.refuse_repeated_flags(sys.argv[1:])
   common.setup_jax()
-  from age_jax.train import loop  # after the JAX set-up
-  result = loop.train(_CONFIG.value, _WORKDIR.value)
+  from age_jax.train import loop, preemption, workdir  # after the JAX set-up
+  try:
+    result = loop.train(_CONFIG.value, _WORKDIR.value)
+  except preemption.Stopped as e:
+    print(e, file=sys.stderr, flush=True)
+    sys.exit(e.exit_code)
+  except workdir.WorkdirInUse as e:
+    print(e, file=sys.stderr, flush=True)
+    sys.exit(1)
   print("final:", " ".join(f"{k}={v:.4g}" for k, v in result.items()), flush=True)
 
 

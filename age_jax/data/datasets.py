@@ -9,7 +9,12 @@ Records are dicts {'image': original file bytes, 'age': float, 'gender': int, 'r
 stored ones ('train', 'validation', 'test'; MORPH 'S1', 'S2', 'S3'; 'full' for k-fold datasets,
 as TFDS reserves 'all') with TFDS slicing and joining ('train[:10%]', 'S2+S3'), and for datasets with folds the virtual
 splits 'fold{k}_train' (every fold but k) and 'fold{k}_test' (fold k).
+
+Each source folder has its own build, data_dir/by_source/<folder>-<hash of its path and contents>;
+a run records the build's fingerprint (config.data.fingerprint) and reads only that build.
 """
+import glob
+import hashlib
 import importlib
 import json
 import os
@@ -21,9 +26,11 @@ from typing import Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
+from age_jax import locks
 from age_jax.data.builders import records as records_lib
 
 REPORT_FILE = "build_report.json"
+SOURCES_DIR = "by_source"
 LABELS_DIR = "split_labels"
 _BUILDERS = {
     "utkface": "age_jax.data.builders.utkface:Utkface",
@@ -66,33 +73,98 @@ def _is_prepared(b) -> bool:
       os.path.isfile(os.path.join(b.data_dir, REPORT_FILE))
 
 
-def prepare(name: str, manual_dir: str, data_dir: str, **options) -> dict:
+def source_root(data_dir: str, manual_dir: str, fingerprint: str) -> str:
+  """Where the build of one source lives: one folder per (real source path, contents), so two
+  folders of one dataset name, or one folder before and after an edit, never share a build."""
+  real = os.path.realpath(manual_dir)
+  digest = hashlib.sha256(f"{real}\n{fingerprint}".encode()).hexdigest()[:12]
+  slug = re.sub(r"[^A-Za-z0-9.-]+", "_", os.path.basename(real))[:40]
+  return os.path.join(data_dir or default_data_dir(), SOURCES_DIR, f"{slug}-{digest}")
+
+
+def prepare(name: str, manual_dir: str, data_dir: str, *, fingerprint: str = "", **options) -> dict:
   """Builds the dataset from manual_dir once and returns the build report.
 
-  A dataset already prepared with the same options is reused (its saved report is returned
-  with 'reused': True) unless manual_dir is given and its contents (names, sizes, labels) differ
-  from those it was built from: then it is rebuilt. An empty manual_dir reuses whatever exists.
+  Each source (its real path and its contents: names, sizes, labels) gets its own build
+  (source_root); an existing one is reused (report 'reused': True), a changed folder is built
+  anew beside the old build, which stays for the runs that trained on it. An empty manual_dir
+  reuses the build found in data_dir (see find_build). fingerprint: the build a run trained on;
+  kept even when the folder has changed since, refused when it is gone.
+  Concurrent calls are safe: a build holds a lock on its folder, and TFDS renames a finished
+  build into place.
   """
-  b = builder(name, data_dir, **options)
-  if _is_prepared(b):
-    report = _read_report(b)
-    if not manual_dir:
-      return {**report, "reused": True}
-    b.listing(manual_dir)  # cheap: names and label files
-    if b.last_fingerprint == report.get("fingerprint"):
-      return {**report, "reused": True}
-    print(f"[age_jax] {name}: source {manual_dir} changed since the last build; rebuilding {b.data_dir}")
-    shutil.rmtree(b.data_dir)
-    b = builder(name, data_dir, **options)
-  else:
-    b.listing(manual_dir)  # fail early on a missing, empty or unlabelled folder
-  start = time.time()
-  b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-  report = {**b.build_report, "build_seconds": round(time.time() - start, 2), "data_dir": b.data_dir}
-  with open(os.path.join(b.data_dir, REPORT_FILE), "w") as f:
-    json.dump(report, f, indent=1)
+  if not manual_dir:
+    try:
+      return {**_read_report(find_build(name, data_dir, fingerprint=fingerprint, **options)), "reused": True}
+    except FileNotFoundError:
+      builder(name, data_dir, **options).listing(manual_dir)  # raises: no source folder given
+  lister = builder(name, data_dir, **options)
+  lister.listing(manual_dir)  # cheap (names, sizes, label files); fails early on a bad folder
+  listed = lister.last_fingerprint
+  if fingerprint and listed != fingerprint:
+    try:
+      b = find_build(name, data_dir, fingerprint=fingerprint, **options)
+    except FileNotFoundError:
+      raise ValueError(f"dataset {name!r}: config.data.fingerprint={fingerprint} (the data this run "
+                       f"trained on) but {manual_dir} now lists as {listed}: its files or labels "
+                       "changed and that build is gone from data_dir; restore the folder, or train a "
+                       "new workdir") from None
+    print(f"[age_jax] {name}: {manual_dir} changed since this run's build; using that build, "
+          f"{b.data_dir}")
+    return {**_read_report(b), "reused": True}
+  root = source_root(data_dir, manual_dir, listed)
+  with locks.FileLock(root + ".lock"):
+    b = builder(name, root, **options)
+    _clean_crashed_builds(b)
+    if _is_prepared(b):
+      return {**_read_report(b), "reused": True}
+    if os.path.isdir(b.data_dir):  # finished by TFDS but no report: a crash in between
+      shutil.rmtree(b.data_dir)
+      b = builder(name, root, **options)
+    start = time.time()
+    b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    report = {**b.build_report, "build_seconds": round(time.time() - start, 2), "data_dir": b.data_dir}
+    tmp = os.path.join(b.data_dir, REPORT_FILE + f".tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+      json.dump(report, f, indent=1)
+    os.replace(tmp, os.path.join(b.data_dir, REPORT_FILE))
   print(summary(report))
   return {**report, "reused": False}
+
+
+def _clean_crashed_builds(b) -> None:
+  """Removes what a killed build left (TFDS's incomplete.* folders); the caller holds the lock,
+  so none of them belongs to a build in progress."""
+  parent = os.path.dirname(b.data_dir)
+  for leftover in glob.glob(os.path.join(parent, "incomplete.*")):
+    shutil.rmtree(leftover, ignore_errors=True)
+
+
+def find_build(name: str, data_dir: str, *, fingerprint: str = "", **options):
+  """The builder of the prepared build of this dataset and options in data_dir: the one with
+  this fingerprint when given, else the only one (several different sources are ambiguous)."""
+  cls = builder_class(name)
+  config = cls.make_config(options).name
+  found = {}
+  for report_path in sorted(glob.glob(os.path.join(data_dir or default_data_dir(), SOURCES_DIR, "*",
+                                                   cls.name, config, str(cls.VERSION), REPORT_FILE))):
+    with open(report_path) as f:
+      report = json.load(f)
+    if not fingerprint or report.get("fingerprint") == fingerprint:
+      found.setdefault(report.get("fingerprint"), (report_path, report))
+  if not found:
+    which = f"the build with fingerprint {fingerprint}" if fingerprint else "a build"
+    raise FileNotFoundError(f"dataset {name!r} with config {config!r}: {which} is not prepared in "
+                            f"{data_dir or default_data_dir()}; run datasets.prepare({name!r}, manual_dir, "
+                            "data_dir, ...) first (launch.train does, from config.data.manual_dir)")
+  if len(found) > 1:
+    sources = sorted(r["manual_dir"] for _, r in found.values())
+    raise ValueError(f"dataset {name!r}: {len(found)} different sources are prepared in "
+                     f"{data_dir or default_data_dir()} ({sources}); give config.data.manual_dir or "
+                     "config.data.fingerprint to pick one")
+  report_path, _ = next(iter(found.values()))
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(report_path))))
+  return builder(name, root, **options)
 
 
 def summary(report: dict) -> str:
@@ -108,28 +180,18 @@ def _read_report(b) -> dict:
     return json.load(f)
 
 
-def build_report(name: str, data_dir: str, **options) -> dict:
-  b = builder(name, data_dir, **options)
-  _require_prepared(b, name)
-  return _read_report(b)
+def build_report(name: str, data_dir: str, *, fingerprint: str = "", **options) -> dict:
+  return _read_report(find_build(name, data_dir, fingerprint=fingerprint, **options))
 
 
-def _require_prepared(b, name):
-  if not _is_prepared(b):
-    raise FileNotFoundError(f"dataset {name!r} with config {b.builder_config.name!r} is not prepared in "
-                            f"{b.data_dir}; run datasets.prepare({name!r}, manual_dir, data_dir, ...) first")
+def stored_splits(name: str, data_dir: str, *, fingerprint: str = "", **options) -> list[str]:
+  return sorted(find_build(name, data_dir, fingerprint=fingerprint, **options).info.splits.keys())
 
 
-def stored_splits(name: str, data_dir: str, **options) -> list[str]:
-  b = builder(name, data_dir, **options)
-  _require_prepared(b, name)
-  return sorted(b.info.splits.keys())
-
-
-def load_split(name: str, data_dir: str, split: str, **options) -> "RecordSource":
-  """Random access to one split of a prepared dataset (see the module docstring for names)."""
-  b = builder(name, data_dir, **options)
-  _require_prepared(b, name)
+def load_split(name: str, data_dir: str, split: str, *, fingerprint: str = "", **options) -> "RecordSource":
+  """Random access to one split of a prepared dataset (see the module docstring for names);
+  fingerprint picks the build of one source (see find_build)."""
+  b = find_build(name, data_dir, fingerprint=fingerprint, **options)
   stored = sorted(b.info.splits.keys())
   fold_split = _FOLD_SPLIT.fullmatch(split)
   if fold_split:
@@ -306,6 +368,7 @@ def folder_source(path: str, crop_size: int = 0) -> FolderSource:
       if parsed is None:
         unparsable.append(file_name)
         continue
+      labels_csv.check_age(parsed["age"], full)
       examples.append(records_lib.SourceExample(path=full, file_name=file_name, age=parsed["age"],
                                                 gender=parsed["gender"], race=parsed["race"]))
     if unparsable:

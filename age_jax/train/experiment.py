@@ -101,8 +101,9 @@ def data_dir(cfg) -> str:
 
 
 def prepare_dataset(cfg) -> dict:
-  """Builds the dataset once (process 0 first, then the others find it prepared)."""
-  options = dict(cfg.data.builder_options)
+  """Builds the dataset once (process 0 first, then the others find it prepared); the build of
+  config.data.fingerprint when set (see datasets.prepare)."""
+  options = dict(cfg.data.builder_options, fingerprint=cfg.data.fingerprint)
   report = None
   if jax.process_index() == 0:
     report = datasets.prepare(cfg.data.name, cfg.data.manual_dir, data_dir(cfg), **options)
@@ -114,7 +115,8 @@ def prepare_dataset(cfg) -> dict:
 
 
 def load_split(cfg, split: str):
-  return datasets.load_split(cfg.data.name, data_dir(cfg), split, **dict(cfg.data.builder_options))
+  return datasets.load_split(cfg.data.name, data_dir(cfg), split, fingerprint=cfg.data.fingerprint,
+                             **dict(cfg.data.builder_options))
 
 
 def loaded_source(cfg, records) -> pipeline.LoadedSource:

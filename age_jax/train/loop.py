@@ -9,7 +9,8 @@ import numpy as np
 from age_jax import checkpoint, config as config_lib, evaluate, formulations, objective
 from age_jax.data import datasets, pipeline
 from age_jax.train import experiment as experiment_lib
-from age_jax.train import init_from, optim, sharding, stages as stages_lib
+from age_jax.train import init_from, optim, preemption, sharding, stages as stages_lib, step as step_lib
+from age_jax.train import workdir as workdir_lib
 from age_jax.train.logger import MetricLogger
 
 
@@ -32,10 +33,34 @@ def _log(message: str):
 def train(cfg, workdir: str) -> dict:
   """Trains cfg (all its stages) in workdir, resuming from its latest checkpoint.
 
-  Returns the last logged training metrics and the final validation metrics (val_*).
+  Returns the last logged training metrics and the final validation metrics (val_*). Refuses a
+  workdir another trainer holds or one trained with another config; on SIGTERM/SIGINT saves the
+  current step and raises preemption.Stopped.
   """
   config_lib.validate(cfg)
-  experiment_lib.prepare_dataset(cfg)
+  plan = stages_lib.plan(cfg)
+  mesh = sharding.make_mesh(cfg.mesh)  # batch sizes the devices cannot split fail before any data work
+  for stage in plan:
+    sharding.check_batch_size(stage.cfg.train.batch_size, mesh)
+    if stage.cfg.data.val_split:
+      sharding.check_batch_size(stage.cfg.eval.batch_size, mesh, "config.eval.batch_size")
+  held = workdir_lib.lock(workdir)
+  try:
+    with preemption.StopRequests() as stop:
+      return _train(cfg, workdir, stop)
+  finally:
+    if held:
+      held.release()
+
+
+def _train(cfg, workdir: str, stop) -> dict:
+  saved = workdir_lib.check_resume(cfg, workdir)  # before anything is written
+  if saved is not None and saved.data.fingerprint and not cfg.data.fingerprint:
+    with cfg.unlocked():  # a resume reads the build this run trained on
+      cfg.data.fingerprint = saved.data.fingerprint
+  report = experiment_lib.prepare_dataset(cfg)
+  with cfg.unlocked():
+    cfg.data.fingerprint = report["fingerprint"]
   train_records = experiment_lib.load_split(cfg, cfg.data.train_split)
   labels = datasets.split_labels(train_records)
   if formulations.needs_age_counts(cfg.formulation):  # stored in config.json: a resume rebuilds the same loss
@@ -72,7 +97,7 @@ def train(cfg, workdir: str) -> dict:
              f"of stage {plan[stage.index - 1].name!r} (LAE eq. 5)")
       exp = experiment_lib.build(stage.cfg)
       state = _initial_state(exp, stage, plan, ckpt, latest, state)
-      state, last = _run_stage(exp, stage, state, ckpt, logger, train_source, labels, normalizer,
+      state, last = _run_stage(exp, stage, state, ckpt, logger, train_source, labels, normalizer, stop,
                                start=max(latest, stage.first_step), many_stages=len(plan) > 1)
   finally:  # also on an interruption: let a checkpoint being written finish, intact
     ckpt.wait()
@@ -148,7 +173,7 @@ def _with_variables(exp, state, variables: dict):
   return state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state)
 
 
-def _run_stage(exp, stage, state, ckpt, logger, train_source, labels, normalizer, *, start: int,
+def _run_stage(exp, stage, state, ckpt, logger, train_source, labels, normalizer, stop, *, start: int,
                many_stages: bool):
   """Runs the stage from global step `start`; returns (state, last logged metrics)."""
   cfg = exp.cfg
@@ -164,25 +189,50 @@ def _run_stage(exp, stage, state, ckpt, logger, train_source, labels, normalizer
   schedule = optim.make_schedule(cfg.optim, cfg.train.num_steps, cfg.train.batch_size)
   dropout_rng = jax.random.key(cfg.seed + 1)
   validator = None
-  pending, last = [], {}  # device metrics since the last log line: fetched only at log time
+  # Device metrics are fetched only at log, validation and checkpoint steps (no per-step host
+  # sync); every step's finite flag is checked then, before the state is used or written.
+  pending, unchecked, last = [], [], {}
   logger.restart_clock(start)
   for step in range(start + 1, stage.last_step + 1):
     state, metrics = train_step(state, next(batches), dropout_rng)
     pending.append(metrics)
+    unchecked.append((step, metrics))
     stage_step = step - stage.first_step
+    stopping = stop.reached(step)
     if stage_step % cfg.train.log_every == 0 or step == stage.last_step:
+      _check_finite(unchecked, ckpt)
       host = jax.device_get(pending)
-      last = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+      last = {k: float(np.mean([m[k] for m in host])) for k in host[0] if k != step_lib.FINITE}
       pending = []
-      if not np.isfinite(last["loss"]):
-        raise FloatingPointError(f"loss is {last['loss']} at step {step}; lower config.optim.learning_rate")
       logger.progress(step, last, float(schedule(stage_step - 1)))
-    if cfg.train.eval_every and stage_step % cfg.train.eval_every == 0 and step != stage.last_step:
+    if cfg.train.eval_every and stage_step % cfg.train.eval_every == 0 and step != stage.last_step \
+        and not stopping:
+      _check_finite(unchecked, ckpt)
       validator = validator or evaluate.Evaluator(exp, cfg, normalizer, cfg.data.val_split)
       summary = validator.summary(state)
       logger.write(step, summary, prefix="validation")
       _log(f"validation at step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in summary.items()))
       logger.restart_clock(step)
-    if stage_step % cfg.train.checkpoint_every == 0 or step == stage.last_step:
+    if stage_step % cfg.train.checkpoint_every == 0 or step == stage.last_step or stopping:
+      _check_finite(unchecked, ckpt)
       ckpt.save(step, state)
+    if stopping:
+      ckpt.wait()
+      raise stop.stopped(step, ckpt.directory)
   return state, last
+
+
+def _check_finite(unchecked: list, ckpt) -> None:
+  """Raises FloatingPointError at the first step whose loss, gradient or parameters are not
+  finite (nothing from it on is saved); empties `unchecked`, a list of (step, device metrics)."""
+  flags = jax.device_get([m[step_lib.FINITE] for _, m in unchecked])
+  bad = next((i for i, ok in enumerate(flags) if not ok), None)
+  if bad is not None:
+    step, metrics = unchecked[bad][0], jax.device_get(unchecked[bad][1])
+    saved = ckpt.latest_step()
+    raise FloatingPointError(
+        f"training diverged at step {step}: loss={float(metrics['loss']):.4g} "
+        f"grad_norm={float(metrics['grad_norm']):.4g}; nothing from step {step} on was saved "
+        f"(last checkpoint: {f'step {saved}' if saved else 'none'}). Lower config.optim.learning_rate "
+        "(a resume may change it) or set config.optim.grad_clip_norm in a new workdir")
+  unchecked.clear()

@@ -20,6 +20,14 @@ def _masked_mean(values, weights):
   return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
+FINITE = "finite"  # the train step's flag: loss, gradient norm and new parameters all finite
+
+
+def all_finite(loss, grad_norm, params):
+  """One boolean for the step; the norm of the parameters is finite only if every one is."""
+  return jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(params))
+
+
 def make_train_step(model, tx, formulation, cfg):
   freeze_batch_stats = cfg.train.trainable == "head"
 
@@ -41,7 +49,9 @@ def make_train_step(model, tx, formulation, cfg):
     (loss, (batch_stats, metrics)), grads = grad_fn(state.params, state.batch_stats, batch, rng)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics.update(loss=loss, grad_norm=optax.tree.norm(grads))
+    grad_norm = optax.tree.norm(grads)
+    metrics.update(loss=loss, grad_norm=grad_norm)
+    metrics[FINITE] = all_finite(loss, grad_norm, params)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state)
     return new_state, metrics

@@ -12,6 +12,8 @@ from age_jax.data.builders.records import UNKNOWN, SourceExample, relative_name
 LABELS_FILE = "labels.csv"
 COLUMNS = ("file", "age", "gender", "race", "subject")
 REQUIRED = ("file", "age")
+# No verified human age exceeds 122; ages past this are typos or sentinel values (999).
+MAX_AGE = 120
 
 
 class BadLabel(ValueError):
@@ -23,8 +25,15 @@ def parse_age(text: str, where: str) -> float:
     age = float(text)
   except (TypeError, ValueError):
     raise BadLabel(f"{where}: age {text!r} is not a number") from None
+  return check_age(age, where, text)
+
+
+def check_age(age: float, where: str, text=None) -> float:
+  shown = repr(text) if text is not None else age
   if not math.isfinite(age) or age < 0:
-    raise BadLabel(f"{where}: age {text!r} must be a finite number >= 0")
+    raise BadLabel(f"{where}: age {shown} must be a finite number >= 0")
+  if age > MAX_AGE:
+    raise BadLabel(f"{where}: age {shown} is above {MAX_AGE} years, not a possible age")
   return age
 
 
@@ -64,7 +73,11 @@ def handle_bad(error: BadLabel, report, skip_bad: bool, reason: str = "bad_label
 
 
 def image_path(root: str, name: str, where: str) -> str:
+  """The image's path; names are relative to the folder and may not leave it."""
   path = os.path.normpath(os.path.join(root, name))
+  if os.path.isabs(name) or os.path.commonpath([os.path.abspath(path), os.path.abspath(root)]) != \
+      os.path.abspath(root):
+    raise BadLabel(f"{where}: image file {name!r} is not a path inside {root}")
   if not os.path.isfile(path):
     raise BadLabel(f"{where}: image file {name!r} does not exist under {root}")
   return path
@@ -72,7 +85,7 @@ def image_path(root: str, name: str, where: str) -> str:
 
 def read_labels_csv(csv_path: str, image_root: str, report, skip_bad: bool) -> list[SourceExample]:
   """Rows of a labels CSV with a header (columns among COLUMNS; file and age required)."""
-  with open(csv_path, newline="") as f:
+  with open(csv_path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's BOM
     rows = list(csv.reader(f))
   if not rows:
     raise ValueError(f"{csv_path}: empty labels file; expected a header with columns {list(COLUMNS)}")

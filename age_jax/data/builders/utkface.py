@@ -9,7 +9,7 @@ byte-identical images always share a split and the split does not depend on list
 import os
 import re
 
-from age_jax.data.builders import base, curation, splits
+from age_jax.data.builders import base, curation, labels_csv, splits
 from age_jax.data.builders.records import UNKNOWN, SourceExample, is_image
 
 # race is optional (three release names lack it); the date is 8+ digits, so '39_1_2017...' reads
@@ -51,6 +51,13 @@ class Utkface(base.AgeDatasetBuilder):
       parsed = parse_name(name)
       if parsed is None:
         report.drop("unparsable_name", name)
+        continue
+      try:
+        labels_csv.check_age(parsed["age"], path)
+      except labels_csv.BadLabel as e:
+        hint = labels_csv.BadLabel(f"{e}; rename the file, or build with skip_bad_labels=True to skip "
+                                   "and count it")
+        labels_csv.handle_bad(hint, report, self.options["skip_bad_labels"], "impossible_age")
         continue
       for quirk in parsed["quirks"]:
         report.note(quirk, name)
