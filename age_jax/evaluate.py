@@ -119,6 +119,7 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, folder: str | No
   elif dataset:
     options = {"canonical_crop": True, "crop_size": crop_size} if faces == "detect" else {}
     built = datasets.prepare(dataset, manual_dir, experiment_lib.data_dir(cfg), **options)
+    options["fingerprint"] = built["fingerprint"]  # the build of this source, not another one
     stored = datasets.stored_splits(dataset, experiment_lib.data_dir(cfg), **options)
     split = split or ("test" if "test" in stored else "+".join(stored))
     records = datasets.load_split(dataset, experiment_lib.data_dir(cfg), split, **options)
