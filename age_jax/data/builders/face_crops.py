@@ -9,6 +9,11 @@ Rule for the face of an image (stated once, used by every builder and by `launch
 - no face found: the image is dropped and counted (`no_face`), its name listed in the report.
 The detector sees each image padded by PAD_FRACTION of its longer side (edge pixels repeated): a
 tight face crop (UTKFace's chips) has the face touching its borders, where MTCNN misses it.
+Each face's landmarks are then refined once: the detector runs again on the face warped into the
+canonical frame at the template's own scale (UTKFACE_CHIP_SIZE), and those landmarks, mapped back,
+replace the first ones. MTCNN's points depend on the face's scale and context in the image; the
+second pass sees every face framed as the template's chips were, so a face gives nearly the same
+crop wherever and however large it appears in a photo.
 """
 import concurrent.futures
 import dataclasses
@@ -20,7 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from age_jax.data.builders.records import SourceExample
-from age_jax.faces import FaceDetector, align_to_canonical
+from age_jax.faces import UTKFACE_CHIP_SIZE, FaceDetector, align, align_to_canonical, canonical_transform
 
 JPEG_QUALITY = 95
 PAD_FRACTION = 0.1
@@ -53,9 +58,27 @@ def choose_face(faces, width: int, height: int) -> int | None:
   return int(max(range(len(faces)), key=lambda i: value(faces[i])))
 
 
-def detect(detector, images: list[np.ndarray]) -> list[list]:
+def detect(detector, images: list[np.ndarray], refine: bool = True) -> list[list]:
   """detector.detect_many on the padded images, boxes and landmarks in the images' own
-  coordinates; an image the detector refuses (e.g. too small) has no face."""
+  coordinates, landmarks refined in the canonical frame (above); an image the detector refuses
+  (e.g. too small) has no face."""
+  found = _detect_padded(detector, images)
+  if not refine:
+    return found
+  frames = [(k, i, canonical_transform(face.landmarks, UTKFACE_CHIP_SIZE))
+            for k, faces in enumerate(found) for i, face in enumerate(faces)]
+  crops = [align.warp_affine(images[k], matrix, UTKFACE_CHIP_SIZE) for k, _, matrix in frames]
+  second = _detect_padded(detector, crops)
+  for (k, i, matrix), crop, faces in zip(frames, crops, second):
+    chosen = choose_face(faces, UTKFACE_CHIP_SIZE, UTKFACE_CHIP_SIZE)
+    if chosen is None:  # keep the first landmarks
+      continue
+    back = np.linalg.inv(np.vstack([matrix, [0, 0, 1]]))[:2]
+    found[k][i] = dataclasses.replace(found[k][i], landmarks=align.apply_transform(back, faces[chosen].landmarks))
+  return found
+
+
+def _detect_padded(detector, images: list[np.ndarray]) -> list[list]:
   pads = [round(PAD_FRACTION * max(im.shape[:2])) for im in images]
   padded = [np.pad(im, ((p, p), (p, p), (0, 0)), mode="edge") for im, p in zip(images, pads)]
   try:
