@@ -8,6 +8,7 @@ import numpy as np
 
 from age_jax import checkpoint, conformal, metrics, report as report_lib, storage
 from age_jax.data import datasets, pipeline
+from age_jax.data.builders import face_crops
 from age_jax.train import experiment as experiment_lib
 from age_jax.train import sharding, stages
 
@@ -133,7 +134,7 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, folder: str | No
     if not cfg.data.val_split:
       raise ValueError("calibration needs a validation split, and config.data.val_split is empty")
     calibrate(exp, cfg, normalizer, state, workdir)
-  crop_size = int(dict(cfg.data.builder_options).get("crop_size", 256))
+  crop_size = face_crops.run_crop_size(cfg.data)
   face_counts = None
   if folder:
     records = datasets.folder_source(folder, crop_size=crop_size if faces == "detect" else 0)
@@ -141,6 +142,7 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, folder: str | No
   elif dataset:
     options = {"canonical_crop": True, "crop_size": crop_size} if faces == "detect" else {}
     built = datasets.prepare(dataset, manual_dir, experiment_lib.data_dir(cfg), **options)
+    options["fingerprint"] = built["fingerprint"]  # the build of this source, not another one
     stored = datasets.stored_splits(dataset, experiment_lib.data_dir(cfg), **options)
     split = split or ("test" if "test" in stored else "+".join(stored))
     records = datasets.load_split(dataset, experiment_lib.data_dir(cfg), split, **options)

@@ -6,6 +6,7 @@ For each chip (a face crop as the dataset ships it), ages from:
   pasted_aligned   the chip pasted into a larger photo (data/paste.py) -> detect -> align -> age;
   pasted_whole     the same photo resized whole, no detection (what a model without a detector sees).
 A face is 'found' when the detector returns one (of several, the rule of face_crops.choose_face).
+The '_mirrored' ages average each crop's age with its mirror image's (Predictor.crop_ages).
 """
 import sys
 import time
@@ -15,6 +16,7 @@ import numpy as np
 from age_jax import metrics
 from age_jax.data import paste
 from age_jax.data.builders import face_crops
+from age_jax.faces import align_to_canonical
 
 
 def _chosen(detector, images, chunk=16, label=""):
@@ -22,7 +24,7 @@ def _chosen(detector, images, chunk=16, label=""):
   out, start = [], time.time()
   for first in range(0, len(images), chunk):
     part = images[first:first + chunk]
-    for image, faces in zip(part, detector.detect_many(part)):
+    for image, faces in zip(part, face_crops.detect(detector, part)):
       k = face_crops.choose_face(faces, image.shape[1], image.shape[0])
       out.append(None if k is None else faces[k])
     if label:
@@ -31,11 +33,10 @@ def _chosen(detector, images, chunk=16, label=""):
   return out
 
 
-def _aligned_ages(predictor, images, faces):
-  from age_jax.faces import align_to_canonical
+def _aligned_ages(predictor, images, faces, mirror=False):
   crops = [align_to_canonical(im, np.asarray(f.landmarks, np.float64), predictor.crop_size)
            for im, f in zip(images, faces) if f is not None]
-  ages = iter(a.age for a in predictor.crop_ages(crops))
+  ages = iter(a.age for a in predictor.crop_ages(crops, mirror=mirror))
   return np.array([next(ages) if f is not None else np.nan for f in faces])
 
 
@@ -51,6 +52,8 @@ def check(predictor, chips: list[np.ndarray], true_ages, *, seed: int = 0, photo
   photo_faces = _chosen(detector, photos, label="pasted photos" if verbose else "")
   ages = {"chip_aligned": _aligned_ages(predictor, chips, chip_faces),
           "pasted_aligned": _aligned_ages(predictor, photos, photo_faces),
+          "chip_aligned_mirrored": _aligned_ages(predictor, chips, chip_faces, mirror=True),
+          "pasted_aligned_mirrored": _aligned_ages(predictor, photos, photo_faces, mirror=True),
           "pasted_whole": np.array([a.age for a in predictor.crop_ages(photos)])}
   if as_trained is not None:
     ages["chip_as_trained"] = np.asarray(as_trained, np.float64)
@@ -60,5 +63,7 @@ def check(predictor, chips: list[np.ndarray], true_ages, *, seed: int = 0, photo
              "found_pasted": float(np.mean([f is not None for f in photo_faces])), "n_both": int(both.sum()),
              "mae_vs_true": {k: metrics.mae(v[both], true_ages[both]) for k, v in ages.items()},
              "pasted_vs_chip_aligned": metrics.mae(ages["pasted_aligned"][both], ages["chip_aligned"][both]),
+             "pasted_vs_chip_aligned_mirrored": metrics.mae(ages["pasted_aligned_mirrored"][both],
+                                                            ages["chip_aligned_mirrored"][both]),
              "whole_vs_chip_aligned": metrics.mae(ages["pasted_whole"][both], ages["chip_aligned"][both])}
   return {"summary": summary, "ages": {k: v.tolist() for k, v in ages.items()}}

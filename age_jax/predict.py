@@ -22,10 +22,10 @@ from PIL import Image, ImageDraw
 from absl import logging
 
 from age_jax import conformal
-from age_jax.data.builders import base as builder_base
-from age_jax.data.builders.face_crops import read_rgb
+from age_jax.data.builders.face_crops import detect, read_rgb, run_crop_size
 from age_jax.data.builders.records import GENDER_NAMES, RACE_NAMES
 from age_jax.evaluate import predict_source, restore
+from age_jax.faces import FaceDetector, align_to_canonical
 from age_jax.train import experiment as experiment_lib
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -67,33 +67,40 @@ class Predictor:
                       "--workdir=%s --calibrate`)", workdir, conformal.CALIBRATION_FILE, workdir)
     self._predict = self.exp.jit_predict_step()
     self._detector = detector
-    data = self.cfg.data
-    # A face is aligned as the model's training images were: at load size when the pipeline
-    # aligned them (config.data.align), else onto the stored crop's size, then resized.
-    options = builder_base.COMMON_OPTIONS | dict(data.builder_options)
-    self.crop_size = data.load_size if data.align else int(options["crop_size"])
+    self.crop_size = run_crop_size(self.cfg.data)
 
   @property
   def detector(self):
     if self._detector is None:
-      from age_jax.faces import FaceDetector
       self._detector = FaceDetector()
     return self._detector
 
-  def crop_ages(self, crops: list[np.ndarray], coverage: float | None = None) -> list[FaceAge]:
+  def crop_ages(self, crops: list[np.ndarray], coverage: float | None = None, mirror: bool = False
+                ) -> list[FaceAge]:
     """Ages (and intervals at `coverage`, default the predictor's) of face crops (uint8 HxWx3,
-    any size), each resized to the model's load size."""
+    any size), each resized to the model's load size; with mirror, each age (and spread) is the
+    mean of the crop's and its mirror image's (training mirrors too)."""
     if not crops:
       return []
     size = self.cfg.data.load_size
-    source = [{"image": _resize(c, size), "age": -1.0, "gender": -1, "race": -1} for c in crops]
+    images = [_resize(c, size) for c in crops]
+    if mirror:
+      images += [im[:, ::-1] for im in images]
+    source = [{"image": im, "age": -1.0, "gender": -1, "race": -1} for im in images]
     p = predict_source(self.exp, self.cfg, self.normalizer, self._predict, self.state, source)
-    low = high = [None] * len(crops)
+    n = len(crops)
+    ages, spreads = p["pred_age"][:n], p.get("pred_spread")
+    if mirror:
+      ages = (ages + p["pred_age"][n:]) / 2
+      spreads = None if spreads is None else (spreads[:n] + spreads[n:]) / 2
+    elif spreads is not None:
+      spreads = spreads[:n]
+    low = high = [None] * n
     if self.calibration is not None:
-      low, high = self.calibration.intervals(p["pred_age"], p.get("pred_spread"), coverage or self.coverage)
+      low, high = self.calibration.intervals(ages, spreads, coverage or self.coverage)
     out = []
-    for i in range(len(crops)):
-      face = FaceAge(age=float(p["pred_age"][i]), low=_finite(low[i]), high=_finite(high[i]))
+    for i in range(n):
+      face = FaceAge(age=float(ages[i]), low=_finite(low[i]), high=_finite(high[i]))
       if "pred_gender" in p:
         face.gender = GENDER_NAMES[int(p["pred_gender"][i])]
       if "pred_race" in p:
@@ -108,8 +115,7 @@ class Predictor:
 
   def faces(self, images: list[np.ndarray], coverage: float | None = None) -> list[list[FaceAge]]:
     """Every face of each photo (detector order: best score first), with its age."""
-    from age_jax.faces import align_to_canonical
-    found = self.detector.detect_many(images) if images else []
+    found = detect(self.detector, images)
     crops, owners = [], []
     for k, (image, faces) in enumerate(zip(images, found)):
       for face in faces:

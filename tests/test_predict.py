@@ -12,6 +12,7 @@ from age_jax import predict
 from age_jax.train import loop
 from tests import fake_faces
 from tests.data.fake_datasets import corrupt_jpeg_bytes, make_utkface_folder
+from tests.data.test_real_utkface import UTKFACE
 from tests.tiny import tiny_config
 
 
@@ -91,3 +92,18 @@ def test_evaluate_on_another_dataset_and_a_folder_through_the_canonical_crop(wor
   result = evaluate.evaluate_workdir(workdir, folder=folder, out_dir=str(tmp_path / "r2"))
   assert result["num_examples"] == 2 and result["faces"]["no_face_files"] == ["none.png"]
   assert evaluate.evaluate_workdir(workdir, folder=folder, faces="crops", out_dir=str(tmp_path / "r3"))["num_examples"] == 3
+
+
+@pytest.mark.skipif(not os.path.isdir(UTKFACE), reason="no ../shared UTKFace copy")
+def test_a_real_face_pasted_into_a_photo_is_found_with_the_real_detector(workdir, tmp_path):
+  from age_jax.data import paste
+  from age_jax.data.builders.face_crops import read_rgb
+  name = sorted(os.listdir(UTKFACE))[500]
+  photo, where = paste.paste(read_rgb(os.path.join(UTKFACE, name)), np.random.default_rng(0), 320, scale=(0.5, 0.5))
+  Image.fromarray(photo).save(tmp_path / "photo.jpg", quality=95)
+  predictor = predict.Predictor(workdir)
+  [result] = predict.predict_files(predictor, [str(tmp_path / "photo.jpg")])
+  assert result["status"] == "ok" and len(result["faces"]) == 1
+  x0, y0, x1, y1 = result["faces"][0].box
+  assert x0 < where["centre"][0] < x1 and y0 < where["centre"][1] < y1
+  assert 0.9 < result["faces"][0].score <= 1.0

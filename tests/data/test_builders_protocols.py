@@ -218,8 +218,9 @@ def _face_geometry_ok(five) -> bool:
 
 
 def test_fgnet_markup_gives_real_face_geometry_and_aligns_the_drawn_eyes(tmp_path):
-  from age_jax.data import align, pipeline
+  from age_jax.data import pipeline
   from age_jax.data.builders import fgnet
+  from age_jax.faces import align, canonical_template
   path = str(tmp_path / "fg")
   written = fd.make_fgnet_folder(path, subjects=2, images_per_subject=2)
   datasets.prepare("fgnet", path, str(tmp_path / "d"))
@@ -228,11 +229,11 @@ def test_fgnet_markup_gives_real_face_geometry_and_aligns_the_drawn_eyes(tmp_pat
     points68 = fgnet.read_pts(os.path.join(path, "points", os.path.basename(r["file_name"])[:-4].lower() + ".pts"))
     assert _face_geometry_ok(r["landmarks"]), r["file_name"]
     assert not _face_geometry_ok(align.five_points_from_68(points68))  # the iBUG reading is not a face
-  # Aligned with its landmarks, each drawn face has its dark eye discs on the template's eyes.
+  # Aligned with its landmarks, each drawn face has its dark eye discs on the canonical crop's eyes.
   size = 48
   for i in range(len(records)):
     image = pipeline.LoadedSource(records, size, align_faces=True)[i]["image"][..., 0].astype(float)
-    for eye in align.template(size)[:2]:
+    for eye in canonical_template(size)[:2]:
       x0, y0 = np.round(eye).astype(int) - 3
       window = image[y0:y0 + 7, x0:x0 + 7] < 100
       yy, xx = np.nonzero(window)

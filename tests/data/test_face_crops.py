@@ -91,3 +91,12 @@ def test_folder_source_detects_and_leaves_out_images_without_a_face(tmp_path, de
                                 "no_face_files": ["none.png"]}
   assert np.asarray(Image.open(io.BytesIO(source[0]["image"]))).shape == (48, 48, 3)
   assert len(datasets.folder_source(path)) == 3   # as they are
+
+
+def test_read_rgb_turns_photos_upright_by_their_exif_orientation(tmp_path):
+  image = Image.fromarray(np.zeros((20, 40, 3), np.uint8))
+  exif = image.getexif()
+  exif[0x0112] = 6  # "rotate 90 degrees clockwise to view"
+  image.save(tmp_path / "p.jpg", exif=exif)
+  assert face_crops.read_rgb(str(tmp_path / "p.jpg")).shape == (40, 20, 3)
+  assert face_crops.read_rgb((tmp_path / "p.jpg").read_bytes()).shape == (40, 20, 3)

@@ -25,7 +25,7 @@ COMMON_OPTIONS = {
     "skip_bad_labels": False,              # skip and count bad label rows / landmark files (else raise)
     "split_file": "",                      # JSON {split: [file names]} replacing the protocol
     "canonical_crop": False,               # store each face aligned onto the canonical crop (face_crops.py)
-    "crop_size": 256,                      # its side in pixels
+    "crop_size": face_crops.CROP_SIZE,     # its side in pixels
 }
 
 

@@ -7,8 +7,16 @@ Rule for the face of an image (stated once, used by every builder and by `launch
   `box area - 2 * (distance of its centre from the image centre)^2` (InsightFace's rule: the
   largest, most central face), counted in `several_faces`;
 - no face found: the image is dropped and counted (`no_face`), its name listed in the report.
+The detector sees each image padded by PAD_FRACTION of its longer side (edge pixels repeated): a
+tight face crop (UTKFace's chips) has the face touching its borders, where MTCNN misses it.
+Each face's landmarks are then refined once: the detector runs again on the face warped into the
+canonical frame at the template's own scale (UTKFACE_CHIP_SIZE), and those landmarks, mapped back,
+replace the first ones. MTCNN's points depend on the face's scale and context in the image; the
+second pass sees every face framed as the template's chips were, so a face gives nearly the same
+crop wherever and however large it appears in a photo.
 """
 import concurrent.futures
+import dataclasses
 import io
 import sys
 import time
@@ -17,14 +25,25 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from age_jax.data.builders.records import SourceExample
+from age_jax.faces import UTKFACE_CHIP_SIZE, FaceDetector, align, align_to_canonical, canonical_transform
 
 JPEG_QUALITY = 95
+PAD_FRACTION = 0.1
+CROP_SIZE = 256  # the builder option crop_size's default
+
+
+def run_crop_size(data_cfg) -> int:
+  """The side at which a run's faces were aligned: load size when the pipeline aligned them
+  (config.data.align), else its builds' crop_size; new faces are aligned the same way."""
+  if data_cfg.align:
+    return int(data_cfg.load_size)
+  return int(dict(data_cfg.builder_options).get("crop_size", CROP_SIZE))
 
 
 def read_rgb(source) -> np.ndarray:
   """A path or bytes -> uint8 HxWx3 RGB, turned upright by its EXIF orientation."""
-  image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-  return np.asarray(ImageOps.exif_transpose(image).convert("RGB"), np.uint8)
+  with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+    return np.asarray(ImageOps.exif_transpose(image).convert("RGB"), np.uint8)
 
 
 def choose_face(faces, width: int, height: int) -> int | None:
@@ -39,6 +58,42 @@ def choose_face(faces, width: int, height: int) -> int | None:
   return int(max(range(len(faces)), key=lambda i: value(faces[i])))
 
 
+def detect(detector, images: list[np.ndarray], refine: bool = True) -> list[list]:
+  """detector.detect_many on the padded images, boxes and landmarks in the images' own
+  coordinates, landmarks refined in the canonical frame (above); an image the detector refuses
+  (e.g. too small) has no face."""
+  found = _detect_padded(detector, images)
+  if not refine:
+    return found
+  frames = [(k, i, canonical_transform(face.landmarks, UTKFACE_CHIP_SIZE))
+            for k, faces in enumerate(found) for i, face in enumerate(faces)]
+  crops = [align.warp_affine(images[k], matrix, UTKFACE_CHIP_SIZE) for k, _, matrix in frames]
+  second = _detect_padded(detector, crops)
+  for (k, i, matrix), crop, faces in zip(frames, crops, second):
+    chosen = choose_face(faces, UTKFACE_CHIP_SIZE, UTKFACE_CHIP_SIZE)
+    if chosen is None:  # keep the first landmarks
+      continue
+    back = np.linalg.inv(np.vstack([matrix, [0, 0, 1]]))[:2]
+    found[k][i] = dataclasses.replace(found[k][i], landmarks=align.apply_transform(back, faces[chosen].landmarks))
+  return found
+
+
+def _detect_padded(detector, images: list[np.ndarray]) -> list[list]:
+  pads = [round(PAD_FRACTION * max(im.shape[:2])) for im in images]
+  padded = [np.pad(im, ((p, p), (p, p), (0, 0)), mode="edge") for im, p in zip(images, pads)]
+  try:
+    found = detector.detect_many(padded) if padded else []
+  except ValueError:
+    found = []
+    for image in padded:
+      try:
+        found.append(detector.detect(image))
+      except ValueError:
+        found.append([])
+  return [[dataclasses.replace(f, box=np.asarray(f.box, np.float64) - p, landmarks=np.asarray(f.landmarks, np.float64) - p)
+           for f in faces] for faces, p in zip(found, pads)]
+
+
 def face_fields(landmarks, box=None, score=None) -> dict:
   """The record fields of a chosen face; box and score -1 when the landmarks were not detected."""
   return {"landmarks": np.asarray(landmarks, np.float32).reshape(5, 2),
@@ -48,7 +103,6 @@ def face_fields(landmarks, box=None, score=None) -> dict:
 
 def default_detector():
   """The detector builds use (tests replace this)."""
-  from age_jax.faces import FaceDetector
   return FaceDetector()
 
 
@@ -71,7 +125,7 @@ def locate_faces(examples: list[SourceExample], report, detector_factory, *, dat
     for first in range(0, len(todo), batch_size):
       chunk = todo[first:first + batch_size]
       images = list(pool.map(lambda e: read_rgb(e.path), chunk))
-      for example, image, faces in zip(chunk, images, detector.detect_many(images)):
+      for example, image, faces in zip(chunk, images, detect(detector, images)):
         chosen = choose_face(faces, image.shape[1], image.shape[0])
         if chosen is None:
           report.drop("no_face", example.file_name)
@@ -94,7 +148,6 @@ def locate_faces(examples: list[SourceExample], report, detector_factory, *, dat
 
 def canonical_jpeg(path: str, landmarks, size: int) -> bytes:
   """The image at path aligned onto the canonical crop (size x size), as JPEG bytes."""
-  from age_jax.faces import align_to_canonical
   crop = align_to_canonical(read_rgb(path), np.asarray(landmarks, np.float64), size)
   buf = io.BytesIO()
   Image.fromarray(crop).save(buf, "JPEG", quality=JPEG_QUALITY)
