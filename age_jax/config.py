@@ -29,6 +29,8 @@ def default_config() -> ml_collections.ConfigDict:
           "skip_corrupt": False,
           "skip_bad_labels": False,
           "split_file": "",
+          "canonical_crop": False,  # detect and align every face onto the canonical crop at build time
+          "crop_size": 256,
       }),
       "train_split": "train",
       "val_split": "validation",
@@ -40,7 +42,7 @@ def default_config() -> ml_collections.ConfigDict:
       "pixel_scale": 1.0 / 255.0,   # applied after mean subtraction
       "cache": "disk",              # decoded images: 'disk' (array file beside the dataset, decoded once,
                                     # memory-mapped) | 'memory' (that file read into RAM) | 'none' (decode every read)
-      "align": False,               # five-point alignment from the records' landmarks (FG-NET; LAE 3.3)
+      "align": False,               # align at load time from the records' five landmarks (FG-NET; LAE 3.3)
       "sampler": "shuffle",         # 'shuffle' | 'age_aware' (Xing 4.1) | 'class_balanced' (LAE 2.4)
       "balance_by": "age",          # class_balanced: 'age' | 'age_group' | 'gender' | 'race' | 'gender_race'
       # 'lae' preset (LAE 2.3): random resized crop, colour jitter, RandAugment N, M.
@@ -175,6 +177,9 @@ def _validate_stage(cfg):
   if cfg.data.augment != "lae" and cfg.data.image_size > cfg.data.load_size:
     raise ValueError(f"config.data.image_size={cfg.data.image_size} is larger than "
                      f"config.data.load_size={cfg.data.load_size}; crops are taken from the loaded image")
+  if cfg.data.align and cfg.data.builder_options.get("canonical_crop", False):
+    raise ValueError("config.data.align=True would align again the faces that "
+                     "config.data.builder_options.canonical_crop=True already aligned; choose one")
   for field in ("train.num_epochs", "train.train_size", "optim.lr_reference_batch"):
     if not _get(cfg, field) >= 0:
       raise ValueError(f"config.{field}={_get(cfg, field)!r}; expected a number >= 0")

@@ -67,6 +67,8 @@ class Formulation:
   # the output layer the model must provide: 'dense' = Dense(num_outputs);
   # 'coral' = shared Dense(1, no bias) + num_outputs biases (see the module docstring)
   head: str = "dense"
+  # softmax heads: outputs -> standard deviation (years) of the predicted age distribution
+  spread: Callable | None = None
 
 
 SOFTMAX = ("oh", "oh_expectation", "ldl", "dldl_v2", "lae_stage2")
@@ -229,7 +231,8 @@ def get_formulation(cfg) -> Formulation:
   else:  # lae_stage2
     mae = float(cfg.lae_mae)
     loss = lambda out, ages: losses.lae_stage2_loss(out, ages, sigma, mae, min_age)
-  return Formulation(name, k, loss, decode, _fuse_softmax)
+  spread = lambda out: losses.softmax_std(out, losses.bin_ages(k, min_age))
+  return Formulation(name, k, loss, decode, _fuse_softmax, spread=spread)
 
 
 def coral_bias_init(cfg) -> np.ndarray:

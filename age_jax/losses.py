@@ -70,6 +70,13 @@ def softmax_expectation(logits, ages_of_bins) -> jnp.ndarray:
   return jnp.sum(jax.nn.softmax(_f32(logits), axis=-1) * _f32(ages_of_bins), axis=-1)
 
 
+def softmax_std(logits, ages_of_bins) -> jnp.ndarray:
+  """Standard deviation (years) of the age distribution the softmax predicts."""
+  p, ages = jax.nn.softmax(_f32(logits), axis=-1), _f32(ages_of_bins)
+  mean = jnp.sum(p * ages, axis=-1, keepdims=True)
+  return jnp.sqrt(jnp.sum(p * (ages - mean) ** 2, axis=-1))
+
+
 def dldl_v2_loss(logits, ages, sigma: float, lam: float, min_age: float = 0.0) -> jnp.ndarray:
   """LAE eq. 3 (DLDL-v2): L_ld + lambda * L_er, with L_ld the KL of eq. 1 and L_er = |y - yhat| (eq. 2).
   The age in L_er is clipped into the bins like the target distribution (the head cannot go beyond)."""

@@ -96,6 +96,14 @@ def predicted_age(outputs: dict, formulation) -> jnp.ndarray:
   return formulation.decode(age_outputs(outputs, formulation))
 
 
+def predicted_spread(outputs: dict, formulation):
+  """(B,) spread in years of the predicted (fused) age distribution, or None where the head
+  gives one number per face (regression, ordinal)."""
+  if formulation.spread is None:
+    return None
+  return formulation.spread(age_outputs(outputs, formulation))
+
+
 def trainable_mask(params, stage: str):
   """Pytree of bools like `params`: True where the hybrid training `stage` updates the leaf.
 

@@ -1,42 +1,248 @@
-"""Prediction: ages (and gender/race where the model has them) for a folder of images."""
+"""Prediction: photos in, every face with its age out (or a folder of face crops).
+
+  predictor = Predictor(workdir)              # restores the model once; reuse it for many photos
+  faces = predictor.photo(image)              # uint8 HxWx3 photo -> [FaceAge], one per face found
+  results = predict_files(predictor, paths)   # per file: status, error, faces (bad files never abort)
+
+In 'detect' mode every face the detector finds is aligned onto the canonical crop, as a
+canonical-crop build stores it (data/builders/face_crops.py), then resized and cropped as
+evaluation does. In 'crops' mode each image is one face crop used as it is, as a plain build
+stores it. Each age comes with its conformal interval [low, high] at the predictor's coverage
+(age_jax/conformal.py) when the workdir holds a calibration.
+"""
 import csv
+import dataclasses
+import json
 import os
 
 import jax
+import numpy as np
+from PIL import Image, ImageDraw
 
-from age_jax.evaluate import Evaluator, restore
+from absl import logging
+
+from age_jax import conformal
+from age_jax.data.builders.face_crops import detect, read_rgb, run_crop_size
+from age_jax.data.builders.records import GENDER_NAMES, RACE_NAMES
+from age_jax.evaluate import predict_source, restore
+from age_jax.faces import FaceDetector, align_to_canonical
+from age_jax.train import experiment as experiment_lib
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+FACE_MODES = ("detect", "crops")
+POINT_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
 
-def image_records(folder: str) -> list[dict]:
+@dataclasses.dataclass
+class FaceAge:
+  age: float
+  box: np.ndarray | None = None        # (4,) x0, y0, x1, y1 in the photo; None for a crop
+  score: float | None = None
+  landmarks: np.ndarray | None = None  # (5, 2) (x, y), POINT_NAMES order
+  gender: str | None = None            # where the model predicts it
+  race: str | None = None
+  low: float | None = None             # the conformal interval, with a calibration; an
+  high: float | None = None            # unbounded side (too small a calibration) is None
+
+  def as_dict(self) -> dict:
+    out = {"age": round(float(self.age), 2)}
+    if self.low is not None:
+      out.update(low=round(self.low, 2), high=None if self.high is None else round(self.high, 2))
+    if self.box is not None:
+      out.update(box=[round(float(v), 1) for v in self.box], score=round(float(self.score), 4),
+                 landmarks=[[round(float(x), 1), round(float(y), 1)] for x, y in self.landmarks])
+    out.update({k: v for k, v in (("gender", self.gender), ("race", self.race)) if v is not None})
+    return out
+
+
+class Predictor:
+  """A restored model with its input pipeline and a face detector (built on first use)."""
+
+  def __init__(self, workdir: str, step: int | None = None, detector=None,
+               coverage: float = conformal.DEFAULT_COVERAGE):
+    self.exp, self.cfg, self.state, self.normalizer = restore(workdir, step)
+    self.calibration, self.coverage = conformal.load(workdir), coverage
+    if self.calibration is None:
+      logging.warning("%s has no %s: ages come without intervals (run `python -m launch.evaluate "
+                      "--workdir=%s --calibrate`)", workdir, conformal.CALIBRATION_FILE, workdir)
+    self._predict = self.exp.jit_predict_step()
+    self._detector = detector
+    self.crop_size = run_crop_size(self.cfg.data)
+
+  @property
+  def detector(self):
+    if self._detector is None:
+      self._detector = FaceDetector()
+    return self._detector
+
+  def crop_ages(self, crops: list[np.ndarray], coverage: float | None = None, mirror: bool = False
+                ) -> list[FaceAge]:
+    """Ages (and intervals at `coverage`, default the predictor's) of face crops (uint8 HxWx3,
+    any size), each resized to the model's load size; with mirror, each age (and spread) is the
+    mean of the crop's and its mirror image's (training mirrors too)."""
+    if not crops:
+      return []
+    size = self.cfg.data.load_size
+    images = [_resize(c, size) for c in crops]
+    if mirror:
+      images += [im[:, ::-1] for im in images]
+    source = [{"image": im, "age": -1.0, "gender": -1, "race": -1} for im in images]
+    p = predict_source(self.exp, self.cfg, self.normalizer, self._predict, self.state, source)
+    n = len(crops)
+    ages, spreads = p["pred_age"][:n], p.get("pred_spread")
+    if mirror:
+      ages = (ages + p["pred_age"][n:]) / 2
+      spreads = None if spreads is None else (spreads[:n] + spreads[n:]) / 2
+    elif spreads is not None:
+      spreads = spreads[:n]
+    low = high = [None] * n
+    if self.calibration is not None:
+      low, high = self.calibration.intervals(ages, spreads, coverage or self.coverage)
+    out = []
+    for i in range(n):
+      face = FaceAge(age=float(ages[i]), low=_finite(low[i]), high=_finite(high[i]))
+      if "pred_gender" in p:
+        face.gender = GENDER_NAMES[int(p["pred_gender"][i])]
+      if "pred_race" in p:
+        face.race = RACE_NAMES[int(p["pred_race"][i])]
+      out.append(face)
+    return out
+
+  def records_ages(self, records) -> np.ndarray:
+    """Ages of dataset records (encoded images) through the run's own input pipeline."""
+    source = experiment_lib.loaded_source(self.cfg, records)
+    return predict_source(self.exp, self.cfg, self.normalizer, self._predict, self.state, source)["pred_age"]
+
+  def faces(self, images: list[np.ndarray], coverage: float | None = None) -> list[list[FaceAge]]:
+    """Every face of each photo (detector order: best score first), with its age."""
+    found = detect(self.detector, images)
+    crops, owners = [], []
+    for k, (image, faces) in enumerate(zip(images, found)):
+      for face in faces:
+        crops.append(align_to_canonical(image, np.asarray(face.landmarks, np.float64), self.crop_size))
+        owners.append((k, face))
+    results = [[] for _ in images]
+    for (k, face), aged in zip(owners, self.crop_ages(crops, coverage)):
+      aged.box, aged.score = np.asarray(face.box, np.float32), float(face.score)
+      aged.landmarks = np.asarray(face.landmarks, np.float32)
+      results[k].append(aged)
+    return results
+
+  def photo(self, image: np.ndarray, coverage: float | None = None) -> list[FaceAge]:
+    return self.faces([image], coverage)[0]
+
+
+def _finite(value):
+  return None if value is None or not np.isfinite(value) else float(value)
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+  image = np.asarray(image, np.uint8)
+  if image.shape[:2] == (size, size):
+    return image
+  return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR), np.uint8)
+
+
+def image_paths(folder: str) -> list[str]:
+  """Entries of folder with an image suffix (a directory or broken file among them is reported
+  by predict_files, not here)."""
   if not os.path.isdir(folder):
     raise FileNotFoundError(f"image folder {folder!r} does not exist")
   names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_SUFFIXES))
   if not names:
     raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder!r}")
-  records = []
-  for name in names:
-    with open(os.path.join(folder, name), "rb") as f:
-      records.append({"image": f.read(), "file_name": name})
-  return records
+  return [os.path.join(folder, n) for n in names]
 
 
-def predict_folder(workdir: str, folder: str, out_csv: str, step: int | None = None) -> list[dict]:
-  exp, cfg, state, normalizer = restore(workdir, step)
-  records = image_records(folder)
-  predictions = Evaluator(exp, cfg, normalizer, records=records).predict(state)
+def _read(path: str):
+  """(uint8 image, None) or (None, why it cannot be read)."""
+  if os.path.isdir(path):
+    return None, "a directory, not an image file"
+  try:
+    return read_rgb(path), None
+  except Exception as e:  # PIL and the OS raise many types for unreadable files
+    return None, f"cannot read image: {type(e).__name__}: {e}"
+
+
+def predict_files(predictor: Predictor, paths: list[str], faces: str = "detect", chunk: int = 16,
+                  draw_dir: str | None = None) -> list[dict]:
+  """Per path, in order: {'file', 'status' ('ok' | 'no_face' | 'error'), 'error', 'faces': [FaceAge]}.
+  A file that cannot be read is reported with status 'error'; the others go on."""
+  if faces not in FACE_MODES:
+    raise ValueError(f"faces={faces!r}; expected one of {list(FACE_MODES)}")
+  results = []
+  for first in range(0, len(paths), chunk):
+    read = [(path, *_read(path)) for path in paths[first:first + chunk]]
+    good = [(path, image) for path, image, error in read if error is None]
+    images = [image for _, image in good]
+    found = predictor.faces(images) if faces == "detect" else [[f] for f in predictor.crop_ages(images)]
+    by_path = dict(zip((p for p, _ in good), found))
+    for path, image, error in read:
+      faces_here = by_path.get(path, [])
+      status = "error" if error else ("ok" if faces_here else "no_face")
+      results.append({"file": os.path.basename(path), "status": status, "error": error or "",
+                      "faces": faces_here})
+      if draw_dir and image is not None and jax.process_index() == 0:
+        os.makedirs(draw_dir, exist_ok=True)
+        draw(image, faces_here).save(os.path.join(draw_dir, os.path.splitext(os.path.basename(path))[0] + ".jpg"),
+                                     quality=90)
+  return results
+
+
+def describe(face: FaceAge) -> str:
+  interval = None if face.low is None else f"[{face.low:.0f}-{'?' if face.high is None else f'{face.high:.0f}'}]"
+  return " ".join([f"{face.age:.1f}"] + [v for v in (interval, face.gender, face.race) if v])
+
+
+def draw(image: np.ndarray, faces: list[FaceAge]) -> Image.Image:
+  """The photo with each face's box, five points and age (crops: the age in a corner)."""
+  picture = Image.fromarray(image)
+  pen = ImageDraw.Draw(picture)
+  width = max(1, round(max(image.shape[:2]) / 300))
+  for face in faces:
+    if face.box is None:
+      pen.text((2, 2), describe(face), fill=(255, 255, 0))
+      continue
+    x0, y0, x1, y1 = (float(v) for v in face.box)
+    pen.rectangle((x0, y0, x1, y1), outline=(0, 255, 0), width=width)
+    for x, y in face.landmarks:
+      pen.ellipse((x - width, y - width, x + width, y + width), fill=(255, 0, 0))
+    pen.text((x0, max(0.0, y0 - 12)), describe(face), fill=(255, 255, 0))
+  return picture
+
+
+CSV_COLUMNS = ("file", "status", "face", "age", "low", "high", "gender", "race", "score", "x0", "y0", "x1", "y1",
+               *(f"{p}_{c}" for p in POINT_NAMES for c in "xy"), "error")
+
+
+def csv_rows(results: list[dict]) -> list[dict]:
+  """One row per face; a file without faces (or unreadable) gets one row with its status."""
   rows = []
-  for i, record in enumerate(records):
-    row = {"file": record["file_name"], "age": round(float(predictions["pred_age"][i]), 2)}
-    for task in ("gender", "race"):
-      if f"pred_{task}" in predictions:
-        row[task] = int(predictions[f"pred_{task}"][i])
-    rows.append(row)
-  if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(os.path.abspath(out_csv)), exist_ok=True)
-    with open(out_csv, "w", newline="") as f:
-      writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-      writer.writeheader()
-      writer.writerows(rows)
+  for result in results:
+    base = {"file": result["file"], "status": result["status"], "error": result["error"]}
+    if not result["faces"]:
+      rows.append(base)
+    for k, face in enumerate(result["faces"]):
+      row = {**base, "face": k, "age": round(face.age, 2), "gender": face.gender or "", "race": face.race or ""}
+      row.update({name: round(v, 2) for name, v in (("low", face.low), ("high", face.high)) if v is not None})
+      if face.box is not None:
+        row.update(score=round(face.score, 4), **dict(zip(("x0", "y0", "x1", "y1"), np.round(face.box, 1).tolist())))
+        for name, (x, y) in zip(POINT_NAMES, face.landmarks):
+          row[f"{name}_x"], row[f"{name}_y"] = round(float(x), 1), round(float(y), 1)
+      rows.append(row)
   return rows
+
+
+def write_results(results: list[dict], out_csv: str, out_json: str | None = None) -> None:
+  """The CSV (one row per face or bad file) and optionally the JSON (one object per file)."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(os.path.dirname(os.path.abspath(out_csv)), exist_ok=True)
+  with open(out_csv, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, restval="")
+    writer.writeheader()
+    writer.writerows(csv_rows(results))
+  if out_json:
+    os.makedirs(os.path.dirname(os.path.abspath(out_json)), exist_ok=True)
+    with open(out_json, "w") as f:
+      json.dump([{**r, "faces": [face.as_dict() for face in r["faces"]]} for r in results], f, indent=1)

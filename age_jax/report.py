@@ -188,10 +188,16 @@ def _fmt(value, spec=".3f"):
   return "-" if value is None else format(value, spec)
 
 
+def _faces_line(faces: dict) -> str:
+  return (f"faces         detector run on {faces['detected_images']} images: {faces['no_face']} without a "
+          f"face (left out), {faces['several_faces']} with several (the largest, most central kept)")
+
+
 def format_table(report: dict) -> str:
   """The report's headline metrics as aligned text lines."""
   aar, ccs = report["aar"], report["ccs"]
   lines = [f"examples      {report['num_examples']}",
+           *([_faces_line(report["faces"])] if "faces" in report else []),
            f"MAE           {report['mae']:.3f}",
            f"AAR           {aar['aar']:.3f}   (sigma {aar['sigma']:.3f} over {aar['groups_used']} age groups)",
            "CCS(t)        " + "  ".join(f"t={t}:{100 * f:.1f}%" for t, f in zip(ccs["threshold"], ccs["fraction"])),
@@ -203,6 +209,15 @@ def format_table(report: dict) -> str:
       per = report[name]["mae_per_label"]
       parts = "  ".join(f"{k}: {per[k]['mae']:.2f} (n={per[k]['count']})" for k in sorted(per, key=int))
       lines.append(f"{name:<6} acc.   {_fmt(report[name]['accuracy'])}   MAE per label  {parts}")
+  if "intervals" in report:
+    lines.append(f"intervals     {report['intervals']['method']} conformal, calibrated on "
+                 f"{report['intervals']['calibrated_on']} (n={report['intervals']['calibration_examples']})")
+    for nominal, entry in report["intervals"]["by_coverage"].items():
+      groups = entry["per_age_group"]
+      lines.append(f"  {100 * float(nominal):g}%: coverage {_fmt(100 * entry['coverage'], '.1f')}% width "
+                   f"{_fmt(entry['mean_width'], '.1f')} y; per age group " + "  ".join(
+                       f"{g}:{_fmt(None if v['coverage'] is None else 100 * v['coverage'], '.0f')}%/"
+                       f"{_fmt(v['mean_width'], '.0f')}" for g, v in groups.items()))
   return "\n".join(lines)
 
 

@@ -65,3 +65,7 @@ def test_bad_values_name_the_field():
   c.stages.s1 = {"train": {"num_stepz": 3}}
   with pytest.raises(ValueError, match="config.stages.s1.train.num_stepz is not a config field"):
     config_lib.validate(c)
+  c = config_lib.default_config()
+  c.data.align, c.data.builder_options.canonical_crop = True, True
+  with pytest.raises(ValueError, match="config.data.align=True would align again .*canonical_crop=True"):
+    config_lib.validate(c)

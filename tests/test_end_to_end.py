@@ -1,4 +1,5 @@
 """End to end on a small generated UTKFace folder: the CLI, resuming, and training in stages."""
+import csv
 import json
 import os
 import subprocess
@@ -117,7 +118,7 @@ def test_cli_trains_evaluates_on_a_folder_and_predicts(utk_folder, tmp_path):
   assert "step 3/3" in train.stdout and "img/s" in train.stdout and "ETA" in train.stdout
 
   evaluate = subprocess.run(
-      [sys.executable, "-m", "launch.evaluate", f"--workdir={workdir}", f"--folder={other}",
+      [sys.executable, "-m", "launch.evaluate", f"--workdir={workdir}", f"--folder={other}", "--faces=crops",
        f"--out={tmp_path / 'report'}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert evaluate.returncode == 0, evaluate.stderr[-3000:]
   report = json.load(open(tmp_path / "report" / "report.json"))
@@ -125,11 +126,12 @@ def test_cli_trains_evaluates_on_a_folder_and_predicts(utk_folder, tmp_path):
   assert "MAE" in evaluate.stdout
 
   predict = subprocess.run(
-      [sys.executable, "-m", "launch.predict", f"--workdir={workdir}", f"--folder={other}",
+      [sys.executable, "-m", "launch.predict", f"--workdir={workdir}", f"--folder={other}", "--faces=crops",
        f"--out={tmp_path / 'ages.csv'}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert predict.returncode == 0, predict.stderr[-3000:]
-  rows = open(tmp_path / "ages.csv").read().splitlines()
-  assert rows[0] == "file,age" and len(rows) - 1 == 13
+  rows = list(csv.DictReader(open(tmp_path / "ages.csv")))
+  assert len(rows) == 13 and {r["status"] for r in rows} == {"ok"} and "low" in rows[0] and all(np.isfinite(float(r["age"])) for r in rows)
+  assert len(json.load(open(tmp_path / "ages.json"))) == 13 and "13 images: 13 with faces" in predict.stdout
 
 
 def test_unknown_config_field_fails_before_any_work(tmp_path):

@@ -319,18 +319,23 @@ def export_split_file(name: str, data_dir: str, path: str, **options) -> dict[st
 # ---- arbitrary labelled folders (evaluation) ----
 
 class FolderSource(Sequence):
-  """Records of a labelled folder; image bytes are read on access."""
+  """Records of a labelled folder; image bytes are read on access (with crop_size, the face
+  aligned onto the canonical crop from the examples' landmarks)."""
 
-  def __init__(self, examples: list[records_lib.SourceExample]):
-    self.examples = examples
+  def __init__(self, examples: list[records_lib.SourceExample], crop_size: int = 0, face_counts=None):
+    self.examples, self.crop_size, self.face_counts = examples, crop_size, face_counts
 
   def __len__(self):
     return len(self.examples)
 
   def __getitem__(self, i):
     e = self.examples[i]
-    with open(e.path, "rb") as f:
-      image = f.read()
+    if self.crop_size:
+      from age_jax.data.builders import face_crops
+      image = face_crops.canonical_jpeg(e.path, e.extras["landmarks"], self.crop_size)
+    else:
+      with open(e.path, "rb") as f:
+        image = f.read()
     return {"image": image, "age": float(e.age), "gender": int(e.gender), "race": int(e.race),
             "subject": e.subject, "file_name": e.file_name, "fold": -1, **e.extras}
 
@@ -343,10 +348,12 @@ class FolderSource(Sequence):
             "file_name": np.asarray([e.file_name for e in self.examples], dtype=str)}
 
 
-def folder_source(path: str) -> FolderSource:
+def folder_source(path: str, crop_size: int = 0) -> FolderSource:
   """A folder of UTKFace-named images, or of images with a labels.csv (file, age[, gender, race,
-  subject]); every image is kept as is (no de-duplication): this is for evaluation."""
-  from age_jax.data.builders import base, curation, labels_csv, utkface
+  subject]); every image is kept (no de-duplication): this is for evaluation. With crop_size,
+  each image's face is found and aligned onto the canonical crop (face_crops.py's rule; images
+  without a face are left out and counted in .face_counts)."""
+  from age_jax.data.builders import base, curation, face_crops, labels_csv, utkface
   base.check_folder(path, "folder_source")
   csv_path = os.path.join(path, labels_csv.LABELS_FILE)
   if os.path.isfile(csv_path):
@@ -371,4 +378,12 @@ def folder_source(path: str) -> FolderSource:
   if not examples:
     raise ValueError(f"folder_source {path}: no labelled images (UTKFace names or "
                      f"{labels_csv.LABELS_FILE} expected)")
-  return FolderSource(examples)
+  if not crop_size:
+    return FolderSource(examples)
+  report = curation.Report()
+  with_faces = face_crops.locate_faces(examples, report, face_crops.default_detector, dataset=path)
+  counts = {"detected_images": len(examples), "several_faces": report.counts["several_faces"],
+            "no_face": report.dropped["no_face"], "no_face_files": report.notes["no_face"]}
+  if not with_faces:
+    raise ValueError(f"folder_source {path}: no face found in any of its {len(examples)} images")
+  return FolderSource(with_faces, crop_size, counts)

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from age_jax.data import augment, datasets, decoded, samplers
-from age_jax.faces import align
+from age_jax.faces import align_to_canonical
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
@@ -28,8 +28,8 @@ LABEL_FIELDS = ("age", "gender", "race")
 def decode_image(image_bytes: bytes, load_size: int, name: str = "", landmarks=None) -> np.ndarray:
   """JPEG/PNG bytes -> uint8 load_size x load_size x 3 (RGB, squashed to a square as Xing 4.1).
 
-  With landmarks (68 iBUG points, or 5: eyes, nose tip, mouth corners) the face is aligned to
-  the five-point template instead (LAE 3.3).
+  With landmarks (five: eyes, nose tip, mouth corners, in the template's order) the face is
+  aligned onto the canonical crop instead (LAE 3.3; age_jax/faces/canonical.py).
   """
   try:
     image = Image.open(io.BytesIO(image_bytes))
@@ -37,9 +37,7 @@ def decode_image(image_bytes: bytes, load_size: int, name: str = "", landmarks=N
   except Exception as e:  # PIL raises several types for broken files
     raise ValueError(f"cannot decode image {name or '(unnamed)'}: {e}") from e
   if landmarks is not None:
-    points = np.asarray(landmarks, np.float64)
-    points = align.five_points_from_68(points) if len(points) == 68 else points
-    return align.align_face(np.asarray(image, np.uint8), points, load_size)
+    return align_to_canonical(np.asarray(image, np.uint8), np.asarray(landmarks, np.float64), load_size)
   if image.size != (load_size, load_size):
     image = image.resize((load_size, load_size), Image.BILINEAR)
   return np.asarray(image, np.uint8)

@@ -102,7 +102,8 @@ def _train(cfg, workdir: str, stop) -> dict:
   finally:  # also on an interruption: let a checkpoint being written finish, intact
     ckpt.wait()
   if state is not None and cfg.data.val_split:  # this call trained: report the final validation
-    summary = evaluate.Evaluator(exp, exp.cfg, normalizer, exp.cfg.data.val_split).summary(state)
+    # Also calibrates the conformal age intervals on the validation split (age_jax/conformal.py).
+    summary = evaluate.calibrate(exp, exp.cfg, normalizer, state, workdir)
     logger.write(total, summary, prefix="validation")
     _log("validation: " + " ".join(f"{k}={v:.4g}" for k, v in summary.items()))
     last.update({f"val_{k}": v for k, v in summary.items()})

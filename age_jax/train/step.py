@@ -69,6 +69,9 @@ def make_predict_step(model, formulation):
     outputs = model.apply(_variables(params, batch_stats), batch["image"], train=False)
     predictions = {k: v for k, v in batch.items() if k != "image"}
     predictions["pred_age"] = objective.predicted_age(outputs, formulation)
+    spread = objective.predicted_spread(outputs, formulation)
+    if spread is not None:
+      predictions["pred_spread"] = spread
     for task in ("gender", "race"):
       if task in outputs:
         predictions[f"pred_{task}"] = jnp.argmax(outputs[task], axis=-1).astype(jnp.int32)

@@ -158,8 +158,46 @@ def pts_text(points: np.ndarray) -> str:
   return "\n".join(lines) + "\n"
 
 
-def make_fgnet_folder(path: str, subjects: int = 5, images_per_subject: int = 3, size: int = 8,
+def fgnet_face_points() -> np.ndarray:
+  """A frontal face in FG-NET's 68-point markup (not iBUG's), in a frame with the pupils at
+  (-0.5, 0) and (0.5, 0), y down: 0-14 jaw, 15-26 brows, 27-31 image-left eye (contour, pupil 31),
+  32-36 image-right eye (pupil 36), 37-47 nose, 48-59 outer and 60-66 inner lips (corners 48
+  image-left and 54 image-right), 67 nose tip."""
+  pts = np.zeros((68, 2))
+  angles = np.linspace(np.pi, 0, 15)
+  pts[0:15] = np.stack([np.cos(angles), 0.1 + 1.5 * np.sin(angles)], 1)
+  pts[15:21] = np.stack([np.linspace(-0.85, -0.2, 6), np.full(6, -0.35)], 1)
+  pts[21:27] = np.stack([np.linspace(0.2, 0.85, 6), np.full(6, -0.35)], 1)
+  for first, pupil in ((27, (-0.5, 0.0)), (32, (0.5, 0.0))):
+    pts[first:first + 4] = np.asarray(pupil) + [[-0.2, 0], [0, -0.08], [0.2, 0], [0, 0.08]]
+    pts[first + 4] = pupil
+  pts[37:48] = np.stack([np.linspace(-0.25, 0.25, 11), 0.25 + 0.45 * (1 - np.abs(np.linspace(-1, 1, 11)))], 1)
+  outer, inner = np.linspace(np.pi, -np.pi, 12, endpoint=False), np.linspace(np.pi, -np.pi, 7, endpoint=False)
+  pts[48:60] = np.stack([0.4 * np.cos(outer), 1.05 - 0.12 * np.sin(outer)], 1)
+  pts[60:67] = np.stack([0.25 * np.cos(inner), 1.05 - 0.05 * np.sin(inner)], 1)
+  pts[67] = (0.0, 0.7)
+  return pts
+
+
+def draw_face(points5: np.ndarray, size: int, image: np.ndarray | None = None) -> np.ndarray:
+  """A grey size x size picture (or `image`, drawn on) with dark discs at the two eyes, a mid-grey
+  one at the nose tip and dark ones at the mouth corners (points5 in the alignment template's order)."""
+  image = np.full((size, size, 3), 200, np.uint8) if image is None else image.copy()
+  yy, xx = np.mgrid[0:image.shape[0], 0:image.shape[1]]
+  eye = np.linalg.norm(points5[1] - points5[0])
+  for (x, y), value in zip(points5, (20, 20, 110, 60, 60)):
+    image[(xx - x) ** 2 + (yy - y) ** 2 <= (0.12 * eye) ** 2] = value
+  return image
+
+
+FGNET_FIVE = [31, 36, 67, 48, 54]  # the points `draw_face` draws, in FG-NET's markup
+
+
+def make_fgnet_folder(path: str, subjects: int = 5, images_per_subject: int = 3, size: int = 48,
                       seed: int = 3) -> dict:
+  """Faces drawn from known points: each image's .pts file is fgnet_face_points() under a random
+  similarity (inter-ocular 0.3-0.4 of the image, rotation within 3 degrees); the drawn discs sit
+  at its five alignment points, returned as 'landmarks' (5, 2) per file."""
   rng = np.random.default_rng(seed)
   written = {}
   for s in range(1, subjects + 1):
@@ -167,10 +205,16 @@ def make_fgnet_folder(path: str, subjects: int = 5, images_per_subject: int = 3,
       age = 2 + 7 * k + s
       suffix = "a" if k == images_per_subject - 1 and s == 1 else ""
       name = f"{s:03d}A{age:02d}{suffix}.JPG"
-      points = rng.uniform(0, 100, (68, 2)).round(3).astype(np.float32)
-      _write(os.path.join(path, "images", name), jpeg_bytes(seed * 100_000 + len(written), size))
+      scale, angle = size * rng.uniform(0.3, 0.4), np.deg2rad(rng.uniform(-3, 3))
+      rotation = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+      centre = size * np.array([0.5, 0.35]) + rng.uniform(-2, 2, 2)
+      points = (fgnet_face_points() @ rotation.T + centre).round(3).astype(np.float32)
+      buf = io.BytesIO()
+      Image.fromarray(draw_face(points[FGNET_FIVE], size)).save(buf, "JPEG", quality=95)
+      _write(os.path.join(path, "images", name), buf.getvalue())
       _write(os.path.join(path, "points", name[:-4].lower() + ".pts"), pts_text(points).encode())
-      written[f"images/{name}"] = {"age": float(age), "subject": f"{s:03d}", "landmarks": points}
+      written[f"images/{name}"] = {"age": float(age), "subject": f"{s:03d}", "landmarks": points[FGNET_FIVE],
+                                   "points68": points}
   return written
 
 

@@ -106,7 +106,8 @@ def test_labelled_folder_keeps_subjects_in_one_split_and_reads_labels(tmp_path):
     (lambda rows: rows[2].update(file="images/nope.jpg"), r"labels.csv:4: image file 'images/nope.jpg' does not exist"),
     (lambda rows: rows[0].update(age="abc"), r"labels.csv:2: age 'abc' is not a number"),
     (lambda rows: rows[1].update(age="-1"), r"labels.csv:3: age '-1' must be"),
-    (lambda rows: rows[1].update(gender="2"), r"labels.csv:3: gender 2 is not in 0..1"),
+    (lambda rows: rows[1].update(gender="2"), r"labels.csv:3: gender '2' is not one of 0 / 1, M / F, male / female"),
+    (lambda rows: rows[1].update(gender="x"), r"labels.csv:3: gender 'x' is not one of 0 / 1, M / F"),
 ])
 def test_labelled_folder_bad_rows(tmp_path, edit, message):
   path = str(tmp_path / "f")
@@ -116,6 +117,17 @@ def test_labelled_folder_bad_rows(tmp_path, edit, message):
   with pytest.raises(ValueError, match=message):
     datasets.prepare("labelled_folder", path, str(tmp_path / "d"))
   assert datasets.prepare("labelled_folder", path, str(tmp_path / "d"), skip_bad_labels=True)["kept"] == 5
+
+
+def test_labels_csv_gender_as_letters_or_words(tmp_path):
+  path = str(tmp_path / "f")
+  rows = fd.make_labelled_folder(path, n=6)["rows"]
+  words = ["M", "f", "Male", "FEMALE", " m ", ""]
+  for row, word in zip(rows, words):
+    row["gender"] = word
+  fd.write_csv(os.path.join(path, "labels.csv"), rows, ("file", "age", "gender", "race", "subject"))
+  genders = {r.file_name: r.gender for r in datasets.folder_source(path).examples}
+  assert [genders[row["file"]] for row in rows] == [0, 1, 0, 1, 0, -1]
 
 
 def test_labelled_folder_unknown_column_is_an_error(tmp_path):
@@ -192,7 +204,41 @@ def test_fgnet_leave_one_person_out_with_landmarks(tmp_path):
     for r in test:
       expected = written[r["file_name"]]
       assert r["age"] == expected["age"] and r["gender"] == -1
-      np.testing.assert_allclose(r["landmarks"], expected["landmarks"], atol=1e-4)
+      np.testing.assert_allclose(r["landmarks"], expected["landmarks"], atol=1e-3)
+
+
+def _face_geometry_ok(five) -> bool:
+  """Real geometry: eyes left-to-right and level within 5 degrees, the nose tip below the eyes
+  and between them, the mouth below the nose, mouth corners left-to-right."""
+  left_eye, right_eye, nose, mouth_left, mouth_right = five
+  dx, dy = right_eye - left_eye
+  return bool(dx > 0 and abs(np.degrees(np.arctan2(dy, dx))) < 5
+              and max(left_eye[1], right_eye[1]) < nose[1] < min(mouth_left[1], mouth_right[1])
+              and left_eye[0] < nose[0] < right_eye[0] and mouth_left[0] < mouth_right[0])
+
+
+def test_fgnet_markup_gives_real_face_geometry_and_aligns_the_drawn_eyes(tmp_path):
+  from age_jax.data import pipeline
+  from age_jax.data.builders import fgnet
+  from age_jax.faces import align, canonical_template
+  path = str(tmp_path / "fg")
+  written = fd.make_fgnet_folder(path, subjects=2, images_per_subject=2)
+  datasets.prepare("fgnet", path, str(tmp_path / "d"))
+  records = _records("fgnet", str(tmp_path / "d"), "full")
+  for r in records:
+    points68 = fgnet.read_pts(os.path.join(path, "points", os.path.basename(r["file_name"])[:-4].lower() + ".pts"))
+    assert _face_geometry_ok(r["landmarks"]), r["file_name"]
+    assert not _face_geometry_ok(align.five_points_from_68(points68))  # the iBUG reading is not a face
+  # Aligned with its landmarks, each drawn face has its dark eye discs on the canonical crop's eyes.
+  size = 48
+  for i in range(len(records)):
+    image = pipeline.LoadedSource(records, size, align_faces=True)[i]["image"][..., 0].astype(float)
+    for eye in canonical_template(size)[:2]:
+      x0, y0 = np.round(eye).astype(int) - 3
+      window = image[y0:y0 + 7, x0:x0 + 7] < 100
+      yy, xx = np.nonzero(window)
+      assert window.sum() >= 4
+      np.testing.assert_allclose([xx.mean() + x0, yy.mean() + y0], eye, atol=1.0)
 
 
 def test_fgnet_bad_landmark_files(tmp_path):

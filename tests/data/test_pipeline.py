@@ -126,13 +126,13 @@ def test_mean_image_normalisation_centres_the_training_images(records):
 
 
 def test_alignment_uses_the_records_landmarks():
-  from age_jax.faces import align
+  from age_jax.faces import canonical_template
   rng = np.random.default_rng(0)
   image = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
   buf = io.BytesIO()
   Image.fromarray(image).save(buf, "PNG")
-  # Landmarks already on the 40 px template: alignment to a 40 px output is the identity.
-  record = {"image": buf.getvalue(), "age": 3.0, "landmarks": align.template(40), "file_name": "a.png"}
+  # Landmarks already on the 40 px canonical template: alignment to a 40 px output is the identity.
+  record = {"image": buf.getvalue(), "age": 3.0, "landmarks": canonical_template(40), "file_name": "a.png"}
   aligned = pipeline.LoadedSource([record], 40, align_faces=True)[0]["image"]
   np.testing.assert_allclose(aligned.astype(int), image.astype(int), atol=1)
   with pytest.raises(ValueError, match="'b.png' has no landmarks"):

@@ -13,9 +13,10 @@ import os
 import re
 import time
 
+import numpy as np
 import tensorflow_datasets as tfds
 
-from age_jax.data.builders import curation, splits
+from age_jax.data.builders import curation, face_crops, splits
 from age_jax.data.builders.records import SourceExample, common_features, to_tfds_example
 
 COMMON_OPTIONS = {
@@ -23,6 +24,8 @@ COMMON_OPTIONS = {
     "keep_conflicting_duplicates": False,  # keep one copy per distinct label of identical images
     "skip_bad_labels": False,              # skip and count bad label rows / landmark files (else raise)
     "split_file": "",                      # JSON {split: [file names]} replacing the protocol
+    "canonical_crop": False,               # store each face aligned onto the canonical crop (face_crops.py)
+    "crop_size": face_crops.CROP_SIZE,     # its side in pixels
 }
 
 
@@ -69,6 +72,12 @@ class AgeDatasetBuilder(tfds.core.GeneratorBasedBuilder):
     for key, default in defaults.items():
       value = options.get(key, default)
       resolved[key] = _coerce(cls.name, key, value, default)
+    if resolved["crop_size"] != defaults["crop_size"] and not resolved["canonical_crop"]:
+      raise ValueError(f"builder option crop_size={resolved['crop_size']} for dataset {cls.name!r} needs "
+                       "canonical_crop=True")
+    if resolved["crop_size"] < 16:
+      raise ValueError(f"builder option crop_size={resolved['crop_size']} for dataset {cls.name!r}: "
+                       "expected at least 16 pixels")
     parts = []
     for key in sorted(resolved):
       value = resolved[key]
@@ -97,6 +106,8 @@ class AgeDatasetBuilder(tfds.core.GeneratorBasedBuilder):
   # ---- TFDS hooks ----
   def _info(self) -> tfds.core.DatasetInfo:
     features = {**common_features(), **self.extra_features()}
+    if self.options["canonical_crop"]:
+      features.update(face_features())
     return tfds.core.DatasetInfo(builder=self, description=self.DESCRIPTION,
                                  features=tfds.features.FeaturesDict(features), homepage=self.HOMEPAGE)
 
@@ -106,9 +117,14 @@ class AgeDatasetBuilder(tfds.core.GeneratorBasedBuilder):
     return {name: self._generate_examples(members) for name, members in planned.items() if members}
 
   def _generate_examples(self, members):
+    size = self.options["crop_size"] if self.options["canonical_crop"] else 0
     for example in members:
-      with open(example.path, "rb") as f:
-        yield example.file_name, to_tfds_example(example, f.read())
+      if size:
+        image = face_crops.canonical_jpeg(example.path, example.extras["landmarks"], size)
+      else:
+        with open(example.path, "rb") as f:
+          image = f.read()
+      yield example.file_name, to_tfds_example(example, image)
 
   # ---- the curation pipeline ----
   def listing(self, manual_dir: str) -> tuple[list[SourceExample], curation.Report]:
@@ -137,6 +153,8 @@ class AgeDatasetBuilder(tfds.core.GeneratorBasedBuilder):
     examples = curation.hash_and_verify(examples, report, skip_corrupt=options["skip_corrupt"])
     examples = curation.resolve_duplicates(examples, report,
                                            keep_conflicting=options["keep_conflicting_duplicates"])
+    if options["canonical_crop"]:
+      examples = face_crops.locate_faces(examples, report, face_crops.default_detector, dataset=self.name)
     curation.assign_groups(examples)
     if options["split_file"]:
       planned = splits.apply_split_file(examples, options["split_file"], report)
@@ -155,6 +173,13 @@ class AgeDatasetBuilder(tfds.core.GeneratorBasedBuilder):
         "curate_seconds": round(time.time() - start, 2),
     }
     return planned
+
+
+def face_features() -> dict:
+  """What a canonical-crop build stores beside the crop: the chosen face in the source image."""
+  return {"landmarks": tfds.features.Tensor(shape=(5, 2), dtype=np.float32),
+          "face_box": tfds.features.Tensor(shape=(4,), dtype=np.float32),
+          "face_score": tfds.features.Scalar(np.float32)}
 
 
 def check_folder(path: str, dataset: str) -> None:

@@ -2,7 +2,9 @@
 
 Layout: images/001A02.JPG (subject 001 at age 02; a trailing letter such as 010A07a.JPG marks
 a second image at the same age) and points/001a02.pts (68 'x y' lines between braces, after a
-'version:' and 'n_points: 68' header). Protocol: leave-one-person-out; all images are stored
+'version:' and 'n_points: 68' header) in FG-NET's own markup, not iBUG's (see `five_points`).
+Records keep the five alignment points as `landmarks` (5, 2), in the order of the alignment
+template. Protocol: leave-one-person-out; all images are stored
 in split 'full' with fold = the subject's rank, so 'fold{k}_test' is subject k and
 'fold{k}_train' everyone else. Gender and race are unknown (-1).
 """
@@ -17,6 +19,9 @@ from age_jax.data.builders.labels_csv import BadLabel
 from age_jax.data.builders.records import SourceExample, is_image, relative_name
 
 NUM_POINTS = 68
+# FG-NET's markup (0-based): 27-31 image-left eye (contour, pupil 31), 32-36 image-right eye
+# (pupil 36), 48 / 54 image-left / image-right mouth corner, 67 nose tip.
+_PUPIL_LEFT, _PUPIL_RIGHT, _NOSE_TIP, _MOUTH_LEFT, _MOUTH_RIGHT = 31, 36, 67, 48, 54
 _NAME = re.compile(r"^(?P<subject>\d{3})A(?P<age>\d{2})(?P<extra>[a-z]?)\.jpe?g$", re.IGNORECASE)
 
 
@@ -47,15 +52,26 @@ def read_pts(path: str, num_points: int = NUM_POINTS) -> np.ndarray:
   return np.asarray(points, np.float32)
 
 
+def five_points(pts68: np.ndarray) -> np.ndarray:
+  """(68, 2) FG-NET points -> (5, 2) float32: image-left eye, image-right eye, nose tip,
+  image-left mouth corner, image-right mouth corner (the alignment template's order)."""
+  pts = np.asarray(pts68, np.float32)
+  return pts[[_PUPIL_LEFT, _PUPIL_RIGHT, _NOSE_TIP, _MOUTH_LEFT, _MOUTH_RIGHT]]
+
+
 class Fgnet(base.AgeDatasetBuilder):
   """FG-NET; manual_dir holds images/ and points/."""
   MANUAL_DOWNLOAD_INSTRUCTIONS = ("manual_dir must hold images/ (files like 001A02.JPG) and points/ "
                                   "(68-point landmark files like 001a02.pts).")
   DESCRIPTION = "FG-NET with 68-point landmarks, leave-one-person-out folds."
   HOMEPAGE = "https://yanweifu.github.io/FG_NET_data/"
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "First release.",
+                   "1.1.0": "landmarks: the five alignment points in FG-NET's markup (not iBUG's 68)."}
+  SHIPS_LANDMARKS = True
 
   def extra_features(self):
-    return {"landmarks": tfds.features.Tensor(shape=(NUM_POINTS, 2), dtype=np.float32)}
+    return {"landmarks": tfds.features.Tensor(shape=(5, 2), dtype=np.float32)}
 
   def list_examples(self, manual_dir, report):
     image_dir, points_dir = os.path.join(manual_dir, "images"), os.path.join(manual_dir, "points")
@@ -77,7 +93,7 @@ class Fgnet(base.AgeDatasetBuilder):
       try:
         if stem not in pts_by_stem:
           raise BadLabel(f"{os.path.join(points_dir, stem + '.pts')}: missing landmark file for {name}")
-        landmarks = read_pts(pts_by_stem[stem])
+        landmarks = five_points(read_pts(pts_by_stem[stem]))
       except BadLabel as e:
         labels_csv.handle_bad(e, report, self.options["skip_bad_labels"], reason="bad_landmarks")
         continue

@@ -51,6 +51,21 @@ def parse_code(text: str, field: str, allowed: range, where: str) -> int:
   return value
 
 
+GENDER_WORDS = {"m": 0, "male": 0, "f": 1, "female": 1}
+
+
+def parse_gender(text: str, where: str) -> int:
+  """0 / 1 as the other codes, or M / F / male / female in any case (0 male, 1 female)."""
+  word = (text or "").strip().lower()
+  if word in GENDER_WORDS:
+    return GENDER_WORDS[word]
+  try:
+    return parse_code(text, "gender", range(2), where)
+  except BadLabel:
+    raise BadLabel(f"{where}: gender {text.strip()!r} is not one of 0 / 1, M / F, male / female "
+                   "(or -1 / empty for unknown)") from None
+
+
 def handle_bad(error: BadLabel, report, skip_bad: bool, reason: str = "bad_label_row") -> None:
   if not skip_bad:
     raise error
@@ -96,7 +111,7 @@ def read_labels_csv(csv_path: str, image_root: str, report, skip_bad: bool) -> l
       path = image_path(image_root, name, where)
       examples.append(SourceExample(
           path=path, file_name=relative_name(path, image_root), age=parse_age(values["age"], where),
-          gender=parse_code(values.get("gender", ""), "gender", range(2), where),
+          gender=parse_gender(values.get("gender", ""), where),
           race=parse_code(values.get("race", ""), "race", range(5), where),
           subject=values.get("subject", "")))
       seen.add(name)

@@ -1,0 +1,69 @@
+"""The pasted-face check: does a face give the same age wherever it sits in a photo?
+
+For each chip (a face crop as the dataset ships it), ages from:
+  chip_as_trained  the chip through the run's own input pipeline (as evaluation sees it);
+  chip_aligned     the chip -> detect -> align onto the canonical crop -> age;
+  pasted_aligned   the chip pasted into a larger photo (data/paste.py) -> detect -> align -> age;
+  pasted_whole     the same photo resized whole, no detection (what a model without a detector sees).
+A face is 'found' when the detector returns one (of several, the rule of face_crops.choose_face).
+The '_mirrored' ages average each crop's age with its mirror image's (Predictor.crop_ages).
+"""
+import sys
+import time
+
+import numpy as np
+
+from age_jax import metrics
+from age_jax.data import paste
+from age_jax.data.builders import face_crops
+from age_jax.faces import align_to_canonical
+
+
+def _chosen(detector, images, chunk=16, label=""):
+  """The chosen face of each image (None when none), in chunks with a progress line."""
+  out, start = [], time.time()
+  for first in range(0, len(images), chunk):
+    part = images[first:first + chunk]
+    for image, faces in zip(part, face_crops.detect(detector, part)):
+      k = face_crops.choose_face(faces, image.shape[1], image.shape[0])
+      out.append(None if k is None else faces[k])
+    if label:
+      print(f"[age_jax] {label}: detected {len(out)}/{len(images)} ({len(out) / (time.time() - start):.1f} img/s)",
+            file=sys.stderr, flush=True)
+  return out
+
+
+def _aligned_ages(predictor, images, faces, mirror=False):
+  crops = [align_to_canonical(im, np.asarray(f.landmarks, np.float64), predictor.crop_size)
+           for im, f in zip(images, faces) if f is not None]
+  ages = iter(a.age for a in predictor.crop_ages(crops, mirror=mirror))
+  return np.array([next(ages) if f is not None else np.nan for f in faces])
+
+
+def check(predictor, chips: list[np.ndarray], true_ages, *, seed: int = 0, photo_size: int = 320,
+          as_trained=None, verbose: bool = False) -> dict:
+  """The four ages per chip and their summary: found fractions, MAE of each against the true
+  ages, and pasted_aligned against chip_aligned (on faces found in both). as_trained: the
+  chips' ages through the training pipeline, when the caller has them."""
+  rng = np.random.default_rng(seed)
+  photos = [paste.paste(chip, rng, photo_size)[0] for chip in chips]
+  detector = predictor.detector
+  chip_faces = _chosen(detector, chips, label="chips" if verbose else "")
+  photo_faces = _chosen(detector, photos, label="pasted photos" if verbose else "")
+  ages = {"chip_aligned": _aligned_ages(predictor, chips, chip_faces),
+          "pasted_aligned": _aligned_ages(predictor, photos, photo_faces),
+          "chip_aligned_mirrored": _aligned_ages(predictor, chips, chip_faces, mirror=True),
+          "pasted_aligned_mirrored": _aligned_ages(predictor, photos, photo_faces, mirror=True),
+          "pasted_whole": np.array([a.age for a in predictor.crop_ages(photos)])}
+  if as_trained is not None:
+    ages["chip_as_trained"] = np.asarray(as_trained, np.float64)
+  true_ages = np.asarray(true_ages, np.float64)
+  both = ~np.isnan(ages["chip_aligned"]) & ~np.isnan(ages["pasted_aligned"])
+  summary = {"n": len(chips), "found_chips": float(np.mean([f is not None for f in chip_faces])),
+             "found_pasted": float(np.mean([f is not None for f in photo_faces])), "n_both": int(both.sum()),
+             "mae_vs_true": {k: metrics.mae(v[both], true_ages[both]) for k, v in ages.items()},
+             "pasted_vs_chip_aligned": metrics.mae(ages["pasted_aligned"][both], ages["chip_aligned"][both]),
+             "pasted_vs_chip_aligned_mirrored": metrics.mae(ages["pasted_aligned_mirrored"][both],
+                                                            ages["chip_aligned_mirrored"][both]),
+             "whole_vs_chip_aligned": metrics.mae(ages["pasted_whole"][both], ages["chip_aligned"][both])}
+  return {"summary": summary, "ages": {k: v.tolist() for k, v in ages.items()}}

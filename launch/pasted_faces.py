@@ -1,0 +1,48 @@
+"""The pasted-face check on a split of a run's dataset (age_jax/pasted_faces.py):
+  python -m launch.pasted_faces --workdir=DIR [--split=test] [--limit=1000] [--out=pasted.json]
+Prints MAE against the true ages for the chips as trained, the chips detected and aligned, the
+chips pasted into larger photos then detected and aligned, and those photos resized whole.
+"""
+import json
+
+from absl import app, flags
+
+from launch import common
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A workdir written by launch.train.")
+_SPLIT = flags.DEFINE_string("split", None, "Split of the run's dataset (default: config.data.eval_split).")
+_LIMIT = flags.DEFINE_integer("limit", 0, "Use this many chips, evenly spaced over the split (0: all).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the pasting (background, scale, angle, offset).")
+_MIN_FACE = flags.DEFINE_float("min_face_size", 20.0, "The detector's smallest face, in pixels.")
+_OUT = flags.DEFINE_string("out", None, "Write the summary and every age here (JSON).")
+flags.mark_flag_as_required("workdir")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  common.setup_jax()
+  import numpy as np
+  from age_jax import pasted_faces, predict
+  from age_jax.data.builders.face_crops import read_rgb
+  from age_jax.faces import FaceDetector
+  from age_jax.train import experiment
+  predictor = predict.Predictor(_WORKDIR.value, detector=FaceDetector(min_face_size=_MIN_FACE.value))
+  cfg = predictor.cfg
+  records = experiment.load_split(cfg, _SPLIT.value or cfg.data.eval_split)
+  n = len(records)
+  indices = np.arange(n) if not _LIMIT.value or _LIMIT.value >= n else np.linspace(0, n - 1, _LIMIT.value).astype(int)
+  subset = [records[int(i)] for i in indices]
+  as_trained = predictor.records_ages(subset)
+  chips = [read_rgb(r["image"]) for r in subset]
+  result = pasted_faces.check(predictor, chips, [r["age"] for r in subset], seed=_SEED.value,
+                              as_trained=as_trained, verbose=True)
+  result["summary"]["files"] = len(subset)
+  print(json.dumps(result["summary"], indent=1))
+  if _OUT.value:
+    with open(_OUT.value, "w") as f:
+      json.dump({**result, "file_names": [r["file_name"] for r in subset]}, f)
+
+
+if __name__ == "__main__":
+  app.run(main)

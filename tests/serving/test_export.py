@@ -1,0 +1,123 @@
+"""The exported artifact: portable StableHLO (no custom calls of ours), symbolic batch, and the
+same ages and intervals as the checkpoint on real faces, run by a Python without age_jax/flax/orbax."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from age_jax import conformal, export
+from age_jax.evaluate import Evaluator, restore
+from age_jax.models import layers
+from tests.serving.conftest import face_records
+
+# What README.md tells a user to run, with age_jax, flax and orbax made unimportable.
+BARE_PYTHON = """
+import sys
+for name in ("age_jax", "flax", "orbax", "orbax.checkpoint"):
+  sys.modules[name] = None
+import json, zipfile
+import jax, numpy as np
+z = zipfile.ZipFile(sys.argv[1])
+model = jax.export.deserialize(bytearray(z.read("model.jax")))
+faces = np.load(sys.argv[2])
+out = {k: np.asarray(v).tolist() for k, v in model.call(faces).items()}
+out["small_batch_age"] = np.asarray(model.call(faces[:3])["age"]).tolist()
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def artifact(trained_workdir, tmp_path_factory):
+  workdir, _, _ = trained_workdir
+  path = str(tmp_path_factory.mktemp("export") / "age.jaxexport")
+  meta = export.export_workdir(workdir, path)
+  return path, meta
+
+
+def test_artifact_has_no_custom_calls_of_ours(trained_workdir, artifact):
+  workdir, _, _ = trained_workdir
+  exported, meta = export.load_artifact(artifact[0])
+  assert meta["platforms"] == ["cpu", "cuda", "tpu"] and tuple(exported.platforms) == ("cpu", "cuda", "tpu")
+  assert meta["outputs"] == ["age", "high", "low", "spread"]
+  text = exported.mlir_module()
+  assert "age_jax_" not in text and "onednn" not in text.lower()
+  assert "custom_call" not in text.replace("stablehlo.custom_call @shape_assertion", "")
+  assert str(exported.in_avals[0].shape[0]) == "b"  # symbolic batch
+  if layers.resolve_lowering("auto") == "onednn":  # the checkpoint's own jit does use them
+    exp, cfg, state, _ = restore(workdir)
+    lowered = exp.jit_predict_step().lower(state.params, state.batch_stats, {
+        "image": np.zeros((16, 64, 64, 3), np.float32)})
+    assert re.search(r"custom_call @(age_jax_|CustomSPMDPartitioning)", lowered.as_text())
+
+
+def test_bare_python_gives_the_checkpoints_ages_and_intervals(trained_workdir, artifact, tmp_path):
+  workdir, folder, real = trained_workdir
+  exp, cfg, state, normalizer = restore(workdir)
+  records = face_records(folder, 24)
+  expected = Evaluator(exp, cfg, normalizer, records=records).predict(state)
+  low, high = conformal.load(workdir).intervals(expected["pred_age"], expected["pred_spread"], 0.9)
+  assert np.all(np.isfinite(high))
+  from age_jax.data import pipeline
+  faces = np.stack([pipeline.decode_image(r["image"], cfg.data.load_size) for r in records])
+  np.save(tmp_path / "faces.npy", faces)
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PYTHONPATH")}
+  run = subprocess.run([sys.executable, "-c", BARE_PYTHON, artifact[0], str(tmp_path / "faces.npy")],
+                       cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=120)
+  assert run.returncode == 0, run.stderr[-3000:]
+  out = json.loads(run.stdout)
+  assert np.ptp(expected["pred_age"]) > 0.01  # faces get different ages: parity is not trivial
+  np.testing.assert_allclose(out["age"], expected["pred_age"], atol=1e-4)
+  np.testing.assert_allclose(out["spread"], expected["pred_spread"], atol=1e-4)
+  np.testing.assert_allclose(out["low"], low, atol=1e-4)
+  np.testing.assert_allclose(out["high"], high, atol=1e-4)
+  np.testing.assert_allclose(out["small_batch_age"], expected["pred_age"][:3], atol=1e-4)
+  if not real:
+    pytest.skip("parity held on synthetic faces; no ../shared UTKFace copy for real ones")
+
+
+def test_lae_preset_is_refused_with_the_reason(trained_workdir):
+  _, cfg, _, _ = restore(trained_workdir[0])
+  cfg.data.augment = "lae"
+  with pytest.raises(ValueError, match="augment='lae'"):
+    export.center_crop_offsets(cfg)
+
+
+def test_onnx_gives_the_artifacts_ages_and_intervals(trained_workdir, artifact, tmp_path):
+  ort = pytest.importorskip("onnxruntime")
+  pytest.importorskip("onnx")
+  from age_jax import export_onnx
+  workdir, folder, _ = trained_workdir
+  path = str(tmp_path / "age.onnx")
+  assert export_onnx.export_workdir(workdir, path) == ["age", "high", "low", "spread"]
+  _, cfg, _, _ = restore(workdir)
+  from age_jax.data import pipeline
+  faces = np.stack([pipeline.decode_image(r["image"], cfg.data.load_size) for r in face_records(folder, 16)])
+  got = dict(zip(["age", "high", "low", "spread"], ort.InferenceSession(path).run(None, {"faces": faces})))
+  want = export.load_artifact(artifact[0])[0].call(faces)
+  for name in got:
+    np.testing.assert_allclose(got[name], np.asarray(want[name]), atol=1e-4, err_msg=name)
+
+
+@pytest.mark.parametrize("name", ["mae", "oh", "ldl"])
+def test_onnx_decoders_match_jax_on_a_fresh_model(name):
+  ort = pytest.importorskip("onnxruntime")
+  pytest.importorskip("onnx")
+  import jax
+  from age_jax import export_onnx
+  from age_jax.data import pipeline
+  from tests.tiny import tiny_config
+  cfg, exp = export.portable_experiment(tiny_config(**{"formulation.name": name}))
+  state = exp.init_state(jax.random.key(0))
+  mean = np.random.default_rng(0).uniform(0, 255, (64, 64, 3)).astype(np.float32)
+  normalizer = pipeline.Normalizer("mean_image", mean, 1 / 255)
+  faces = np.random.default_rng(1).integers(0, 256, (5, 72, 72, 3), np.uint8)
+  model = export_onnx.build_model(cfg, jax.device_get(state.params), normalizer)
+  got = ort.InferenceSession(model.SerializeToString()).run(["age"], {"faces": faces})[0]
+  want = export.inference_function(exp, cfg, state, normalizer)(faces)["age"]
+  np.testing.assert_allclose(got, np.asarray(want), atol=1e-4)
+  with pytest.raises(ValueError, match="xing_baseline"):
+    export_onnx._refuse(tiny_config(**{"model.name": "resnet18"}))
