@@ -217,10 +217,6 @@ def shutdown() -> None:
     jax.distributed.shutdown()
 
 
-def is_main_process() -> bool:
-  return jax.process_index() == 0
-
-
 def describe() -> str:
   """One line for the logs: which process this is and what it sees."""
   return (f"process {jax.process_index()}/{jax.process_count()}: {jax.local_device_count()} local of "

@@ -1,5 +1,4 @@
 """Evaluation: restore a run, predict ages for a split or a folder, and report the metrics."""
-import json
 import os
 import time
 
@@ -171,6 +170,3 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, folder: str | No
 def _slug(name: str) -> str:
   return "".join(c if c.isalnum() or c in "-_" else "_" for c in name).strip("_")[-80:]
 
-
-def dumps(report: dict) -> str:
-  return json.dumps(report, indent=2)

@@ -74,7 +74,7 @@ def main(argv):
   records = datasets.load_split("utkface", _DATA_DIR.value, "train")
   labels = datasets.split_labels(records)
   base = quickstart.get_config()
-  print(f"| load px | cache | threads | workers | images/s | host CPU ms/image |")
+  print("| load px | cache | threads | workers | images/s | host CPU ms/image |")
   print("|---|---|---|---|---|---|")
   for load_size, cache in SETTINGS:
     data = base.data.copy_and_resolve_references()

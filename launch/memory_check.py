@@ -9,7 +9,6 @@ On a CPU machine the figures are the CPU backend's buffer assignment: a guide to
 the activations and state, not the exact number a GPU or TPU compiler will choose; run the same
 command on the accelerator for that. Nothing is allocated for the state or the batch.
 """
-import os
 
 from absl import app, flags
 from ml_collections import config_flags

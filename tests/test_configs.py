@@ -3,7 +3,6 @@ import glob
 import importlib.util
 import os
 
-import jax
 import pytest
 
 from age_jax import config as config_lib, formulations

@@ -12,7 +12,7 @@ import pytest
 from age_jax import checkpoint, evaluate
 from age_jax.train import experiment, loop, stages, step as step_lib
 from tests.data.fake_datasets import make_utkface_folder
-from tests.tiny import tiny_config
+from tests.tiny import folder_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,9 +25,7 @@ def utk_folder(tmp_path_factory):
 
 
 def _cfg(folder, data_dir, **overrides):
-  cfg = tiny_config(**{"data.manual_dir": folder, "data.data_dir": data_dir, "data.cache": "memory",
-                       "model.dropout_rate": 0.0, "optim.schedule": "constant", **overrides})
-  return cfg
+  return folder_config(folder, data_dir, **overrides)
 
 
 def _params(workdir):

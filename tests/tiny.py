@@ -34,6 +34,12 @@ def tiny_config(**overrides):
   return c
 
 
+def folder_config(folder, data_dir, **overrides):
+  """tiny_config training on a generated image folder: RAM cache, no dropout, constant rate."""
+  return tiny_config(**{"data.manual_dir": folder, "data.data_dir": data_dir, "data.cache": "memory",
+                        "model.dropout_rate": 0.0, "optim.schedule": "constant", **overrides})
+
+
 def train_steps(cfg, devices=None, num_steps=3):
   """Builds cfg on `devices` and runs num_steps jitted train steps on random batches.
   Returns (experiment, final state, per-step losses)."""

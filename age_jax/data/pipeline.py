@@ -203,7 +203,3 @@ def eval_batches(source: LoadedSource, data_cfg, *, global_batch_size: int, norm
   ds = grain.MapDataset.range(padded).map(load).batch(local)[process_index::process_count]
   return iter(_to_iter(ds, data_cfg))
 
-
-def num_eval_batches(n: int, global_batch_size: int) -> int:
-  return -(-n // global_batch_size)
-

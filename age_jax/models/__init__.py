@@ -56,11 +56,6 @@ def names():
   return sorted(_REGISTRY)
 
 
-def register(name, factory):
-  """factory(model_config, num_outputs) -> Module."""
-  _REGISTRY[name] = factory
-
-
 def _multitask_model(cfg, mt, num_outputs):
   if cfg.name not in MULTITASK_TRUNKS:
     raise ValueError(f"config.multitask.kind={mt.kind!r} needs a trunk with stem/top/head parts; "

@@ -20,7 +20,6 @@ Names: torchvision for every family; timm's tf_efficientnetv2_* names are recogn
 padding; our convolutions pad symmetrically like torchvision, so they fit less exactly.
 """
 import re
-from typing import Callable
 
 import jax
 import numpy as np

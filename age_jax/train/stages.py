@@ -26,10 +26,6 @@ class Stage:
   first_step: int                  # global step before this stage's first update
   last_step: int                   # global step after its last update
 
-  def contains(self, step: int) -> bool:
-    return self.first_step <= step < self.last_step
-
-
 def merge_overrides(base: ml_collections.ConfigDict, overrides, path: str):
   for key, value in overrides.items():
     if key not in base:

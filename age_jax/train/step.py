@@ -3,7 +3,6 @@
 Neither knows which model, formulation or mesh it runs: the model returns named outputs,
 the objective turns them into a per-example loss, and shardings are given by the caller.
 """
-import functools
 
 import jax
 import jax.numpy as jnp

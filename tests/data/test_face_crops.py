@@ -1,7 +1,6 @@
 """Canonical-crop builds: one face per image by the stated rule, no-face images dropped and
 counted, the build key, datasets that ship landmarks, and a labelled folder for evaluation."""
 import io
-import os
 
 import numpy as np
 import pytest

@@ -14,7 +14,7 @@ from age_jax.data import datasets
 from age_jax.train import experiment, loop, step as step_lib
 from launch import common
 from tests.data.fake_datasets import make_utkface_folder
-from tests.tiny import tiny_config
+from tests.tiny import folder_config
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +25,7 @@ def folder(tmp_path_factory):
 
 
 def _cfg(folder, data_dir, **overrides):
-  return tiny_config(**{"data.manual_dir": folder, "data.data_dir": data_dir, "data.cache": "memory",
-                        "data.val_split": "", "model.dropout_rate": 0.0, "optim.schedule": "constant",
-                        "train.num_steps": 2, **overrides})
+  return folder_config(folder, data_dir, **{"data.val_split": "", "train.num_steps": 2, **overrides})
 
 
 def _all_finite(workdir, step):

@@ -7,7 +7,7 @@ import pytest
 from age_jax import checkpoint
 from age_jax.train import experiment, init_from, loop
 from tests.data.fake_datasets import make_utkface_folder
-from tests.tiny import tiny_config
+from tests.tiny import folder_config
 
 
 def test_copy_matching_by_path_and_shape_with_reasons():
@@ -31,9 +31,7 @@ def utk_folder(tmp_path_factory):
 
 
 def _cfg(folder, data_dir, **overrides):
-  return tiny_config(**{"data.manual_dir": folder, "data.data_dir": data_dir, "data.cache": "memory",
-                        "model.dropout_rate": 0.0, "optim.schedule": "constant", "train.num_steps": 2,
-                        "data.val_split": "", **overrides})
+  return folder_config(folder, data_dir, **{"data.val_split": "", "train.num_steps": 2, **overrides})
 
 
 def _restored(workdir):

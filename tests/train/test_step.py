@@ -2,7 +2,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from age_jax.train import experiment, optim, sharding, step as step_lib

@@ -9,7 +9,7 @@ byte-identical images always share a split and the split does not depend on list
 import os
 import re
 
-from age_jax.data.builders import base, curation, labels_csv, splits
+from age_jax.data.builders import base, labels_csv, splits
 from age_jax.data.builders.records import UNKNOWN, SourceExample, is_image
 
 # race is optional (three release names lack it); the date is 8+ digits, so '39_1_2017...' reads
