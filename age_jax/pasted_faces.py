@@ -19,12 +19,12 @@ from age_jax.data.builders import face_crops
 from age_jax.faces import align_to_canonical
 
 
-def _chosen(detector, images, chunk=16, label=""):
+def _chosen(detector, images, chunk=16, label="", refine=True):
   """The chosen face of each image (None when none), in chunks with a progress line."""
   out, start = [], time.time()
   for first in range(0, len(images), chunk):
     part = images[first:first + chunk]
-    for image, faces in zip(part, face_crops.detect(detector, part)):
+    for image, faces in zip(part, face_crops.detect(detector, part, refine=refine)):
       k = face_crops.choose_face(faces, image.shape[1], image.shape[0])
       out.append(None if k is None else faces[k])
     if label:
@@ -41,15 +41,15 @@ def _aligned_ages(predictor, images, faces, mirror=False):
 
 
 def check(predictor, chips: list[np.ndarray], true_ages, *, seed: int = 0, photo_size: int = 320,
-          as_trained=None, verbose: bool = False) -> dict:
+          as_trained=None, verbose: bool = False, refine: bool = True) -> dict:
   """The four ages per chip and their summary: found fractions, MAE of each against the true
   ages, and pasted_aligned against chip_aligned (on faces found in both). as_trained: the
   chips' ages through the training pipeline, when the caller has them."""
   rng = np.random.default_rng(seed)
   photos = [paste.paste(chip, rng, photo_size)[0] for chip in chips]
   detector = predictor.detector
-  chip_faces = _chosen(detector, chips, label="chips" if verbose else "")
-  photo_faces = _chosen(detector, photos, label="pasted photos" if verbose else "")
+  chip_faces = _chosen(detector, chips, label="chips" if verbose else "", refine=refine)
+  photo_faces = _chosen(detector, photos, label="pasted photos" if verbose else "", refine=refine)
   ages = {"chip_aligned": _aligned_ages(predictor, chips, chip_faces),
           "pasted_aligned": _aligned_ages(predictor, photos, photo_faces),
           "chip_aligned_mirrored": _aligned_ages(predictor, chips, chip_faces, mirror=True),

@@ -14,6 +14,7 @@ _SPLIT = flags.DEFINE_string("split", None, "Split of the run's dataset (default
 _LIMIT = flags.DEFINE_integer("limit", 0, "Use this many chips, evenly spaced over the split (0: all).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the pasting (background, scale, angle, offset).")
 _MIN_FACE = flags.DEFINE_float("min_face_size", 20.0, "The detector's smallest face, in pixels.")
+_REFINE = flags.DEFINE_bool("refine", True, "Refine the landmarks by a second detection in the canonical frame.")
 _OUT = flags.DEFINE_string("out", None, "Write the summary and every age here (JSON).")
 flags.mark_flag_as_required("workdir")
 
@@ -36,7 +37,7 @@ def main(argv):
   as_trained = predictor.records_ages(subset)
   chips = [read_rgb(r["image"]) for r in subset]
   result = pasted_faces.check(predictor, chips, [r["age"] for r in subset], seed=_SEED.value,
-                              as_trained=as_trained, verbose=True)
+                              as_trained=as_trained, verbose=True, refine=_REFINE.value)
   result["summary"]["files"] = len(subset)
   print(json.dumps(result["summary"], indent=1))
   if _OUT.value:
