@@ -99,6 +99,7 @@ def test_two_stage_run_trains_only_the_head_in_the_classifier_stage(utk_folder, 
     assert changed == (name == "age_head"), name
 
 
+@pytest.mark.slow
 def test_cli_trains_evaluates_on_a_folder_and_predicts(utk_folder, tmp_path):
   workdir, data_dir = str(tmp_path / "run"), str(tmp_path / "tfds")
   other = str(tmp_path / "other_faces")  # another labelled folder, without the release's quirks
@@ -147,6 +148,7 @@ def test_missing_folder_is_named_before_any_work(tmp_path):
   assert not os.path.exists(tmp_path / "run")
 
 
+@pytest.mark.slow
 def test_hybrid_three_step_training_runs_as_stages(utk_folder, tmp_path):
   cfg = _cfg(utk_folder, str(tmp_path / "tfds"), **{"multitask.kind": "hybrid", "multitask.groups": "gender",
                                                       "multitask.group_classifier": "branch"})

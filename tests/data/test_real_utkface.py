@@ -12,6 +12,7 @@ UTKFACE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 pytestmark = pytest.mark.skipif(not os.path.isdir(UTKFACE), reason="no ../shared UTKFace copy")
 
 
+@pytest.mark.slow
 def test_real_release_builds_with_every_quirk_handled(tmp_path):
   report = datasets.prepare("utkface", UTKFACE, str(tmp_path))
   # 20,708 files; 259 groups of identical images with conflicting labels (531 files) dropped,

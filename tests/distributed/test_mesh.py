@@ -63,6 +63,7 @@ def _train(cfg, num_steps=3):
   return train_steps(cfg, num_steps=num_steps)
 
 
+@pytest.mark.slow
 def test_fsdp_shards_params_and_optimizer_state_and_matches_data_parallel():
   # fsdp_min_size=256 makes the tiny model's conv kernels and fc2 (16x16) large enough to split.
   fsdp_cfg = tiny_config(**{"mesh.fsdp": 4, "mesh.fsdp_min_size": 256})

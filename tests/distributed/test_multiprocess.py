@@ -27,6 +27,8 @@ from age_jax.train import experiment
 from launch import local_cluster
 from tests.data.fake_datasets import make_utkface_folder
 
+pytestmark = pytest.mark.slow  # real multi-process runs: minutes of start-up and compilation
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(REPO, "tests", "distributed", "run_config.py")
 TIMEOUT_S = 240

@@ -79,6 +79,7 @@ def _assert_every_parameter_gets_a_gradient(grads):
     assert np.any(g != 0), f"no gradient reaches {jax.tree_util.keystr(path)}"
 
 
+@pytest.mark.slow
 def test_vgg16_forward_backward_small():
   model = VGG16(num_outputs=3, fc_features=(16, 16), dropout_rate=0.0, conv_lowering="patches")
   variables, grads, out, _ = _train_step_grads(model)
@@ -86,6 +87,7 @@ def test_vgg16_forward_backward_small():
   _assert_every_parameter_gets_a_gradient(grads)
 
 
+@pytest.mark.slow
 def test_resnet_forward_backward_updates_batch_stats_with_torch_momentum():
   # BasicBlock and Bottleneck stages with downsampling; one block per stage keeps compilation short.
   for block in (BasicBlock, Bottleneck):
@@ -108,6 +110,7 @@ def test_resnet_forward_backward_updates_batch_stats_with_torch_momentum():
 _TINY_EFFNET = ((FUSED, 1, 3, 1, 8, 8, 2), (FUSED, 4, 3, 2, 8, 16, 1), (MB, 4, 3, 2, 16, 16, 2))
 
 
+@pytest.mark.slow
 def test_efficientnetv2_forward_backward_and_stochastic_depth_only_in_training():
   model = EfficientNetV2(stages=_TINY_EFFNET, num_outputs=2, dropout_rate=0.0, stochastic_depth_rate=0.5,
                          conv_lowering="patches")

@@ -42,8 +42,9 @@ def _close(actual, expected, rtol=1e-5):
 
 
 # 'hybrid' with each weight-gradient path (XLA's convolution, or patches^T @ dy).
-@pytest.mark.parametrize("lowering,wgrad_by_matmul", [("patches", False), ("hybrid", False), ("hybrid", True),
-                                                      ("onednn", False)])
+@pytest.mark.parametrize("lowering,wgrad_by_matmul", [
+    pytest.param("patches", False, marks=pytest.mark.slow),   # no default uses 'patches' alone
+    ("hybrid", False), ("hybrid", True), ("onednn", False)])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_lowering_matches_xla_forward_and_gradients(case, lowering, wgrad_by_matmul, monkeypatch):
   monkeypatch.setattr(layers, "_weight_grad_by_matmul", lambda: wgrad_by_matmul)

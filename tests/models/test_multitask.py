@@ -63,6 +63,7 @@ def test_net_vgg_hybrid_parameter_count():
   assert _count(shapes["params"]) == shared + top + (4096 * 4 + 4) + 4 * (top + 4096 + 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["parallel", "deep", "hybrid"])
 def test_forward_backward_outputs(kind):
   cfg = _config(kind)

@@ -82,6 +82,7 @@ def _params(workdir):
   return int(state.step), jax.device_get(state.params)
 
 
+@pytest.mark.slow
 def test_signals_save_the_current_step_and_resume_exactly(data, tmp_path):
   workdir = str(tmp_path / "run")
   # 1. SIGINT; meanwhile a second trainer and evaluations of the live, rotating checkpoints.
