@@ -9,6 +9,7 @@ import base64
 import json
 import os
 import re
+import signal
 import shutil
 import socket
 import subprocess
@@ -74,10 +75,11 @@ class DevTools:
 
 @pytest.fixture
 def browser(server, tmp_path):
+  # Debian's launcher is a shell script whose child is the browser: stop the whole process group.
   process = subprocess.Popen(
       [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-port=0",
        f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1000,900", server],
-      stderr=subprocess.PIPE, text=True)
+      stderr=subprocess.PIPE, text=True, start_new_session=True)
   try:
     endpoint = None
     for line in process.stderr:  # "DevTools listening on ws://127.0.0.1:PORT/devtools/browser/..."
@@ -97,7 +99,7 @@ def browser(server, tmp_path):
     with ws_client.connect(pages[0]["webSocketDebuggerUrl"], max_size=None) as ws:
       yield DevTools(ws)
   finally:
-    process.terminate()
+    os.killpg(process.pid, signal.SIGTERM)
     process.wait(10)
 
 
