@@ -25,3 +25,15 @@ from absl import flags  # noqa: E402
 
 # grain workers read absl flags; outside absl.app.run they must be marked parsed.
 flags.FLAGS.mark_as_parsed()
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def small_utk_folder(tmp_path_factory):
+  """48 generated UTKFace-named faces (16 px, no release quirks) for short training runs."""
+  from tests.data.fake_datasets import make_utkface_folder
+  path = str(tmp_path_factory.mktemp("utk") / "UTKFace")
+  make_utkface_folder(path, n=48, quirks=False, size=16)
+  return path

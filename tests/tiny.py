@@ -40,6 +40,11 @@ def folder_config(folder, data_dir, **overrides):
                         "model.dropout_rate": 0.0, "optim.schedule": "constant", **overrides})
 
 
+def short_run_config(folder, data_dir, **overrides):
+  """folder_config for a 2-step run without validation."""
+  return folder_config(folder, data_dir, **{"data.val_split": "", "train.num_steps": 2, **overrides})
+
+
 def train_steps(cfg, devices=None, num_steps=3):
   """Builds cfg on `devices` and runs num_steps jitted train steps on random batches.
   Returns (experiment, final state, per-step losses)."""

@@ -18,7 +18,7 @@ from age_jax.faces import align
 # image-right mouth corners; (x, y) fractions of the crop side.
 CANONICAL_TEMPLATE = np.array([[0.2998, 0.2922], [0.6938, 0.2926], [0.4924, 0.5226],
                                [0.3218, 0.6960], [0.6693, 0.6956]], np.float64)
-UTKFACE_CHIP_SIZE = 200  # the side at which the template was measured
+UTKFACE_CHIP_SIZE = 200  # UTKFace chips' side: the frame the template describes at its own scale
 
 
 def canonical_template(size: int) -> np.ndarray:

@@ -15,7 +15,7 @@ from age_jax.train import optim, sharding, state as state_lib, step as step_lib
 
 CONFIG_FILE = "config.json"
 MEAN_IMAGE_FILE = "mean_image.npy"
-STAGE_METRICS_FILE = "stage_metrics.json"   # {stage name: {metric: value}} measured at its end
+STAGE_METRICS_FILE = "stage_metrics.json"   # {stage name: {metric: value}}, written when the stage ends
 
 
 @dataclasses.dataclass

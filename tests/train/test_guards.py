@@ -14,18 +14,15 @@ from age_jax.data import datasets
 from age_jax.train import experiment, loop, step as step_lib
 from launch import common
 from tests.data.fake_datasets import make_utkface_folder
-from tests.tiny import folder_config
+from tests.tiny import short_run_config
 
 
 @pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-  path = str(tmp_path_factory.mktemp("guards") / "UTKFace")
-  make_utkface_folder(path, n=48, quirks=False, size=16)
-  return path
+def folder(small_utk_folder):
+  return small_utk_folder
 
 
-def _cfg(folder, data_dir, **overrides):
-  return folder_config(folder, data_dir, **{"data.val_split": "", "train.num_steps": 2, **overrides})
+_cfg = short_run_config
 
 
 def _all_finite(workdir, step):

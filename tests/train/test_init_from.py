@@ -6,8 +6,7 @@ import pytest
 
 from age_jax import checkpoint
 from age_jax.train import experiment, init_from, loop
-from tests.data.fake_datasets import make_utkface_folder
-from tests.tiny import folder_config
+from tests.tiny import short_run_config
 
 
 def test_copy_matching_by_path_and_shape_with_reasons():
@@ -24,14 +23,11 @@ def test_copy_matching_by_path_and_shape_with_reasons():
 
 
 @pytest.fixture(scope="module")
-def utk_folder(tmp_path_factory):
-  folder = str(tmp_path_factory.mktemp("utk") / "UTKFace")
-  make_utkface_folder(folder, n=40, quirks=False, size=24)
-  return folder
+def utk_folder(small_utk_folder):
+  return small_utk_folder
 
 
-def _cfg(folder, data_dir, **overrides):
-  return folder_config(folder, data_dir, **{"data.val_split": "", "train.num_steps": 2, **overrides})
+_cfg = short_run_config
 
 
 def _restored(workdir):
