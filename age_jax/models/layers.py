@@ -7,8 +7,8 @@ so weights move freely between lowerings. The lowering is a config choice:
              gradients (col2im for the input, patches^T @ dy for the weights);
   'hybrid'   a custom VJP that picks, per convolution and per direction, what XLA's CPU
              backend runs fastest: XLA's forward and input-gradient convolutions, except
-             on maps smaller than the kernel (there XLA's CPU convolution crawls at ~1
-             GFLOP/s and im2col + matmul is 100x faster) and for 1x1 kernels (a matmul);
+             on maps smaller than the kernel (where XLA's CPU convolution leaves its fast
+             path and im2col + matmul is far faster) and for 1x1 kernels (a matmul);
              the weight gradient as patches^T @ dy on CPUs where XLA's CPU
              weight-gradient convolution is slow (AVX2-only; see _weight_grad_by_matmul);
              depthwise convolutions as a sum of kh*kw shifted, scaled copies (one fused
@@ -23,8 +23,8 @@ rounding (tests/models/test_layers.py).
 
 'hybrid' and 'onednn' also come with XLA compiler options (`compiler_options`), which every jit that runs
 a model passes: on CPU, XLA hands convolutions and elementwise fusions to its YNNPACK library by
-default, whose convolutions ran at half the speed of XLA's own (Eigen) on large maps here;
-keeping YNNPACK for single matmuls and reductions only made whole train steps 1.3-1.5x faster.
+default, whose convolutions are slower than XLA's own (Eigen) on large maps, so YNNPACK is kept
+for single matmuls and reductions only (figures: BUILD_NOTES.md, "Speed").
 """
 import functools
 from typing import Any, Sequence
@@ -53,7 +53,7 @@ def resolve_lowering(lowering: str) -> str:
   return "hybrid" if onednn.unavailable_reason() else "onednn"
 
 
-# XLA CPU's library fusions ('LIBRARY_FUSION_TYPE_*') kept under 'hybrid'; measured in BUILD_NOTES.md.
+# XLA CPU's library fusions kept under 'hybrid': YNNPACK for single matmuls and reductions only.
 _CPU_LIBRARY_FUSIONS = "LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
 _CPU_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 
@@ -143,7 +143,7 @@ def conv_depthwise_shifts(x, kernel, strides, pads):
 
 
 def _map_smaller_than_kernel(out_hw, kernel_hw):
-  # XLA's CPU convolution falls off its fast path here (3x3 kernel on a 2x2 map: ~1 GFLOP/s).
+  # XLA's CPU convolution falls off its fast path when the output map is smaller than the kernel.
   return out_hw[0] < kernel_hw[0] or out_hw[1] < kernel_hw[1]
 
 
@@ -157,15 +157,13 @@ def _cpu_has_avx512() -> bool:
 
 
 def _weight_grad_by_matmul() -> bool:
-  """Whether patches^T @ dy should replace XLA's CPU weight-gradient convolution. On AVX2-only
-  CPUs (the AMD EPYC of the issue) XLA's ran at 7-33 GFLOP/s and im2col + matmul won; on an
-  AVX-512 Xeon XLA's was as fast or faster (20-80 vs 11-50 GFLOP/s, BUILD_NOTES.md)."""
+  """Whether patches^T @ dy should replace XLA's CPU weight-gradient convolution: yes on
+  AVX2-only CPUs, where XLA's is slow; on AVX-512 CPUs XLA's is as fast or faster."""
   return jax.default_backend() == "cpu" and not _cpu_has_avx512()
 
 
-# Where oneDNN beats XLA on a 2-core AVX2 EPYC, by output map area (ResNet-18 and Xing layers at
-# batch 32, `launch.bench_conv`, BUILD_NOTES.md): forward and input gradient from ~20x20 up (1.1-1.4x
-# on 28-56 px maps, up to 1.8x slower on 2-16 px ones), the weight gradient from ~12x12 up (1.4-3x).
+# The output map area from which oneDNN's kernels beat XLA's, per direction; on smaller maps
+# its NHWC kernels lose (`launch.bench_conv`; BUILD_NOTES.md, "Speed").
 _ONEDNN_MIN_AREA = {"forward": 20 * 20, "weight_grad": 12 * 12}
 
 
@@ -296,7 +294,7 @@ def max_pool(x, window: int | Sequence[int], strides: int | Sequence[int], paddi
   """Max pooling, NHWC. 'onednn' (float32): oneDNN's pooling kernels. Otherwise on CPU (every
   lowering but 'xla') the running maximum of the kh*kw strided views, with a gradient computed
   per stride phase (`_max_pool_views`): XLA's CPU select-and-scatter (the gradient of
-  reduce_window max) is 5-12x slower. Ties send the gradient to the first maximal tap, as
+  reduce_window max) is several times slower. Ties send the gradient to the first maximal tap, as
   select-and-scatter does, so every path gives identical gradients."""
   window, strides = _pair(window), _pair(strides)
   if resolve_lowering(lowering) == "xla":
@@ -330,7 +328,7 @@ def _max_pool_views(x, window, strides):
 def _max_pool_views_fwd(x, window, strides):
   # XLA recomputes `tap` inside the backward fusion rather than storing it (an optimization
   # barrier does not survive to fusion, and an argmax or variadic reduce_window that would be
-  # stored cost more than the recomputation): still 1.5x faster than autodiff of the views.
+  # stored cost more than the recomputation): still faster than autodiff of the views.
   out, tap = _running_max(x, window, strides)
   return out, (tap, jnp.zeros((0,) + x.shape[1:], x.dtype))  # the empty array carries x's map size
 
