@@ -96,7 +96,7 @@ def forward_flops_per_image(model_name, image_size, dtype_name, num_outputs):
   """XLA's FLOP count of one inference forward pass with XLA's own convolutions: the lowering-
   independent 'model FLOPs' (im2col lowerings make XLA count extra work for padding taps).
   Counted by the CPU compiler whatever the backend: the GPU one leaves out the convolutions it
-  hands to cuDNN (0.8 of 31.6 GFLOP for EfficientNetV2-M at 384 px)."""
+  hands to cuDNN."""
   import jax
   import jax.numpy as jnp
   from age_jax import config as config_lib, models

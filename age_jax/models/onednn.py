@@ -1,9 +1,9 @@
 """Convolutions and max pooling on oneDNN's CPU kernels, called from XLA through its FFI
 (kernels/onednn_conv.cc); layers.py decides where they run.
 
-XLA's CPU backend computes convolution weight gradients at 8-9 GFLOP/s on large maps of an AVX2
-CPU; oneDNN's direct kernels (the library PyTorch uses on CPU) run them at 40-55, and its forward
-and input-gradient kernels match or beat XLA's (BUILD_NOTES.md). The C++ handlers are compiled
+XLA's CPU backend has no fast convolution weight gradient on AVX2 CPUs; oneDNN's direct kernels
+(the library PyTorch uses on CPU) do, and its forward and input-gradient kernels match or beat
+XLA's (figures: BUILD_NOTES.md, "Speed"). The C++ handlers are compiled
 once per machine with the system C++ compiler against jaxlib's FFI headers and the oneDNN wheels
 (`onednn-cpu-gomp`, `onednn-devel-cpu-gomp`; a dependency on Linux x86-64), cached under
 $AGE_JAX_KERNEL_CACHE (default ~/.cache/age_jax/kernels), and registered as XLA CPU custom calls.
