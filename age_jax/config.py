@@ -64,6 +64,7 @@ def default_config() -> ml_collections.ConfigDict:
       "dtype": "float32",           # compute dtype; params stay float32
       "conv_features": (96, 256, 384),
       "fc_features": (512, 512),
+      "resnet_width": 64,           # ResNets: channels of the first stage, doubled per stage (He et al.: 64)
       "dropout_rate": 0.5,
       "stochastic_depth_rate": 0.2,  # EfficientNetV2 only
       "init_from": "",              # a workdir or a .safetensors/.npz: start from its weights (train/init_from.py)
@@ -103,6 +104,7 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict({
       "batch_size": 256,
+      "mirror": False,              # average each face's prediction with its mirror image's
   })
 
   c.mesh = ml_collections.ConfigDict({

@@ -113,7 +113,8 @@ def restore(workdir: str, step: int | None = None, attempts: int = 5):
 
 def evaluate_workdir(workdir: str, *, split: str | None = None, folder: str | None = None,
                      dataset: str | None = None, manual_dir: str = "", faces: str = "detect",
-                     out_dir: str | None = None, step: int | None = None, calibrate_first: bool = False) -> dict:
+                     out_dir: str | None = None, step: int | None = None, calibrate_first: bool = False,
+                     mirror: bool | None = None) -> dict:
   """Evaluates a checkpoint and writes report.json and plots to out_dir; returns the report.
 
   Sources: a split of the run's own dataset (default: config.data.eval_split), images as it
@@ -122,13 +123,16 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, folder: str | No
   aligns each image's face onto the canonical crop (data/builders/face_crops.py; images without
   a face are left out and counted), faces='crops' uses the images as they are.
   With calibrate_first, first (re)calibrates the age intervals on the validation split; the
-  report has interval coverage whenever the workdir holds a calibration.
+  report has interval coverage whenever the workdir holds a calibration. mirror overrides the
+  run's config.eval.mirror (mirror-averaged predictions).
   """
   if faces not in ("detect", "crops"):
     raise ValueError(f"faces={faces!r}; expected 'detect' or 'crops'")
   if folder and dataset:
     raise ValueError("give a folder or a dataset to evaluate on, not both")
   exp, cfg, state, normalizer = restore(workdir, step)
+  if mirror is not None:
+    exp.cfg.eval.mirror = cfg.eval.mirror = bool(mirror)
   if calibrate_first:
     if not cfg.data.val_split:
       raise ValueError("calibration needs a validation split, and config.data.val_split is empty")

@@ -6,7 +6,8 @@ The file is a zip of
                -> {'age', 'spread' (softmax heads), 'low', 'high' (with a calibration),
                'gender', 'race' (multi-task)}; preprocessing (the evaluation centre crop, the
                run's normalisation), network, decoder and the conformal interval at the coverage
-               chosen at export time are all inside, the weights as constants.
+               chosen at export time are all inside (with config.eval.mirror, the mirror
+               averaging too), the weights as constants.
   meta.json    what the inputs and outputs are, and where the model came from.
 The network is rebuilt with conv_lowering='xla' whatever it trained with: every lowering
 computes the same function on the same weights (models/layers.py), and the oneDNN custom
@@ -55,12 +56,9 @@ def inference_function(exp, cfg, state, normalizer, calibration=None,
   def infer(images):
     x = images[:, offset:offset + size, offset:offset + size, :].astype(jnp.float32)
     x = (x - mean) * scale
-    outputs = exp.model.apply(variables, x, train=False)
-    age = objective.predicted_age(outputs, exp.formulation)
-    result = {"age": age}
-    spread = objective.predicted_spread(outputs, exp.formulation)
-    if spread is not None:
-      result["spread"] = spread
+    apply = lambda views: exp.model.apply(variables, views, train=False)
+    result = objective.predictions(apply, x, exp.formulation, bool(cfg.eval.mirror))
+    age, spread = result["age"], result.get("spread")
     if q is not None:  # as conformal.Calibration.intervals
       group = jnp.clip(jnp.ceil(age / 10.0) - 1, 0, len(metrics.AGE_GROUPS) - 1).astype(jnp.int32)
       half = jnp.asarray(q)[group]
@@ -68,8 +66,8 @@ def inference_function(exp, cfg, state, normalizer, calibration=None,
         half = half * jnp.maximum(spread, floor)
       result["low"], result["high"] = jnp.maximum(age - half, 0.0), age + half
     for task in ("gender", "race"):
-      if task in outputs:
-        result[task] = jnp.argmax(outputs[task], axis=-1).astype(jnp.int32)
+      if task in result:
+        result[task] = jnp.argmax(result[task], axis=-1).astype(jnp.int32)
     return result
 
   return infer

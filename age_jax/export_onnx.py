@@ -21,6 +21,9 @@ def _refuse(cfg):
                      "use the jax.export artifact (launch.export) for other networks")
   if cfg.multitask.kind != "none":
     raise ValueError(f"ONNX export covers single-task models, not config.multitask.kind={cfg.multitask.kind!r}")
+  if cfg.eval.mirror:
+    raise ValueError("ONNX export does not reproduce config.eval.mirror (mirror-averaged ages); use the "
+                     "jax.export artifact (launch.export)")
   if cfg.formulation.name == "coral":
     raise ValueError("ONNX export does not cover CORAL's shared-weight head; use launch.export")
 

@@ -104,6 +104,24 @@ def predicted_spread(outputs: dict, formulation):
   return formulation.spread(age_outputs(outputs, formulation))
 
 
+def predictions(apply, images, formulation, mirror: bool = False) -> dict:
+  """{'age' (B,), 'spread' (B,) where the head has one, 'gender'/'race' logits where the model
+  has them} of apply(images) -> model outputs. With mirror, each is the mean over the image and
+  its left-right mirror image (training flips faces, so both are faces the model knows)."""
+  views = jnp.concatenate([images, images[:, :, ::-1]]) if mirror else images
+  outputs = apply(views)
+  num_views = 2 if mirror else 1
+  average = lambda x: jnp.mean(x.reshape((num_views, images.shape[0]) + x.shape[1:]), axis=0)
+  result = {"age": average(predicted_age(outputs, formulation))}
+  spread = predicted_spread(outputs, formulation)
+  if spread is not None:
+    result["spread"] = average(spread)
+  for task in ("gender", "race"):
+    if task in outputs:
+      result[task] = average(outputs[task])
+  return result
+
+
 def trainable_mask(params, stage: str):
   """Pytree of bools like `params`: True where the hybrid training `stage` updates the leaf.
 

@@ -65,7 +65,7 @@ class Predictor:
     if self.calibration is None:
       logging.warning("%s has no %s: ages come without intervals (run `python -m launch.evaluate "
                       "--workdir=%s --calibrate`)", workdir, conformal.CALIBRATION_FILE, workdir)
-    self._predict = self.exp.jit_predict_step()
+    self._predict = {}  # mirror -> jitted predict step, built on first use
     self._detector = detector
     self.crop_size = run_crop_size(self.cfg.data)
 
@@ -75,26 +75,24 @@ class Predictor:
       self._detector = FaceDetector()
     return self._detector
 
-  def crop_ages(self, crops: list[np.ndarray], coverage: float | None = None, mirror: bool = False
+  def predict_fn(self, mirror: bool | None = None):
+    """The jitted predict step; mirror=None: the run's config.eval.mirror."""
+    mirror = bool(self.cfg.eval.mirror if mirror is None else mirror)
+    if mirror not in self._predict:
+      self._predict[mirror] = self.exp.jit_predict_step(mirror)
+    return self._predict[mirror]
+
+  def crop_ages(self, crops: list[np.ndarray], coverage: float | None = None, mirror: bool | None = None
                 ) -> list[FaceAge]:
     """Ages (and intervals at `coverage`, default the predictor's) of face crops (uint8 HxWx3,
-    any size), each resized to the model's load size; with mirror, each age (and spread) is the
-    mean of the crop's and its mirror image's (training mirrors too)."""
+    any size), each resized to the model's load size; mirror as in predict_fn."""
     if not crops:
       return []
     size = self.cfg.data.load_size
-    images = [_resize(c, size) for c in crops]
-    if mirror:
-      images += [im[:, ::-1] for im in images]
-    source = [{"image": im, "age": -1.0, "gender": -1, "race": -1} for im in images]
-    p = predict_source(self.exp, self.cfg, self.normalizer, self._predict, self.state, source)
+    source = [{"image": _resize(c, size), "age": -1.0, "gender": -1, "race": -1} for c in crops]
+    p = predict_source(self.exp, self.cfg, self.normalizer, self.predict_fn(mirror), self.state, source)
     n = len(crops)
-    ages, spreads = p["pred_age"][:n], p.get("pred_spread")
-    if mirror:
-      ages = (ages + p["pred_age"][n:]) / 2
-      spreads = None if spreads is None else (spreads[:n] + spreads[n:]) / 2
-    elif spreads is not None:
-      spreads = spreads[:n]
+    ages, spreads = p["pred_age"], p.get("pred_spread")
     low = high = [None] * n
     if self.calibration is not None:
       low, high = self.calibration.intervals(ages, spreads, coverage or self.coverage)
@@ -111,7 +109,7 @@ class Predictor:
   def records_ages(self, records) -> np.ndarray:
     """Ages of dataset records (encoded images) through the run's own input pipeline."""
     source = experiment_lib.loaded_source(self.cfg, records)
-    return predict_source(self.exp, self.cfg, self.normalizer, self._predict, self.state, source)["pred_age"]
+    return predict_source(self.exp, self.cfg, self.normalizer, self.predict_fn(), self.state, source)["pred_age"]
 
   def faces(self, images: list[np.ndarray], coverage: float | None = None) -> list[list[FaceAge]]:
     """Every face of each photo (detector order: best score first), with its age."""

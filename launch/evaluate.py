@@ -25,6 +25,8 @@ _OUT = flags.DEFINE_string("out", None, "Where to write report.json and plots.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 _CALIBRATE = flags.DEFINE_bool("calibrate", False, "First calibrate the age intervals on the validation "
                                 "split and store them in the workdir (training does this when it ends).")
+_MIRROR = flags.DEFINE_bool("mirror", None, "Average each face's age with its mirror image's "
+                             "(default: the run's config.eval.mirror).")
 flags.mark_flag_as_required("workdir")
 
 
@@ -40,7 +42,7 @@ def main(argv):
   result = evaluate.evaluate_workdir(_WORKDIR.value, split=_SPLIT.value, folder=_FOLDER.value,
                                      dataset=_DATASET.value, manual_dir=_MANUAL_DIR.value,
                                      faces=_FACES.value, out_dir=_OUT.value, step=_STEP.value,
-                                     calibrate_first=_CALIBRATE.value)
+                                     calibrate_first=_CALIBRATE.value, mirror=_MIRROR.value)
   print(report.format_table(result), flush=True)
 
 

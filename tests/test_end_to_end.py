@@ -106,7 +106,7 @@ def test_cli_trains_evaluates_on_a_folder_and_predicts(utk_folder, tmp_path):
   written = make_utkface_folder(other, n=13, quirks=False, size=24, seed=5)
   env = dict(os.environ, AGE_JAX_COMPILATION_CACHE=os.path.join(ROOT, ".jax_cache"), JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
-  common = ["--config.model.conv_features=(8,8,8)", "--config.model.fc_features=(16,16)",
+  common = ["--config.model.name=xing_baseline", "--config.model.conv_features=(8,8,8)", "--config.model.fc_features=(16,16)",
             "--config.data.load_size=72", "--config.data.image_size=64", "--config.train.batch_size=8",
             "--config.eval.batch_size=8", "--config.train.log_every=1"]
   train = subprocess.run(

@@ -32,7 +32,8 @@ def _vgg16(cfg, num_outputs):
 
 
 def _resnet(name, cfg, num_outputs):
-  return resnet(name, num_outputs=num_outputs, conv_lowering=cfg.conv_lowering, dtype=_DTYPES[cfg.dtype])
+  return resnet(name, num_outputs=num_outputs, width=cfg.resnet_width, conv_lowering=cfg.conv_lowering,
+                dtype=_DTYPES[cfg.dtype])
 
 
 def _efficientnetv2(name, cfg, num_outputs):

@@ -69,6 +69,7 @@ class ResNet(nn.Module):
   stage_sizes: Sequence[int]
   block: Any
   num_outputs: int = 1
+  width: int = 64  # channels of the stem and the first stage, doubled at each later stage
   conv_lowering: str = "auto"
   dtype: Any = jnp.float32
 
@@ -76,13 +77,13 @@ class ResNet(nn.Module):
   def __call__(self, images, train: bool = False):
     conv, norm = _parts(self)
     x = images.astype(self.dtype)
-    x = conv(64, 7, 2, ((3, 3), (3, 3)), name="conv1")(x)
+    x = conv(self.width, 7, 2, ((3, 3), (3, 3)), name="conv1")(x)
     x = nn.relu(norm(use_running_average=not train, name="bn1")(x))
     x = layers.max_pool(x, 3, 2, _PAD1, self.conv_lowering)
     for s, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         strides = 2 if s > 0 and j == 0 else 1
-        x = self.block(64 * 2 ** s, strides, self.conv_lowering, self.dtype,
+        x = self.block(self.width * 2 ** s, strides, self.conv_lowering, self.dtype,
                        name=f"layer{s + 1}_{j}")(x, train)
     features = jnp.mean(x, axis=(1, 2))
     age = nn.Dense(self.num_outputs, dtype=self.dtype, name="age_head")(features)

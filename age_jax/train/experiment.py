@@ -48,9 +48,11 @@ class Experiment:
     return step_lib.jit_train_step(train_step, self.state_sharding, self.batch_sharding, self.replicated,
                                    self.compiler_options)
 
-  def jit_predict_step(self):
-    """The jitted, sharded (params, batch_stats, batch) -> predictions."""
-    predict_step = step_lib.make_predict_step(self.model, self.formulation)
+  def jit_predict_step(self, mirror: bool | None = None):
+    """The jitted, sharded (params, batch_stats, batch) -> predictions; mirror (default
+    config.eval.mirror) averages each image's prediction with its mirror image's."""
+    mirror = self.cfg.eval.mirror if mirror is None else mirror
+    predict_step = step_lib.make_predict_step(self.model, self.formulation, mirror)
     return step_lib.jit_predict_step(predict_step, self.state_sharding.params, self.state_sharding.batch_stats,
                                      self.batch_sharding, self.replicated, self.compiler_options)
 

@@ -61,20 +61,17 @@ def make_train_step(model, tx, formulation, cfg, prepare=None):
   return train_step
 
 
-def make_predict_step(model, formulation):
-  """(params, batch_stats, batch) -> {'pred_age': years, 'pred_gender'/'pred_race': argmax where the
-  model has them, and the batch's other fields (labels, mask, index) passed through}."""
+def make_predict_step(model, formulation, mirror: bool = False):
+  """(params, batch_stats, batch) -> {'pred_age': years, 'pred_spread' (softmax heads),
+  'pred_gender'/'pred_race': argmax where the model has them, and the batch's other fields
+  (labels, mask, index) passed through}; mirror: see objective.predictions."""
   def predict_step(params, batch_stats, batch):
-    outputs = model.apply(_variables(params, batch_stats), batch["image"], train=False)
-    predictions = {k: v for k, v in batch.items() if k != "image"}
-    predictions["pred_age"] = objective.predicted_age(outputs, formulation)
-    spread = objective.predicted_spread(outputs, formulation)
-    if spread is not None:
-      predictions["pred_spread"] = spread
-    for task in ("gender", "race"):
-      if task in outputs:
-        predictions[f"pred_{task}"] = jnp.argmax(outputs[task], axis=-1).astype(jnp.int32)
-    return predictions
+    apply = lambda images: model.apply(_variables(params, batch_stats), images, train=False)
+    found = objective.predictions(apply, batch["image"], formulation, mirror)
+    result = {k: v for k, v in batch.items() if k != "image"}
+    for key, value in found.items():
+      result[f"pred_{key}"] = value if key in ("age", "spread") else jnp.argmax(value, axis=-1).astype(jnp.int32)
+    return result
   return predict_step
 
 

@@ -17,7 +17,7 @@ from age_jax.train import experiment as experiment_lib
 
 LOCK_FILE = "train.lock"
 RESUMABLE = ("train.num_steps", "train.num_epochs", "optim.learning_rate", "train.log_every",
-             "train.checkpoint_every", "train.eval_every", "train.max_to_keep", "eval.batch_size",
+             "train.checkpoint_every", "train.eval_every", "train.max_to_keep", "eval.batch_size", "eval.mirror",
              "data.manual_dir", "data.data_dir", "data.num_threads", "data.num_workers", "data.prefetch",
              "data.cache", "model.conv_lowering", "mesh.data", "mesh.fsdp", "mesh.fsdp_min_size")
 # Filled in by training from the data (stored so a resume rebuilds the same run); a changed

@@ -153,3 +153,20 @@ def test_every_convolution_is_the_project_conv_layer():
       jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
     assert layers.Conv in seen
     assert not any(issubclass(t, (nn.Conv, nn.ConvTranspose, nn.ConvLocal)) for t in seen)
+
+
+def test_resnet_width_scales_every_convolution_and_the_features():
+  from age_jax.models.resnet import resnet
+  full = jax.tree_util.tree_flatten_with_path(_shapes(resnet("resnet18", num_outputs=7), 64)["params"])[0]
+  half = dict(jax.tree_util.tree_flatten_with_path(_shapes(resnet("resnet18", num_outputs=7, width=32), 64)["params"])[0])
+  assert len(full) == len(half) == 62
+  for path, leaf in full:
+    name = jax.tree_util.keystr(path)
+    if "age_head" in name:
+      expected = (256, 7) if name.endswith("['kernel']") else (7,)
+    elif name.endswith("['kernel']"):  # (kh, kw, in, out): both channel counts halve, except the RGB input
+      kh, kw, c_in, c_out = leaf.shape
+      expected = (kh, kw, c_in if c_in == 3 else c_in // 2, c_out // 2)
+    else:
+      expected = (leaf.shape[0] // 2,)
+    assert half[path].shape == expected, name

@@ -121,3 +121,20 @@ def test_onnx_decoders_match_jax_on_a_fresh_model(name):
   np.testing.assert_allclose(got, np.asarray(want), atol=1e-4)
   with pytest.raises(ValueError, match="xing_baseline"):
     export_onnx._refuse(tiny_config(**{"model.name": "resnet18"}))
+
+
+def test_a_run_that_mirrors_exports_the_mirrored_ages(trained_workdir):
+  workdir, folder, _ = trained_workdir
+  exp, cfg, state, normalizer = restore(workdir)
+  cfg.eval.mirror = True  # exp.cfg is cfg: the Evaluator's predict step mirrors too
+  records = face_records(folder, 8)
+  expected = Evaluator(exp, cfg, normalizer, records=records).predict(state)
+  portable_cfg, portable = export.portable_experiment(cfg)
+  infer = export.inference_function(portable, portable_cfg, state, normalizer)
+  from age_jax.data import pipeline
+  faces = np.stack([pipeline.decode_image(r["image"], cfg.data.load_size) for r in records])
+  out = infer(faces)
+  np.testing.assert_allclose(out["age"], expected["pred_age"], atol=1e-4)
+  cfg.eval.mirror = False
+  plain = Evaluator(exp, cfg, normalizer, records=records).predict(state)
+  assert np.abs(plain["pred_age"] - expected["pred_age"]).max() > 1e-4  # mirroring changed something

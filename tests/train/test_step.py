@@ -79,3 +79,20 @@ def test_coral_head_shares_one_weight_and_starts_from_the_bias_prior():
   assert params["backbone"]["age_head"]["kernel"].shape == (16, 1)  # one weight vector for all thresholds
   state = exp.init_state(jax.random.key(0))
   np.testing.assert_allclose(state.params["coral_bias"], formulations.coral_bias_init(cfg.formulation))
+
+
+def test_mirror_averaging_is_the_mean_of_the_image_and_its_mirror_image():
+  cfg = tiny_config(**{"formulation.name": "dldl_v2", "multitask.kind": "parallel"})
+  exp = experiment.build(cfg, devices=jax.devices()[:1])
+  state = exp.init_state(jax.random.key(0))
+  batch = next(random_batches(1, 8, 64))
+  plain = jax.jit(step_lib.make_predict_step(exp.model, exp.formulation))
+  mirrored = jax.jit(step_lib.make_predict_step(exp.model, exp.formulation, mirror=True))
+  one = plain(state.params, state.batch_stats, batch)
+  flipped = plain(state.params, state.batch_stats, {**batch, "image": batch["image"][:, :, ::-1]})
+  both = mirrored(state.params, state.batch_stats, batch)
+  assert np.abs(one["pred_age"] - flipped["pred_age"]).max() > 1e-3  # the net is not symmetric
+  for key in ("pred_age", "pred_spread"):
+    np.testing.assert_allclose(both[key], (one[key] + flipped[key]) / 2, rtol=1e-5, atol=1e-5)
+  assert both["pred_gender"].shape == (8,) and both["pred_race"].shape == (8,)
+  np.testing.assert_array_equal(both["age"], batch["age"])  # labels pass through once
