@@ -132,7 +132,7 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, folder: str | No
     raise ValueError("give a folder or a dataset to evaluate on, not both")
   exp, cfg, state, normalizer = restore(workdir, step)
   if mirror is not None:
-    exp.cfg.eval.mirror = cfg.eval.mirror = bool(mirror)
+    cfg.eval.mirror = bool(mirror)  # exp.cfg is cfg: the predict steps built below read it
   if calibrate_first:
     if not cfg.data.val_split:
       raise ValueError("calibration needs a validation split, and config.data.val_split is empty")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: set up, build UTKFace from the folder given, train the
 # quickstart configuration, evaluate it on the test split and print the metrics table.
-#   bash launch/quickstart.sh /path/to/UTKFace [WORKDIR] [--config=configs/cpu_hour.py] [--config.key=value ...]
+#   bash launch/quickstart.sh /path/to/UTKFace [WORKDIR] [--config=FILE] [--config.key=value ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 folder=${1:?usage: bash launch/quickstart.sh /path/to/UTKFace [WORKDIR] [--config=FILE] [--config.key=value ...]}

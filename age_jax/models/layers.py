@@ -326,9 +326,7 @@ def _max_pool_views(x, window, strides):
 
 
 def _max_pool_views_fwd(x, window, strides):
-  # XLA recomputes `tap` inside the backward fusion rather than storing it (an optimization
-  # barrier does not survive to fusion, and an argmax or variadic reduce_window that would be
-  # stored cost more than the recomputation): still faster than autodiff of the views.
+  # The residual is `tap`; XLA recomputes it inside the backward fusion rather than storing it.
   out, tap = _running_max(x, window, strides)
   return out, (tap, jnp.zeros((0,) + x.shape[1:], x.dtype))  # the empty array carries x's map size
 
