@@ -150,10 +150,10 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   from age_jax.train import stages
   for stage in stages.plan(cfg):
     if stages.needs_previous_mae(stage):
-      if stage.index == 0 or not stage.cfg.data.val_split:
-        raise ValueError(f"stage {stage.name!r}: config.formulation.lae_mae < 0 takes the previous "
-                         "stage's validation MAE, but there is no previous stage or no "
-                         "config.data.val_split; set lae_mae (LAE eq. 5)")
+      if (stage.index == 0 and not stage.cfg.model.init_from) or not stage.cfg.data.val_split:
+        raise ValueError(f"stage {stage.name!r}: config.formulation.lae_mae < 0 takes the validation "
+                         "MAE of the previous stage (or of the weights of config.model.init_from), but "
+                         "there is neither or no config.data.val_split; set lae_mae (LAE eq. 5)")
       stage = stages.with_lae_mae(stage, 0.0)
     _validate_stage(stage.cfg)
   return cfg

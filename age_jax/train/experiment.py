@@ -16,6 +16,7 @@ from age_jax.train import optim, sharding, state as state_lib, step as step_lib
 CONFIG_FILE = "config.json"
 MEAN_IMAGE_FILE = "mean_image.npy"
 STAGE_METRICS_FILE = "stage_metrics.json"   # {stage name: {metric: value}}, written when the stage ends
+INIT_FROM_METRICS = "model.init_from"       # its entry for the weights a run started from
 
 
 @dataclasses.dataclass
@@ -44,7 +45,8 @@ class Experiment:
   def jit_train_step(self, prepare=None):
     """The jitted, sharded train step (state, batch, rng) -> (state, metrics); prepare(batch)
     runs first, inside it (the input's device half: pipeline.train_view)."""
-    train_step = step_lib.make_train_step(self.model, self.tx, self.formulation, self.cfg, prepare)
+    trainable = trainable_mask(self.cfg, self.abstract_state.params)
+    train_step = step_lib.make_train_step(self.model, self.tx, self.formulation, self.cfg, prepare, trainable)
     return step_lib.jit_train_step(train_step, self.state_sharding, self.batch_sharding, self.replicated,
                                    self.compiler_options)
 
@@ -176,12 +178,13 @@ def record_stage_metrics(workdir: str, stage_name: str, values: dict):
 
 def resolve_stage(plan: list, index: int, workdir: str):
   """plan[index] with what it takes from earlier stages filled in (LAE stage 2's mae, from the
-  validation MAE recorded when the stage before it ended)."""
+  validation MAE recorded when the stage before it ended, or for a first stage, of the weights
+  of model.init_from)."""
   from age_jax.train import stages as stages_lib
   stage = plan[index]
   if not stages_lib.needs_previous_mae(stage):
     return stage
-  before = plan[index - 1].name
+  before = plan[index - 1].name if index > 0 else INIT_FROM_METRICS
   recorded = load_stage_metrics(workdir).get(before, {})
   if "val_mae" not in recorded:
     raise FileNotFoundError(f"{storage.path(workdir) / STAGE_METRICS_FILE} has no validation MAE of stage "

@@ -89,14 +89,21 @@ def _train(cfg, workdir: str, stop) -> dict:
       latest = ckpt.latest_step() or 0
       if latest >= stage.last_step:
         continue
-      if stages_lib.needs_previous_mae(stage):
+      if stages_lib.needs_previous_mae(stage) and stage.index > 0:
         mae = _previous_validation_mae(plan[stage.index - 1], workdir, ckpt, normalizer,
                                        exp if state is not None else None, state)
         stage = plan[stage.index] = stages_lib.with_lae_mae(stage, mae)
         _log(f"stage {stage.name!r}: lae_mae={stage.cfg.formulation.lae_mae:.4f}, the validation MAE "
              f"of stage {plan[stage.index - 1].name!r} (LAE eq. 5)")
-      exp = experiment_lib.build(stage.cfg)
+      from_init = stages_lib.needs_previous_mae(stage)  # a first stage: the weights of model.init_from
+      exp = experiment_lib.build(stages_lib.with_lae_mae(stage, 0.0).cfg if from_init else stage.cfg)
       state = _initial_state(exp, stage, plan, ckpt, latest, state)
+      if from_init:  # measured with a placeholder mae: evaluation does not read it
+        mae = _init_from_validation_mae(exp, state, workdir, normalizer)
+        stage = plan[0] = stages_lib.with_lae_mae(stage, mae)
+        exp = experiment_lib.build(stage.cfg)
+        _log(f"stage {stage.name!r}: lae_mae={mae:.4f}, the validation MAE of the weights of "
+             f"model.init_from={stage.cfg.model.init_from!r} (LAE eq. 5)")
       state, last = _run_stage(exp, stage, state, ckpt, logger, train_source, labels, normalizer, stop,
                                start=max(latest, stage.first_step), many_stages=len(plan) > 1)
   finally:  # also on an interruption: let a checkpoint being written finish, intact
@@ -123,6 +130,18 @@ def _previous_validation_mae(stage, workdir, ckpt, normalizer, exp=None, state=N
     state = ckpt.restore(exp.abstract_state, stage.last_step)
   mae = evaluate.Evaluator(exp, exp.cfg, normalizer, exp.cfg.data.val_split).summary(state)["mae"]
   experiment_lib.record_stage_metrics(workdir, stage.name, {"val_mae": mae})
+  return mae
+
+
+def _init_from_validation_mae(exp, state, workdir, normalizer) -> float:
+  """The validation MAE of the weights a run starts from, as recorded in the workdir, else
+  measured on the initial state and recorded before the first step (a resume reuses it)."""
+  key = experiment_lib.INIT_FROM_METRICS
+  recorded = experiment_lib.load_stage_metrics(workdir).get(key, {})
+  if "val_mae" in recorded:
+    return recorded["val_mae"]
+  mae = evaluate.Evaluator(exp, exp.cfg, normalizer, exp.cfg.data.val_split).summary(state)["mae"]
+  experiment_lib.record_stage_metrics(workdir, key, {"val_mae": mae})
   return mae
 
 

@@ -27,20 +27,24 @@ def all_finite(loss, grad_norm, params):
   return jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(params))
 
 
-def make_train_step(model, tx, formulation, cfg, prepare=None):
-  """prepare: batch -> batch, traced at the start of the step (augmentation on the devices)."""
-  freeze_batch_stats = cfg.train.trainable == "head"
+def make_train_step(model, tx, formulation, cfg, prepare=None, trainable=None):
+  """prepare: batch -> batch, traced at the start of the step (augmentation on the devices);
+  trainable: a pytree of Python bools like the parameters (None: all train), whose False leaves
+  get no gradient (and so no backward pass)."""
+  # A frozen backbone (LAE 2.4: only the classifier learns) runs as at inference: BatchNorm on
+  # its running statistics, which stay as they are, and no dropout, so the head learns on the
+  # features it will be evaluated on, whatever the sampler does to a batch's statistics.
+  frozen_backbone = cfg.train.trainable == "head"
 
   def loss_fn(params, batch_stats, batch, rng):
-    outputs, updates = model.apply(_variables(params, batch_stats), batch["image"], train=True,
+    outputs, updates = model.apply(_variables(params, batch_stats), batch["image"], train=not frozen_backbone,
                                    rngs={"dropout": rng}, mutable=["batch_stats"])
     per_example, terms = objective.per_example_loss(outputs, batch, formulation, cfg)
     weights = batch.get("mask", jnp.ones_like(per_example))
     metrics = {name: _masked_mean(value, weights) for name, value in terms.items()}
     metrics["mae"] = _masked_mean(jnp.abs(objective.predicted_age(outputs, formulation) - batch["age"]),
                                   weights)
-    # A frozen backbone keeps its batch statistics too (LAE 2.4: only the classifier changes).
-    new_stats = batch_stats if freeze_batch_stats else updates.get("batch_stats", batch_stats)
+    new_stats = batch_stats if frozen_backbone else updates.get("batch_stats", batch_stats)
     return _masked_mean(per_example, weights), (new_stats, metrics)
 
   def train_step(state, batch, rng):
@@ -49,6 +53,8 @@ def make_train_step(model, tx, formulation, cfg, prepare=None):
     rng = jax.random.fold_in(rng, state.step)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, (batch_stats, metrics)), grads = grad_fn(state.params, state.batch_stats, batch, rng)
+    if trainable is not None:  # unread gradients are compiled away
+      grads = jax.tree.map(lambda g, t: g if t else jnp.zeros_like(g), grads, trainable)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.tree.norm(grads)

@@ -74,3 +74,17 @@ def test_init_from_a_missing_path_names_the_field(utk_folder, tmp_path):
   with pytest.raises(FileNotFoundError, match="config.model.init_from"):
     loop.train(_cfg(utk_folder, str(tmp_path / "tfds"), **{"model.init_from": str(tmp_path / "nope.npz")}),
                str(tmp_path / "w"))
+
+
+def test_a_classifier_stage_from_another_workdir_takes_lae_mae_from_its_weights(utk_folder, tmp_path):
+  from age_jax import evaluate
+  data_dir = str(tmp_path / "tfds")
+  source = str(tmp_path / "stage1")
+  base = {"formulation.name": "dldl_v2", "data.val_split": "validation"}
+  loop.train(_cfg(utk_folder, data_dir, **base), source)
+  target = str(tmp_path / "stage2")
+  loop.train(_cfg(utk_folder, data_dir, **{**base, "formulation.name": "lae_stage2", "formulation.lae_mae": -1.0,
+                                           "model.init_from": source, "train.trainable": "head"}), target)
+  recorded = experiment.load_stage_metrics(target)[experiment.INIT_FROM_METRICS]["val_mae"]
+  source_mae = evaluate.evaluate_workdir(source, split="validation")["mae"]
+  np.testing.assert_allclose(recorded, source_mae, rtol=1e-5)

@@ -96,3 +96,26 @@ def test_mirror_averaging_is_the_mean_of_the_image_and_its_mirror_image():
     np.testing.assert_allclose(both[key], (one[key] + flipped[key]) / 2, rtol=1e-5, atol=1e-5)
   assert both["pred_gender"].shape == (8,) and both["pred_race"].shape == (8,)
   np.testing.assert_array_equal(both["age"], batch["age"])  # labels pass through once
+
+
+def test_a_frozen_backbone_trains_only_the_head_on_the_features_it_is_evaluated_on():
+  cfg = tiny_config(**{"model.name": "resnet18", "model.resnet_width": 8, "formulation.name": "dldl_v2",
+                       "train.trainable": "head"})
+  exp = experiment.build(cfg, devices=jax.devices()[:1])
+  state = exp.init_state(jax.random.key(0))
+  # Running statistics unlike a batch's, as after stage 1: train-mode BatchNorm would not see them.
+  stats = jax.tree.map(lambda s: s + 0.5, jax.device_get(state.batch_stats))
+  state = state.replace(batch_stats=stats)
+  before = jax.device_get(state.params)
+  batch = next(random_batches(1, 16, 64))
+  outputs = exp.model.apply({"params": before, "batch_stats": stats}, batch["image"], train=False)
+  from age_jax import objective
+  expected_loss = float(jnp.mean(objective.per_example_loss(outputs, batch, exp.formulation, cfg)[0]))
+  new_state, metrics = exp.jit_train_step()(state, batch, jax.random.key(1))
+  np.testing.assert_allclose(float(metrics["loss"]), expected_loss, rtol=1e-5)
+  after = jax.device_get(new_state.params)
+  flat_before = dict(jax.tree_util.tree_flatten_with_path(before)[0])
+  for path, value in jax.tree_util.tree_flatten_with_path(after)[0]:
+    changed = not np.array_equal(value, flat_before[path])
+    assert changed == ("age_head" in jax.tree_util.keystr(path)), jax.tree_util.keystr(path)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(new_state.batch_stats), stats)
