@@ -81,6 +81,7 @@ DECODES = ("default", "argmax", "expectation")
 OUT_OF_RANGE = ("clip", "error")
 OR_TASK_WEIGHTS = ("uniform", "sqrt_count")
 OR_CLASS_BALANCE = ("none", "batch", "dataset")
+LAE_READINGS = ("per_example", "batch_mean")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -94,6 +95,7 @@ def default_config() -> ml_collections.ConfigDict:
       "sigma": 1.0,                 # std (years) of the Gaussian label distribution (LAE 2.1: 1)
       "dldl_lambda": 1.0,           # 'dldl_v2': weight of L_er (LAE 3.3: 1)
       "lae_mae": -1.0,              # 'lae_stage2': mae of eq. 4/5; < 0: the previous stage's validation MAE
+      "lae_reading": "per_example",  # 'lae_stage2': (L_er,i - mae)^2 per example | 'batch_mean' (losses.py)
       "decode": "default",          # softmax heads: 'default' | 'argmax' | 'expectation'
       "or_task_weights": "uniform",  # 'or'/'coral': task importance lambda_k
       "or_class_balance": "none",   # 'or'/'coral': per-task positive/negative weights
@@ -153,6 +155,7 @@ def _validate(cfg, need_mae: bool = True):
   _check_choice(cfg, "decode", DECODES)
   _check_choice(cfg, "or_task_weights", OR_TASK_WEIGHTS)
   _check_choice(cfg, "or_class_balance", OR_CLASS_BALANCE)
+  _check_choice(cfg, "lae_reading", LAE_READINGS)
   if cfg.name not in SOFTMAX and cfg.decode != "default":
     _fail("decode", cfg.decode, f"'default' for formulation {cfg.name!r} (argmax / expectation need a softmax head)")
   if cfg.name in ("ldl", "dldl_v2", "lae_stage2") and not cfg.sigma > 0:
@@ -229,8 +232,8 @@ def get_formulation(cfg) -> Formulation:
     lam = float(cfg.dldl_lambda)
     loss = lambda out, ages: losses.dldl_v2_loss(out, ages, sigma, lam, min_age)
   else:  # lae_stage2
-    mae = float(cfg.lae_mae)
-    loss = lambda out, ages: losses.lae_stage2_loss(out, ages, sigma, mae, min_age)
+    mae, batch_mean = float(cfg.lae_mae), cfg.lae_reading == "batch_mean"
+    loss = lambda out, ages: losses.lae_stage2_loss(out, ages, sigma, mae, min_age, batch_mean)
   spread = lambda out: losses.softmax_std(out, losses.bin_ages(k, min_age))
   return Formulation(name, k, loss, decode, _fuse_softmax, spread=spread)
 

@@ -87,20 +87,27 @@ def dldl_v2_loss(logits, ages, sigma: float, lam: float, min_age: float = 0.0) -
   return kl_divergence(logits, target) + lam * l_er
 
 
-def lae_stage2_loss(logits, ages, sigma: float, validation_mae: float, min_age: float = 0.0) -> jnp.ndarray:
-  """LAE eq. 4, the classifier-stage loss: L_ld + (L_er - mae)^2, per example.
+def lae_stage2_loss(logits, ages, sigma: float, validation_mae: float, min_age: float = 0.0,
+                    batch_mean: bool = False) -> jnp.ndarray:
+  """LAE eq. 4, the classifier-stage loss: L_ld + (L_er - mae)^2, `mae` a constant (stage 1's
+  validation MAE, eq. 5). Two readings, as eq. 4 does not say where the square is taken:
 
-  L_ld and L_er are per-example terms in eqs. 1-2 (index i), `mae` is a constant (stage 1's
-  validation MAE, eq. 5), so (L_er,i - mae)^2 is per example: it pulls every example's absolute
-  error towards the stage-1 MAE, shrinking the spread of errors (the paper's aim: a smaller
-  sigma across age groups). The other reading, (batch mean of L_er - mae)^2, would only move the
-  batch MAE and leave the spread alone.
+  per example (default)  (L_er,i - mae)^2: pulls every example's absolute error towards mae,
+                         accurate predictions' errors up as well as poor ones' down;
+  batch_mean=True        (mean_i L_er,i - mae)^2: only the batch's MAE (class-balanced batches:
+                         the MAE over ages weighted equally) is pulled to mae. Returned per
+                         example as sg((m - mae)^2) + 2 sg(m - mae) (L_er,i - sg(m)), m the
+                         batch mean, whose batch mean has that value and gradient exactly.
   """
   num_classes = logits.shape[-1]
   target = gaussian_label_distribution(ages, num_classes, sigma, min_age)
   expected = softmax_expectation(logits, bin_ages(num_classes, min_age))
   l_er = jnp.abs(clip_to_bins(ages, num_classes, min_age) - expected)
-  return kl_divergence(logits, target) + (l_er - validation_mae) ** 2
+  if not batch_mean:
+    return kl_divergence(logits, target) + (l_er - validation_mae) ** 2
+  mean = jax.lax.stop_gradient(jnp.mean(l_er))
+  gap = mean - validation_mae
+  return kl_divergence(logits, target) + gap ** 2 + 2 * gap * (l_er - mean)
 
 
 # --- regression (Xing eqs. 9-10) ---

@@ -50,6 +50,7 @@ def test_unknown_name_lists_the_known_ones():
 
 @pytest.mark.parametrize("name,field,value,needle", [
     ("lae_stage2", "lae_mae", -1.0, "config.formulation.lae_mae"),
+    ("lae_stage2", "lae_reading", "batch", "config.formulation.lae_reading"),
     ("ldl", "sigma", 0.0, "config.formulation.sigma"),
     ("mae", "decode", "argmax", "config.formulation.decode"),
     ("oh", "decode", "median", "config.formulation.decode"),

@@ -1,6 +1,7 @@
 """Losses against values worked out by hand on tiny inputs (formulas written out in each test)."""
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -80,6 +81,22 @@ def test_lae_stage2_loss_is_per_example():
                              rtol=1e-5)
   one = losses.lae_stage2_loss(jnp.zeros((1, 3)), jnp.array([2.0]), 1.0, 0.25)
   np.testing.assert_allclose(one[0], got[0], rtol=1e-6)  # no coupling across the batch
+
+
+def test_lae_stage2_batch_mean_reading_has_the_batch_formula_value_and_gradient():
+  logits = jax.random.normal(jax.random.key(0), (5, 7))
+  ages = jnp.array([0.0, 2.0, 3.5, 6.0, 9.0])   # 9 is beyond the last bin: clipped like eq. 2
+
+  def by_hand(logits):  # mean KL + (mean_i |y_i - E_i| - mae)^2, the batch read literally
+    expected = jax.nn.softmax(logits) @ jnp.arange(7.0)
+    return jnp.mean(losses.kl_divergence(logits, losses.gaussian_label_distribution(ages, 7, 1.0))) + (
+        jnp.mean(jnp.abs(jnp.minimum(ages, 6.0) - expected)) - 1.5) ** 2
+
+  ours = lambda logits: jnp.mean(losses.lae_stage2_loss(logits, ages, 1.0, 1.5, batch_mean=True))
+  np.testing.assert_allclose(ours(logits), by_hand(logits), rtol=1e-5)
+  np.testing.assert_allclose(jax.grad(ours)(logits), jax.grad(by_hand)(logits), rtol=1e-4, atol=1e-6)
+  per_example = losses.lae_stage2_loss(logits, ages, 1.0, 1.5)
+  assert not np.allclose(jnp.mean(per_example), ours(logits))  # the two readings differ
 
 
 def test_regression_errors():

@@ -2,6 +2,7 @@
 the decoded-image file, and the device half of the training input."""
 import io
 import os
+import pickle
 
 import jax
 import numpy as np
@@ -170,15 +171,20 @@ def test_decoded_file_is_made_once_beside_the_build_and_never_left_half_written(
   monkeypatch.setattr(pipeline, "decode_image", real_decode)
   source = pipeline.LoadedSource(train, 24)
   assert os.path.dirname(os.path.dirname(path)) == os.path.dirname(train.labels_dir)  # inside the build
-  assert isinstance(source.images, np.memmap) and source.images.shape == (len(train), 24, 24, 3)
+  assert isinstance(source.images, decoded.RowFile) and source.images.shape == (len(train), 24, 24, 3)
   every = np.arange(len(train))
-  np.testing.assert_array_equal(source.read_batch(every)["image"],
-                                pipeline.LoadedSource(train, 24, cache="none").read_batch(every)["image"])
+  decoded_every = pipeline.LoadedSource(train, 24, cache="none").read_batch(every)["image"]
+  np.testing.assert_array_equal(source.read_batch(every)["image"], decoded_every)
+  np.testing.assert_array_equal(source.read_batch(every[::-3])["image"], decoded_every[::-3])
+  np.testing.assert_array_equal(source[3]["image"], decoded_every[3])
+  np.testing.assert_array_equal(pickle.loads(pickle.dumps(source.images))[[-1, 0]], decoded_every[[-1, 0]])
+  with pytest.raises(IndexError, match=rf"row {len(train)} of .*24px"):
+    source.images[[0, len(train)]]
 
   monkeypatch.setattr(pipeline, "decode_image", lambda *a: pytest.fail("decoded again"))
   in_ram = pipeline.LoadedSource(train, 24, cache="memory")  # the same file, read into RAM
-  assert not isinstance(in_ram.images, np.memmap)
-  np.testing.assert_array_equal(in_ram.images, source.images)
+  assert isinstance(in_ram.images, np.ndarray)
+  np.testing.assert_array_equal(in_ram.images, decoded_every)
   fold = datasets.RecordSource(train.source, train.split, train.labels_dir, indices=[5, 2])  # a virtual split
   np.testing.assert_array_equal(pipeline.LoadedSource(fold, 24).read_batch([1, 0])["image"],
                                 source.read_batch([2, 5])["image"])
