@@ -10,8 +10,10 @@ or, with in_memory=True, reads the file whole. Sources without a build directory
 folder) are decoded into RAM with in_memory=True, else on every read.
 """
 import concurrent.futures
+import mmap
 import os
 import re
+import threading
 from typing import Callable
 
 import numpy as np
@@ -19,6 +21,7 @@ import numpy as np
 DIR = "decoded"
 VERSION = 1  # bump when decoding changes, so old files are not reused
 CHUNK = 1024
+_BLOCK = 4096   # O_DIRECT's alignment of offsets, lengths and buffers
 
 
 def path_for(records, tag: str) -> str | None:
@@ -91,30 +94,59 @@ def _decode_into(out, records, decode, num_threads, indices=None):
 
 
 class RowFile:
-  """The rows of a uint8 .npy file, indexed like an array (an int or an array of ints), each
-  row read with one positioned read straight into the result. A memory map costs a page fault
-  per 4 KiB of every image instead, several times the host CPU time per image. Safe to share
-  between threads; the descriptor is reopened after pickling (grain worker processes)."""
+  """The rows of a uint8 .npy file, indexed like an array (an int or an array of ints), each row
+  read with one positioned read. A memory map would fault in each 4 KiB page of every image, several
+  times the host CPU time per image.
 
-  def __init__(self, path: str):
+  direct (default: when the file is larger than half the available RAM, so the page cache cannot
+  keep it): read with O_DIRECT, the disk writing into our buffer without the page cache, whose
+  filling costs the host more CPU than the read itself; a file the page cache can hold is read
+  through it, so every epoch after the first comes from RAM. Safe to share between threads; the
+  descriptor is reopened after pickling (grain worker processes)."""
+
+  def __init__(self, path: str, direct: bool | None = None):
     header = np.load(path, mmap_mode="r")
     self.path, self.shape, self.offset = path, header.shape, header.offset
     self.dtype, self.row_bytes = np.dtype(np.uint8), int(np.prod(header.shape[1:]))
-    self._fd = None
+    self.direct = os.path.getsize(path) > _available_memory() / 2 if direct is None else direct
+    self._fd, self._lock, self._buffers = None, threading.Lock(), threading.local()
 
   def __len__(self):
     return self.shape[0]
 
   def __getstate__(self):
-    return {**self.__dict__, "_fd": None}
+    return {k: v for k, v in self.__dict__.items() if k not in ("_fd", "_lock", "_buffers")}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state, _fd=None, _lock=threading.Lock(), _buffers=threading.local())
 
   def __del__(self):
     if getattr(self, "_fd", None) is not None:
       os.close(self._fd)
 
+  def _open(self) -> int:
+    with self._lock:
+      if self._fd is None:
+        try:
+          self._fd = os.open(self.path, os.O_RDONLY | (os.O_DIRECT if self.direct else 0))
+        except OSError:  # a filesystem without O_DIRECT (tmpfs): through the page cache
+          self.direct, self._fd = False, os.open(self.path, os.O_RDONLY)
+    return self._fd
+
+  def _read_direct(self, fd: int, position: int, out: np.ndarray) -> int:
+    """O_DIRECT reads whole aligned blocks into an aligned buffer: read the blocks around the row."""
+    start = position // _BLOCK * _BLOCK
+    span = -(-(position + self.row_bytes - start) // _BLOCK) * _BLOCK
+    buffer = getattr(self._buffers, "block", None)
+    if buffer is None or len(buffer) < span:
+      buffer = self._buffers.block = mmap.mmap(-1, span)   # anonymous maps are page-aligned
+    got = os.preadv(fd, [memoryview(buffer)[:span]], start)
+    n = max(0, min(self.row_bytes, got - (position - start)))
+    out[:n] = np.frombuffer(buffer, np.uint8, n, position - start)
+    return n
+
   def __getitem__(self, index):
-    if self._fd is None:
-      self._fd = os.open(self.path, os.O_RDONLY)
+    fd = self._fd if self._fd is not None else self._open()
     rows = np.asarray(index, np.int64)
     out = np.empty((*rows.shape, *self.shape[1:]), np.uint8)
     flat = out.reshape(-1, self.row_bytes)
@@ -122,9 +154,18 @@ class RowFile:
       if not -self.shape[0] <= row < self.shape[0]:
         raise IndexError(f"row {row} of {self.path}, which has {self.shape[0]}")
       position = self.offset + (int(row) % self.shape[0]) * self.row_bytes
-      if os.preadv(self._fd, [flat[k]], position) != self.row_bytes:
+      got = self._read_direct(fd, position, flat[k]) if self.direct else os.preadv(fd, [flat[k]], position)
+      if got != self.row_bytes:
         raise OSError(f"{self.path} ended before row {row}: truncated since it was written?")
     return out
+
+
+def _available_memory() -> int:
+  try:
+    with open("/proc/meminfo") as f:
+      return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+  except (OSError, StopIteration):
+    return 1 << 62   # unknown (not Linux): keep using the page cache
 
 
 class _Subset:

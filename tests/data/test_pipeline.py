@@ -178,6 +178,14 @@ def test_decoded_file_is_made_once_beside_the_build_and_never_left_half_written(
   np.testing.assert_array_equal(source.read_batch(every[::-3])["image"], decoded_every[::-3])
   np.testing.assert_array_equal(source[3]["image"], decoded_every[3])
   np.testing.assert_array_equal(pickle.loads(pickle.dumps(source.images))[[-1, 0]], decoded_every[[-1, 0]])
+  direct = decoded.RowFile(source.images.path, direct=True)   # O_DIRECT: aligned blocks around each row
+  np.testing.assert_array_equal(direct[every[::-1]], decoded_every[::-1])   # the last row ends mid-block
+  np.testing.assert_array_equal(pickle.loads(pickle.dumps(direct))[2], decoded_every[2])
+  try:
+    os.close(os.open(direct.path, os.O_RDONLY | os.O_DIRECT))
+    assert direct.direct   # read without the page cache where the filesystem allows it
+  except OSError:
+    assert not direct.direct
   with pytest.raises(IndexError, match=rf"row {len(train)} of .*24px"):
     source.images[[0, len(train)]]
 
