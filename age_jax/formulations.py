@@ -85,7 +85,8 @@ SOFTMAX = ("oh", "oh_expectation", "ldl", "dldl_v2", "lae_stage2")
 REGRESSION = ("mse", "mae")
 ORDINAL = ("or", "coral")
 IDENTITY = ("am_softmax",)
-NAMES = SOFTMAX + REGRESSION + ORDINAL + IDENTITY
+AGE_NAMES = SOFTMAX + REGRESSION + ORDINAL
+NAMES = AGE_NAMES + IDENTITY
 _DEFAULT_DECODE = {"oh": "argmax", "oh_expectation": "expectation", "ldl": "argmax",
                    "dldl_v2": "expectation", "lae_stage2": "expectation"}
 DECODES = ("default", "argmax", "expectation")
@@ -302,9 +303,9 @@ def check_ages(ages: np.ndarray, cfg) -> np.ndarray:
   if not np.all(np.isfinite(ages)):
     bad = np.flatnonzero(~np.isfinite(ages))
     raise ValueError(f"training ages at indices {bad[:10].tolist()} are not finite ({ages[bad[:10]].tolist()})")
-  if np.any(ages < 0):   # builders refuse negative ages, so these are unknown (-1): an identity dataset
-    raise ValueError(f"{int(np.sum(ages < 0))} of {ages.size} training images have no age (-1, unknown), "
-                     f"which formulation {cfg.name!r} needs; an identity dataset trains "
+  if ages.size and np.all(ages < 0):   # unknown (-1) everywhere: an identity dataset
+    raise ValueError(f"none of the {ages.size} training images has an age (all -1, unknown), which "
+                     f"formulation {cfg.name!r} needs; an identity dataset trains "
                      "config.formulation.name='am_softmax'")
   limits = head_range(cfg)
   if limits is None:
