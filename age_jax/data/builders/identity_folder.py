@@ -52,9 +52,9 @@ class IdentityFolder(base.AgeDatasetBuilder):
                                         required=("file", "subject"))
     examples = []
     for identity in sorted(os.listdir(manual_dir)):
-      folder = os.path.join(manual_dir, identity)
-      if identity.startswith("."):
+      if identity.startswith("."):   # .DS_Store, .git, ...
         continue
+      folder = os.path.join(manual_dir, identity)
       if not os.path.isdir(folder):
         if is_image(identity):
           report.drop("not_in_an_identity_folder", identity)
