@@ -196,6 +196,12 @@ def _validate_stage(cfg):
   from age_jax import models  # the registry lists what exists
   if cfg.model.name not in models.names():
     raise ValueError(f"config.model.name={cfg.model.name!r}; known models: {models.names()}")
-  if not formulations.needs_age_counts(cfg.formulation):  # else checked once training counts are in
-    formulations.get_formulation(cfg.formulation)  # raises with the known names
+  if not (formulations.needs_age_counts(cfg.formulation) or formulations.needs_num_identities(cfg.formulation)):
+    formulations.get_formulation(cfg.formulation)  # raises with the known names; else checked once
+  else:                                            # the training data's counts are in
+    formulations.check_fields(cfg.formulation)
   multitask.validate(cfg.multitask)
+  if cfg.formulation.name in formulations.IDENTITY and cfg.multitask.kind != "none":
+    raise ValueError(f"config.multitask.kind={cfg.multitask.kind!r} with config.formulation.name="
+                     f"{cfg.formulation.name!r}: face-identity pre-training has no age heads; set "
+                     "config.multitask.kind='none'")

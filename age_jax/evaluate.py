@@ -5,7 +5,7 @@ import time
 import jax
 import numpy as np
 
-from age_jax import checkpoint, conformal, metrics, report as report_lib, storage
+from age_jax import checkpoint, conformal, formulations, metrics, report as report_lib, storage
 from age_jax.data import datasets, pipeline
 from age_jax.data.builders import face_crops
 from age_jax.train import experiment as experiment_lib
@@ -42,6 +42,9 @@ class Evaluator:
 
 
 def summarize(p: dict) -> dict:
+  """MAE and AAR; for face-identity pre-training, top-1 identity accuracy."""
+  if "pred_identity" in p:
+    return {"accuracy": float(np.mean(p["pred_identity"] == p["identity"]))}
   return {"mae": metrics.mae(p["pred_age"], p["age"]), "aar": metrics.aar(p["pred_age"], p["age"])["aar"]}
 
 
@@ -97,6 +100,7 @@ def restore(workdir: str, step: int | None = None, attempts: int = 5):
         raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: has launch.train run in {workdir}?")
       stage = stages.stage_at(plan, chosen)  # the optimizer state differs by stage
       stage_cfg = experiment_lib.resolve_stage(plan, stage.index, workdir).cfg
+      _check_predicts_ages(stage_cfg, workdir)
       exp = experiment_lib.build(stage_cfg)
       try:
         state = ckpt.restore(exp.abstract_state, chosen)
@@ -109,6 +113,15 @@ def restore(workdir: str, step: int | None = None, attempts: int = 5):
   finally:
     ckpt.close()
   return exp, stage_cfg, state, experiment_lib.normalizer(cfg, workdir)
+
+
+def _check_predicts_ages(cfg, workdir: str) -> None:
+  if cfg.formulation.name in formulations.IDENTITY:
+    raise ValueError(f"{workdir} is a face-identity pre-training run (config.formulation.name="
+                     f"{cfg.formulation.name!r}): it predicts no ages, so there is nothing to evaluate, "
+                     "predict or export here. Its validation identity top-1 accuracy is in its "
+                     "metrics.jsonl (split 'validation', 'accuracy'); train an age model from it with "
+                     f"--config.model.init_from={workdir}")
 
 
 def evaluate_workdir(workdir: str, *, split: str | None = None, folder: str | None = None,

@@ -9,6 +9,14 @@
   'coral'           Cao et al. 2020 (CORAL)        K-1 logits, CORAL head sum of K-1 BCEs       count of logits > 0
   'dldl_v2'         LAE eqs. 1-3 (Gao 2018)        K softmax logits       KL + lambda*|y-E|     expectation
   'lae_stage2'      LAE eq. 4 (classifier stage)   K softmax logits       KL + (|y-E| - mae)^2  expectation
+  'am_softmax'      LAE 2.2 pre-training (CosFace) cosines to N identities AM-softmax (eq. 4)   identity: argmax
+
+'am_softmax' is face-identity pre-training, not an age formulation: its task is 'identity' (it
+reads the model's 'identity' output and the batch's 'identity' labels), the head is the
+cosine head of models/heads.py over num_identities classes (filled in by training from the
+identity build when 0), and the loss CosFace's with s = am_scale, m = am_margin (CosFace's 64
+and 0.35 by default; LAE gives no values). Training reports identity top-1 accuracy instead of
+MAE; an age run starts from it with config.model.init_from (the backbone loads, the head is fresh).
 
 Bins: classification and ordinal heads cover the ages min_age .. min_age + K - 1
 (K = config.formulation.num_classes, 101 as in LAE). Regression predicts
@@ -69,12 +77,16 @@ class Formulation:
   head: str = "dense"
   # softmax heads: outputs -> standard deviation (years) of the predicted age distribution
   spread: Callable | None = None
+  # what it predicts: the model output and batch label it reads, 'age' or 'identity'
+  task: str = "age"
 
 
 SOFTMAX = ("oh", "oh_expectation", "ldl", "dldl_v2", "lae_stage2")
 REGRESSION = ("mse", "mae")
 ORDINAL = ("or", "coral")
-NAMES = SOFTMAX + REGRESSION + ORDINAL
+IDENTITY = ("am_softmax",)
+AGE_NAMES = SOFTMAX + REGRESSION + ORDINAL
+NAMES = AGE_NAMES + IDENTITY
 _DEFAULT_DECODE = {"oh": "argmax", "oh_expectation": "expectation", "ldl": "argmax",
                    "dldl_v2": "expectation", "lae_stage2": "expectation"}
 DECODES = ("default", "argmax", "expectation")
@@ -101,6 +113,9 @@ def default_config() -> ml_collections.ConfigDict:
       "or_class_balance": "none",   # 'or'/'coral': per-task positive/negative weights
       "or_max_class_weight": 10.0,  # cap on 'dataset' class weights (rare tasks would explode)
       "age_counts": (),             # K training counts per bin, see with_age_counts()
+      "num_identities": 0,          # 'am_softmax': classes; 0 = the identity build's count (filled by training)
+      "am_scale": 64.0,             # 'am_softmax': s of CosFace eq. 4 (CosFace: 64; LAE gives none)
+      "am_margin": 0.35,            # 'am_softmax': m of CosFace eq. 4 (CosFace: 0.35)
   })
 
 
@@ -167,6 +182,18 @@ def _validate(cfg, need_mae: bool = True):
           "< 0 takes it from the previous stage of config.stages")
   if cfg.name in ORDINAL and not cfg.or_max_class_weight >= 1:
     _fail("or_max_class_weight", cfg.or_max_class_weight, "a number >= 1")
+  if cfg.name in IDENTITY:
+    if not (isinstance(cfg.num_identities, int) and cfg.num_identities >= 0):
+      _fail("num_identities", cfg.num_identities, "an integer >= 0 (0: the training data's identity count)")
+    if not cfg.am_scale > 0:
+      _fail("am_scale", cfg.am_scale, "a positive number (CosFace: 64)")
+    if not 0 <= cfg.am_margin < 1:
+      _fail("am_margin", cfg.am_margin, "a cosine margin in [0, 1) (CosFace: 0.35)")
+
+
+def check_fields(cfg) -> None:
+  """The field checks of get_formulation, for a config whose counts training still fills in."""
+  _validate(cfg, need_mae=False)
 
 
 def _fuse_linear(group_logits, group_outputs):
@@ -199,6 +226,15 @@ def get_formulation(cfg) -> Formulation:
   """cfg: config.formulation. Raises ValueError naming the field when a value is invalid."""
   _validate(cfg)
   name, k, min_age = cfg.name, int(cfg.num_classes), float(cfg.min_age)
+
+  if name in IDENTITY:
+    if cfg.num_identities < 2:
+      _fail("num_identities", cfg.num_identities, "at least 2 identities (training fills it in from the "
+            "identity build)")
+    scale, margin = float(cfg.am_scale), float(cfg.am_margin)
+    loss = lambda cosine, labels: losses.cosine_margin_loss(cosine, labels, scale, margin)
+    decode = lambda cosine: jnp.argmax(cosine, axis=-1).astype(jnp.int32)
+    return Formulation(name, int(cfg.num_identities), loss, decode, head="identity", task="identity")
 
   if name in REGRESSION:
     offset, scale = float(cfg.regression_offset), float(cfg.regression_scale)
@@ -265,9 +301,15 @@ def check_ages(ages: np.ndarray, cfg) -> np.ndarray:
   """
   _validate(cfg, need_mae=False)  # stage 2's mae may still come from the previous stage
   ages = np.asarray(ages, np.float32)
+  if cfg.name in IDENTITY:  # trains on identities; the ages are not read
+    return ages
   if not np.all(np.isfinite(ages)):
     bad = np.flatnonzero(~np.isfinite(ages))
     raise ValueError(f"training ages at indices {bad[:10].tolist()} are not finite ({ages[bad[:10]].tolist()})")
+  if ages.size and np.all(ages < 0):   # unknown (-1) everywhere: an identity dataset
+    raise ValueError(f"none of the {ages.size} training images has an age (all -1, unknown), which "
+                     f"formulation {cfg.name!r} needs; an identity dataset trains "
+                     "config.formulation.name='am_softmax'")
   limits = head_range(cfg)
   if limits is None:
     return ages
@@ -291,6 +333,11 @@ def age_counts(ages: np.ndarray, num_classes: int, min_age: float = 0) -> tuple:
   clipped = np.clip(np.asarray(ages, np.float64) - min_age, 0, num_classes - 1)
   index = np.round(clipped).astype(np.int64)  # half to even, as losses.age_to_class
   return tuple(int(c) for c in np.bincount(index, minlength=num_classes))
+
+
+def needs_num_identities(cfg) -> bool:
+  """Whether get_formulation(cfg) needs num_identities, still 0 (training fills it in)."""
+  return cfg.name in IDENTITY and cfg.num_identities == 0
 
 
 def needs_age_counts(cfg) -> bool:

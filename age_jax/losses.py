@@ -166,18 +166,31 @@ def ordinal_binary_cross_entropy(logits, targets, task_weights=None, pos_weights
 
 # --- face-identity pre-training (LAE 2.2: AM-softmax / CosFace, Wang et al. 2018) ---
 
+def cosine_similarity(features, class_weights) -> jnp.ndarray:
+  """(B, C) cosines between each example's features (B, D) and each class's weight column (D, C);
+  both are L2-normalised first, so only angles count."""
+  f = _f32(features)
+  w = _f32(class_weights)
+  f = f / jnp.maximum(jnp.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
+  w = w / jnp.maximum(jnp.linalg.norm(w, axis=0, keepdims=True), 1e-12)
+  return f @ w
+
+
+def cosine_margin_loss(cosine, labels, scale: float = 64.0, margin: float = 0.35) -> jnp.ndarray:
+  """CosFace eq. 4 on given cosines (B, C): softmax cross-entropy of s (cos t_j - m [j = y])."""
+  cosine = _f32(cosine)
+  labels = jnp.asarray(labels, jnp.int32)
+  margins = margin * jax.nn.one_hot(labels, cosine.shape[-1], dtype=jnp.float32)
+  return one_hot_cross_entropy(scale * (cosine - margins), labels)
+
+
 def am_softmax_loss(features, class_weights, labels, scale: float = 64.0, margin: float = 0.35
                     ) -> jnp.ndarray:
   """Large-margin cosine loss per example (CosFace eq. 4):
   -log(e^{s (cos t_y - m)} / (e^{s (cos t_y - m)} + sum_{j != y} e^{s cos t_j})),
   cos t_j the cosine between the example's features (B, D) and class j's weight column (D, C).
   Both are L2-normalised here, so the loss depends on angles alone; s and m default to CosFace's
-  64 and 0.35 (LAE cites it for the pre-training loss without giving values)."""
-  f = _f32(features)
-  w = _f32(class_weights)
-  f = f / jnp.maximum(jnp.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
-  w = w / jnp.maximum(jnp.linalg.norm(w, axis=0, keepdims=True), 1e-12)
-  cosine = f @ w
-  labels = jnp.asarray(labels, jnp.int32)
-  margins = margin * jax.nn.one_hot(labels, cosine.shape[-1], dtype=jnp.float32)
-  return one_hot_cross_entropy(scale * (cosine - margins), labels)
+  64 and 0.35 (LAE cites it for the pre-training loss without giving values). The identity
+  formulation computes the cosines in the model (models/heads.py: IdentityHead) and applies
+  cosine_margin_loss to them: the same function, split where the parameters live."""
+  return cosine_margin_loss(cosine_similarity(features, class_weights), labels, scale, margin)

@@ -12,6 +12,9 @@ it never looks inside. Multi-task terms (Xing 2017, 3.3) join here:
 Eq. 13 fuses the group estimators' outputs before decoding (`formulation.fuse`: the mixture of
 the groups' predictive distributions), so training's loss and evaluation's prediction read the
 same fused output for every formulation.
+A face-identity formulation (formulation.task == 'identity', LAE 2.2 pre-training) reads the
+model's 'identity' output and the batch's 'identity' labels instead of the ages; its training
+metric is top-1 identity accuracy instead of MAE.
 `trainable_mask` gives the parameters each hybrid step trains: freeze the rest with
 optax.multi_transform({'train': tx, 'freeze': optax.set_to_zero()}, labels) (optax.masked
 alone passes the frozen leaves' gradients through unchanged).
@@ -20,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from age_jax import formulations
 from age_jax.models import multitask as multitask_lib
 
 # Hybrid step -> top-level parameter subtrees it trains (None: all of them).
@@ -58,9 +62,10 @@ def per_example_loss(outputs: dict, batch: dict, formulation, cfg, stage: str | 
   """
   mt = _multitask(cfg)
   stage = mt.stage if stage is None else stage
-  if mt.kind == "none":
-    age_loss = formulation.loss(outputs["age"], batch["age"])
-    return age_loss, {"age_loss": age_loss}
+  if mt.kind == "none":   # 'age_loss', or 'identity_loss' for face-identity pre-training
+    task = formulation.task
+    task_loss = formulation.loss(outputs[task], batch[task])
+    return task_loss, {f"{task}_loss": task_loss}
   if mt.kind in ("parallel", "deep"):
     age_loss = formulation.loss(outputs["age"], batch["age"])
     gender_loss = cross_entropy(outputs["gender"], batch["gender"])
@@ -96,6 +101,15 @@ def predicted_age(outputs: dict, formulation) -> jnp.ndarray:
   return formulation.decode(age_outputs(outputs, formulation))
 
 
+def per_example_metrics(outputs: dict, batch: dict, formulation) -> dict:
+  """The train step's per-example metric: {'mae': |predicted - true age|}, or for face-identity
+  pre-training {'accuracy': 1 where the top-1 identity is right}."""
+  if formulation.task == "identity":
+    right = formulation.decode(outputs["identity"]) == batch["identity"]
+    return {"accuracy": right.astype(jnp.float32)}
+  return {"mae": jnp.abs(predicted_age(outputs, formulation) - batch["age"])}
+
+
 def predicted_spread(outputs: dict, formulation):
   """(B,) spread in years of the predicted (fused) age distribution, or None where the head
   gives one number per face (regression, ordinal)."""
@@ -106,12 +120,15 @@ def predicted_spread(outputs: dict, formulation):
 
 def predictions(apply, images, formulation, mirror: bool = False) -> dict:
   """{'age' (B,), 'spread' (B,) where the head has one, 'gender'/'race' logits where the model
-  has them} of apply(images) -> model outputs. With mirror, each is the mean over the image and
-  its left-right mirror image (training flips faces, so both are faces the model knows)."""
+  has them} of apply(images) -> model outputs; for face-identity pre-training {'identity': the
+  (B, N) cosines}. With mirror, each is the mean over the image and its left-right mirror image
+  (training flips faces, so both are faces the model knows)."""
   views = jnp.concatenate([images, images[:, :, ::-1]]) if mirror else images
   outputs = apply(views)
   num_views = 2 if mirror else 1
   average = lambda x: jnp.mean(x.reshape((num_views, images.shape[0]) + x.shape[1:]), axis=0)
+  if formulation.task == "identity":
+    return {"identity": average(outputs["identity"])}
   result = {"age": average(predicted_age(outputs, formulation))}
   spread = predicted_spread(outputs, formulation)
   if spread is not None:
@@ -150,9 +167,25 @@ def _required_labels(mt) -> tuple[str, ...]:
   return ()
 
 
+def _check_identities(cfg, labels: dict) -> None:
+  values = labels.get("identity")
+  if values is None:
+    raise ValueError(f"config.formulation.name={cfg.formulation.name!r} trains on face identities, but the "
+                     "dataset has no 'identity' labels; use an identity dataset (config.data.name="
+                     "'identity_folder')")
+  values = np.asarray(values)
+  bad = values[(values < 0) | (values >= cfg.formulation.num_identities)]
+  if bad.size:
+    raise ValueError(f"'identity' labels {sorted(set(bad.tolist()))[:10]} are outside 0.."
+                     f"{cfg.formulation.num_identities - 1} (config.formulation.num_identities)")
+
+
 def check_labels(cfg, labels: dict) -> None:
   """Raises ValueError when a multi-task config meets a dataset without the labels it needs
-  (missing or all -1), or with gender/race values outside the configured classes."""
+  (missing or all -1), or with gender/race values outside the configured classes, and when
+  face-identity pre-training meets a dataset without identities in its head's range."""
+  if cfg.formulation.name in formulations.IDENTITY:
+    _check_identities(cfg, labels)
   mt = _multitask(cfg)
   limits = {"gender": multitask_lib.NUM_GENDERS, "race": mt.num_races}
   for name in _required_labels(mt):

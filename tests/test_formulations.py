@@ -79,7 +79,7 @@ def test_decoders():
   ordinal = jnp.array([[2.0, -1.0, 0.5, -3.0], [-1.0, -1.0, -1.0, -1.0]])
   np.testing.assert_allclose(_get("or", num_classes=5, min_age=1).decode(ordinal), [3.0, 1.0])
   np.testing.assert_allclose(_get("coral", num_classes=5).decode(ordinal), [2.0, 0.0])
-  for name in formulations.NAMES:
+  for name in formulations.AGE_NAMES:
     f = _get(name, num_classes=5)
     decoded = jax.jit(f.decode)(jnp.zeros((2, f.num_outputs)))
     assert decoded.shape == (2,) and decoded.dtype == jnp.float32
@@ -154,7 +154,7 @@ def test_lae_stage2_uses_the_configured_validation_mae():
 
 # --- gradients against central finite differences ---
 
-@pytest.mark.parametrize("name", formulations.NAMES)
+@pytest.mark.parametrize("name", formulations.AGE_NAMES)
 def test_gradients_match_finite_differences(name):
   f = _get(name, num_classes=6, lae_mae=0.7, sigma=1.5)
   rng = np.random.default_rng(0)
@@ -174,7 +174,7 @@ def test_gradients_match_finite_differences(name):
 
 
 def test_losses_are_float32_and_jit():
-  for name in formulations.NAMES:
+  for name in formulations.AGE_NAMES:
     f = _get(name, num_classes=5)
     loss = jax.jit(f.loss)(jnp.zeros((4, f.num_outputs)), jnp.array([0.0, 1.0, 4.0, 7.0]))
     assert loss.shape == (4,) and loss.dtype == jnp.float32 and np.all(np.isfinite(loss)), name
@@ -218,3 +218,26 @@ def test_coral_bias_prior_predicts_the_mean_age_from_a_zero_logit():
   f = formulations.get_formulation(cfg)
   # A shared logit of 0: the count of positive thresholds is the prior's mean, 33 (offset).
   assert float(f.decode(jnp.asarray(biases)[None, :])[0]) == pytest.approx(cfg.regression_offset, abs=1)
+
+
+def test_age_formulations_refuse_unknown_ages_and_identity_pretraining_checks_its_labels():
+  from age_jax import objective
+  with pytest.raises(ValueError, match=r"none of the 2 training images has an age \(all -1, unknown\).*'am_softmax'"):
+    formulations.check_ages(np.array([-1.0, -1.0]), _cfg("mae"))
+  c = config_lib.default_config()
+  c.formulation.name = "am_softmax"
+  config_lib.validate(c)                    # num_identities = 0: training fills it in from the build
+  with pytest.raises(ValueError, match="num_identities=0; expected at least 2 identities"):
+    formulations.get_formulation(c.formulation)
+  c.formulation.num_identities = 3
+  objective.check_labels(c, {"identity": np.array([0, 2])})
+  with pytest.raises(ValueError, match="has no 'identity' labels; use an identity dataset"):
+    objective.check_labels(c, {"age": np.array([30.0])})
+  with pytest.raises(ValueError, match=r"'identity' labels \[3\] are outside 0..2"):
+    objective.check_labels(c, {"identity": np.array([0, 3])})
+  c.formulation.am_margin = 1.5
+  with pytest.raises(ValueError, match=r"config.formulation.am_margin=1.5; expected a cosine margin"):
+    config_lib.validate(c)
+  c.formulation.am_margin, c.multitask.kind = 0.35, "parallel"
+  with pytest.raises(ValueError, match="face-identity pre-training has no age heads"):
+    config_lib.validate(c)

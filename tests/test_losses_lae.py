@@ -1,10 +1,14 @@
-"""LAE's losses at the paper's K = 101, ages outside the head, AM-softmax (LAE 2.2), and the
-ordinal loss against coral-pytorch's published example."""
+"""LAE's losses at the paper's K = 101, ages outside the head, AM-softmax (LAE 2.2) and its
+identity head, and the ordinal loss against coral-pytorch's published example."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from age_jax import losses
+from age_jax import formulations, losses, models, objective
+from age_jax.models import heads
+from tests.tiny import tiny_config
 
 
 def _gaussian(age, k, sigma=1.0):
@@ -68,6 +72,48 @@ def test_am_softmax_matches_the_cosface_formula():
   for s, m in ((64.0, 0.35), (30.0, 0.2), (1.0, 0.0)):
     np.testing.assert_allclose(losses.am_softmax_loss(features, weights, labels, s, m),
                                _am_softmax_by_loops(features, weights, labels, s, m), rtol=1e-4)
+
+
+class _Features(nn.Module):
+  """A stand-in backbone whose input is its features."""
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    return {"features": x}
+
+
+def test_the_identity_head_and_formulation_give_am_softmax_of_the_features():
+  # By hand: features (3, 4) and (1, 0); class columns (1, 0), (0, 2), (1, 1) -> cosines
+  # (0.6, 0.8, 0.98995) and (1, 0, 0.70711); s = 4, m = 0.5, labels 2 and 1:
+  # row 0: logits 4 * (0.6, 0.8, 0.98995 - 0.5) -> -log softmax_2 = 1.79331;
+  # row 1: logits 4 * (1, 0 - 0.5, 0.70711)     -> -log softmax_1 = 6.27183.
+  features = np.array([[3.0, 4.0], [1.0, 0.0]], np.float32)
+  weights = np.array([[1.0, 0.0, 1.0], [0.0, 2.0, 1.0]], np.float32)
+  labels = np.array([2, 1])
+  outputs = heads.IdentityHead(_Features(), num_identities=3).apply({"params": {"identity_head": weights}}, features)
+  np.testing.assert_allclose(outputs["identity"], [[0.6, 0.8, 0.98995], [1.0, 0.0, 0.70711]], atol=1e-5)
+  cfg = formulations.default_config()
+  cfg.name, cfg.num_identities, cfg.am_scale, cfg.am_margin = "am_softmax", 3, 4.0, 0.5
+  form = formulations.get_formulation(cfg)
+  assert (form.task, form.num_outputs, form.head) == ("identity", 3, "identity")
+  batch = {"identity": labels, "age": np.full(2, -1.0, np.float32)}
+  loss, terms = objective.per_example_loss(outputs, batch, form, ml_collections.ConfigDict({"formulation": cfg}))
+  np.testing.assert_allclose(loss, [1.79331, 6.27183], rtol=1e-5)
+  np.testing.assert_allclose(loss, _am_softmax_by_loops(features, weights, labels, 4.0, 0.5), rtol=1e-5)
+  np.testing.assert_allclose(terms["identity_loss"], losses.am_softmax_loss(features, weights, labels, 4.0, 0.5))
+  np.testing.assert_array_equal(objective.per_example_metrics(outputs, batch, form)["accuracy"], [1.0, 0.0])
+
+
+def test_the_identity_model_keeps_the_age_models_backbone_paths():
+  cfg = tiny_config()
+  shapes = lambda model: jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))["params"]
+  age = shapes(models.get_model(cfg.model, 1))
+  identity = shapes(models.get_model(cfg.model, 5, head="identity"))
+  assert set(identity) == set(age) - {"age_head"} | {"identity_head"}
+  assert identity["identity_head"].shape == (16, 5)
+  same = lambda a, b: jax.tree.map(lambda x, y: x.shape == y.shape, a, b)
+  assert all(jax.tree.leaves(same({k: identity[k] for k in age if k != "age_head"},
+                                  {k: age[k] for k in age if k != "age_head"})))
 
 
 def test_am_softmax_is_scale_invariant_and_the_margin_raises_the_loss():

@@ -5,7 +5,8 @@
   labels = split_labels(train)                        # {'age': array, ...} for samplers
 
 Records are dicts {'image': original file bytes, 'age': float, 'gender': int, 'race': int,
-'subject': str, 'file_name': str, 'fold': int} (+ 'landmarks' for FG-NET). Split names are the
+'subject': str, 'file_name': str, 'fold': int} (+ 'landmarks' for FG-NET, + 'identity', the
+integer class of the subject, for identity datasets, whose ages are -1). Split names are the
 stored ones ('train', 'validation', 'test'; MORPH 'S1', 'S2', 'S3'; 'full' for k-fold datasets,
 as TFDS reserves 'all') with TFDS slicing and joining ('train[:10%]', 'S2+S3'), and for datasets with folds the virtual
 splits 'fold{k}_train' (every fold but k) and 'fold{k}_test' (fold k).
@@ -40,6 +41,7 @@ _BUILDERS = {
     "fgnet": "age_jax.data.builders.fgnet:Fgnet",
     "all_age_faces": "age_jax.data.builders.all_age_faces:AllAgeFaces",
     "labelled_folder": "age_jax.data.builders.labelled_folder:LabelledFolder",
+    "identity_folder": "age_jax.data.builders.identity_folder:IdentityFolder",
 }
 _FOLD_SPLIT = re.compile(r"fold(\d+)_(train|test)")
 
@@ -225,7 +227,7 @@ def _to_python(record: dict) -> dict:
       out[key] = value.decode() if isinstance(value, bytes) else str(value)
     elif key == "age":
       out[key] = float(value)
-    elif key in ("gender", "race", "fold"):
+    elif key in ("gender", "race", "fold", "identity"):
       out[key] = int(value)
     else:
       out[key] = value
@@ -285,7 +287,10 @@ _LABEL_DTYPES = {"age": np.float32, "gender": np.int32, "race": np.int32, "fold"
 
 
 def _collect_labels(source, n: int, chunk: int = 512) -> dict[str, np.ndarray]:
-  columns = {k: [] for k in (*_LABEL_DTYPES, "subject", "file_name")}
+  dtypes = dict(_LABEL_DTYPES)
+  if n and "identity" in source[0]:   # identity datasets only: age datasets keep their arrays as they were
+    dtypes["identity"] = np.int32
+  columns = {k: [] for k in (*dtypes, "subject", "file_name")}
   getitems = getattr(source, "__getitems__", None)
   for start in range(0, n, chunk):
     ids = list(range(start, min(n, start + chunk)))
@@ -294,14 +299,15 @@ def _collect_labels(source, n: int, chunk: int = 512) -> dict[str, np.ndarray]:
       record = _to_python(record)
       for key in columns:
         columns[key].append(record.get(key, "" if key in ("subject", "file_name") else -1))
-  out = {k: np.asarray(columns[k], dtype) for k, dtype in _LABEL_DTYPES.items()}
+  out = {k: np.asarray(columns[k], dtype) for k, dtype in dtypes.items()}
   out["subject"] = np.asarray(columns["subject"], dtype=str)
   out["file_name"] = np.asarray(columns["file_name"], dtype=str)
   return out
 
 
 def split_labels(source) -> dict[str, np.ndarray]:
-  """{'age' float32, 'gender', 'race', 'fold' int32, 'subject', 'file_name' str} for a whole split."""
+  """{'age' float32, 'gender', 'race', 'fold' int32, 'subject', 'file_name' str} for a whole split
+  (+ 'identity' int32 for identity datasets)."""
   if isinstance(source, (RecordSource, FolderSource)):
     return source.labels()
   return _collect_labels(source, len(source))

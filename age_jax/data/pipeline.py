@@ -23,6 +23,7 @@ from age_jax.faces import align_to_canonical
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
 LABEL_FIELDS = ("age", "gender", "race")
+OPTIONAL_LABEL_FIELDS = ("identity",)   # batches carry it where the split has it (identity datasets)
 
 
 def decode_image(image_bytes: bytes, load_size: int, name: str = "", landmarks=None) -> np.ndarray:
@@ -55,7 +56,8 @@ class LoadedSource:
     self.records = records
     self.load_size = load_size
     self.align_faces = align_faces
-    self.labels = {k: v for k, v in datasets.split_labels(records).items() if k in LABEL_FIELDS}
+    self.labels = {k: v for k, v in datasets.split_labels(records).items()
+                   if k in LABEL_FIELDS + OPTIONAL_LABEL_FIELDS}
     self.images = None  # None: decode on every read
     if cache != "none":
       self.images = decoded.images(records, self._decode, (load_size, load_size, 3), num_threads,
@@ -73,8 +75,8 @@ class LoadedSource:
 
   def __getitem__(self, i: int) -> dict:
     out = {"image": self.images[i] if self.images is not None else self._decode(self.records[i])}
-    for field in LABEL_FIELDS:
-      out[field] = self.labels[field][i]
+    for field, values in self.labels.items():
+      out[field] = values[i]
     return out
 
   def read_batch(self, indices: np.ndarray) -> dict:
@@ -84,7 +86,7 @@ class LoadedSource:
       images = self.images[indices]
     else:
       images = np.stack([self._decode(self.records[int(i)]) for i in indices])
-    return {"image": images, **{field: self.labels[field][indices] for field in LABEL_FIELDS}}
+    return {"image": images, **{field: values[indices] for field, values in self.labels.items()}}
 
 
 def _name(record):
@@ -131,8 +133,9 @@ def mean_image(source: LoadedSource, data_cfg, max_images: int = 0) -> np.ndarra
 
 
 def _labels_to_arrays(example):
-  for field in LABEL_FIELDS:
-    example[field] = np.asarray(example[field], np.float32 if field == "age" else np.int32)
+  for field in LABEL_FIELDS + OPTIONAL_LABEL_FIELDS:
+    if field in example:
+      example[field] = np.asarray(example[field], np.float32 if field == "age" else np.int32)
   return example
 
 

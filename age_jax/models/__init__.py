@@ -1,7 +1,8 @@
 """Model registry: get_model(model_config, num_outputs, multitask=None) -> flax.linen.Module.
 
 Every model's __call__(images, train) returns a dict of named outputs
-('age' always; 'features', 'gender', 'race', ... where the model has them).
+('features' always; 'age' unless it is a face-identity model, whose head gives 'identity';
+'gender', 'race', ... where the model has them).
 With a multitask config whose kind is not 'none', the named model is the trunk of a
 Xing 2017 multi-task network (models/multitask.py); only trunks in MULTITASK_TRUNKS can.
 """
@@ -81,15 +82,23 @@ def _multitask_model(cfg, mt, num_outputs):
   raise ValueError(f"config.multitask.kind={mt.kind!r}; expected one of {list(multitask_lib.KINDS)}")
 
 
+HEADS = ("dense", "coral", "identity")
+
+
 def get_model(cfg, num_outputs: int, multitask=None, head: str = "dense", head_bias_init=None):
   """cfg: config.model; multitask: config.multitask (None or kind 'none' = single task);
-  head: the formulation's head kind, 'dense' or 'coral' (see models/heads.py), whose biases
-  start at head_bias_init when given."""
+  head: the formulation's head kind, 'dense', 'coral' or 'identity' (see models/heads.py), whose
+  biases start at head_bias_init when given."""
+  if head == "identity":
+    if multitask is not None and multitask.kind != "none":
+      raise ValueError(f"config.multitask.kind={multitask.kind!r}: a face-identity model has no age "
+                       "heads; set config.multitask.kind='none'")
+    return heads.IdentityHead(get_model(cfg, 0), num_identities=num_outputs)
   if head == "coral":
     bias = None if head_bias_init is None else tuple(float(b) for b in head_bias_init)
     return heads.CoralHead(get_model(cfg, 1, multitask), num_thresholds=num_outputs, bias_init=bias)
   if head != "dense":
-    raise ValueError(f"unknown head kind {head!r}; expected 'dense' or 'coral'")
+    raise ValueError(f"unknown head kind {head!r}; expected one of {list(HEADS)}")
   if cfg.name not in _REGISTRY:
     raise ValueError(f"config.model.name={cfg.name!r} is not a known model; known: {names()}")
   if cfg.dtype not in _DTYPES:

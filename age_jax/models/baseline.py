@@ -24,7 +24,8 @@ def _max_pool(x, lowering):
 
 
 class XingBaseline(nn.Module):
-  """Returns {'features': FC2 activations, 'age': head outputs}."""
+  """Returns {'features': FC2 activations, 'age': head outputs (none when
+  num_outputs=0)}."""
   num_outputs: int = 1
   conv_features: Sequence[int] = (96, 256, 384)
   fc_features: Sequence[int] = (512, 512)
@@ -67,4 +68,6 @@ class XingBaseline(nn.Module):
     x = images.astype(self.dtype)
     _, x = self.stem(x, train)
     features = self.top(x, train)
+    if not self.num_outputs:  # a backbone only (models/heads.py: IdentityHead); the head is never built
+      return {"features": features}
     return {"features": features, "age": self.head(features)}

@@ -122,7 +122,8 @@ class MBConv(nn.Module):
 
 
 class EfficientNetV2(nn.Module):
-  """Returns {'features': pooled head-conv activations (B, 1280), 'age': head outputs}."""
+  """Returns {'features': pooled head-conv activations (B, 1280), 'age': head outputs
+  (none when num_outputs=0)}."""
   stages: Sequence[tuple]
   num_outputs: int = 1
   dropout_rate: float = 0.2
@@ -147,6 +148,8 @@ class EfficientNetV2(nn.Module):
         index += 1
     x = nn.silu(norm(name="head_bn")(conv(HEAD_CHANNELS, 1, 1, "VALID", name="head_conv")(x)))
     features = jnp.mean(x, axis=(1, 2))
+    if not self.num_outputs:  # a backbone only (models/heads.py: IdentityHead)
+      return {"features": features}
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(features)
     age = nn.Dense(self.num_outputs, dtype=self.dtype, name="age_head")(x)
     return {"features": features, "age": age.astype(jnp.float32)}

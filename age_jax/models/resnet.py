@@ -65,7 +65,7 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-  """Returns {'features': globally pooled last stage, 'age': head outputs}."""
+  """Returns {'features': globally pooled last stage, 'age': head outputs (none when num_outputs=0)}."""
   stage_sizes: Sequence[int]
   block: Any
   num_outputs: int = 1
@@ -86,6 +86,8 @@ class ResNet(nn.Module):
         x = self.block(self.width * 2 ** s, strides, self.conv_lowering, self.dtype,
                        name=f"layer{s + 1}_{j}")(x, train)
     features = jnp.mean(x, axis=(1, 2))
+    if not self.num_outputs:  # a backbone only (models/heads.py: IdentityHead)
+      return {"features": features}
     age = nn.Dense(self.num_outputs, dtype=self.dtype, name="age_head")(features)
     return {"features": features, "age": age.astype(jnp.float32)}
 

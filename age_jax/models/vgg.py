@@ -41,7 +41,8 @@ def adaptive_avg_pool(x, size: int):
 
 
 class VGG16(nn.Module):
-  """Returns {'features': FC7 activations, 'age': head outputs}."""
+  """Returns {'features': FC7 activations, 'age': head outputs (none when
+  num_outputs=0)}."""
   num_outputs: int = 1
   fc_features: Sequence[int] = (4096, 4096)
   dropout_rate: float = 0.5
@@ -85,4 +86,6 @@ class VGG16(nn.Module):
     x = images.astype(self.dtype)
     _, x = self.stem(x, train)
     features = self.top(x, train)
+    if not self.num_outputs:  # a backbone only (models/heads.py: IdentityHead); the head is never built
+      return {"features": features}
     return {"features": features, "age": self.head(features)}

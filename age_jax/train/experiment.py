@@ -82,7 +82,7 @@ def build(cfg: ml_collections.ConfigDict, devices=None) -> Experiment:
 
 
 def _is_head(path) -> bool:
-  return any(getattr(k, "key", None) in ("age_head", "coral_bias") for k in path)
+  return any(getattr(k, "key", None) in ("age_head", "coral_bias", "identity_head") for k in path)
 
 
 def trainable_mask(cfg, params):

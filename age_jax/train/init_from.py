@@ -91,7 +91,8 @@ def load_variables(path: str, variables: dict, model_name: str) -> tuple[dict, s
     for p in unused:
       logging.info("init_from %s: unused from the source: %s", path, p)
     fresh = f" ({', '.join(p for p, _ in kept[:6])}{', ...' if len(kept) > 6 else ''})" if kept else ""
-    return out, f"init_from {path}: {count} arrays loaded, {len(kept)} parameters kept fresh{fresh}"
+    extra = f", unused from the source: {', '.join(unused[:6])}{', ...' if len(unused) > 6 else ''}" if unused else ""
+    return out, f"init_from {path}: {count} arrays loaded, {len(kept)} parameters kept fresh{fresh}{extra}"
   if not os.path.exists(path):
     raise FileNotFoundError(f"config.model.init_from={path!r} does not exist (a workdir or a .safetensors/.npz)")
   new = pretrained.load_pretrained(path, variables, model_name)

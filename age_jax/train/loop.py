@@ -68,6 +68,11 @@ def _train(cfg, workdir: str, stop) -> dict:
       cfg.formulation = formulations.with_age_counts(cfg.formulation, labels["age"])
   if not cfg.train.train_size:  # turns train.num_epochs into steps; stored in config.json
     cfg.train.train_size = len(train_records)
+  if formulations.needs_num_identities(cfg.formulation):  # the identity head's size, from the build
+    if "num_identities" not in report:
+      raise ValueError(f"config.formulation.name={cfg.formulation.name!r} trains on face identities, but "
+                       f"dataset {cfg.data.name!r} has none; use config.data.name='identity_folder'")
+    cfg.formulation.num_identities = int(report["num_identities"])
   plan = stages_lib.plan(cfg)
   for stage in plan:  # bad labels stop the run here, before any long work
     formulations.check_ages(labels["age"], stage.cfg.formulation)
@@ -109,8 +114,11 @@ def _train(cfg, workdir: str, stop) -> dict:
   finally:  # also on an interruption: let a checkpoint being written finish, intact
     ckpt.wait()
   if state is not None and cfg.data.val_split:  # this call trained: report the final validation
-    # Also calibrates the conformal age intervals on the validation split (age_jax/conformal.py).
-    summary = evaluate.calibrate(exp, exp.cfg, normalizer, state, workdir)
+    if exp.formulation.task == "age":
+      # Also calibrates the conformal age intervals on the validation split (age_jax/conformal.py).
+      summary = evaluate.calibrate(exp, exp.cfg, normalizer, state, workdir)
+    else:  # face-identity pre-training: top-1 identity accuracy, no ages to calibrate
+      summary = evaluate.Evaluator(exp, exp.cfg, normalizer, cfg.data.val_split).summary(state)
     logger.write(total, summary, prefix="validation")
     _log("validation: " + " ".join(f"{k}={v:.4g}" for k, v in summary.items()))
     last.update({f"val_{k}": v for k, v in summary.items()})

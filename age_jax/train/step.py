@@ -42,8 +42,8 @@ def make_train_step(model, tx, formulation, cfg, prepare=None, trainable=None):
     per_example, terms = objective.per_example_loss(outputs, batch, formulation, cfg)
     weights = batch.get("mask", jnp.ones_like(per_example))
     metrics = {name: _masked_mean(value, weights) for name, value in terms.items()}
-    metrics["mae"] = _masked_mean(jnp.abs(objective.predicted_age(outputs, formulation) - batch["age"]),
-                                  weights)
+    for name, value in objective.per_example_metrics(outputs, batch, formulation).items():
+      metrics[name] = _masked_mean(value, weights)   # 'mae', or identity 'accuracy'
     new_stats = batch_stats if frozen_backbone else updates.get("batch_stats", batch_stats)
     return _masked_mean(per_example, weights), (new_stats, metrics)
 
@@ -69,7 +69,7 @@ def make_train_step(model, tx, formulation, cfg, prepare=None, trainable=None):
 
 def make_predict_step(model, formulation, mirror: bool = False):
   """(params, batch_stats, batch) -> {'pred_age': years, 'pred_spread' (softmax heads),
-  'pred_gender'/'pred_race': argmax where the model has them, and the batch's other fields
+  'pred_gender'/'pred_race'/'pred_identity': argmax where the model has them, and the batch's other fields
   (labels, mask, index) passed through}; mirror: see objective.predictions."""
   def predict_step(params, batch_stats, batch):
     apply = lambda images: model.apply(_variables(params, batch_stats), images, train=False)

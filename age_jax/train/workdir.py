@@ -22,7 +22,7 @@ RESUMABLE = ("train.num_steps", "train.num_epochs", "optim.learning_rate", "trai
              "data.cache", "model.conv_lowering", "mesh.data", "mesh.fsdp", "mesh.fsdp_min_size")
 # Filled in by training from the data (stored so a resume rebuilds the same run); a changed
 # source is caught by the fingerprint (datasets.prepare), not here.
-DERIVED = ("data.fingerprint", "formulation.age_counts", "train.train_size")
+DERIVED = ("data.fingerprint", "formulation.age_counts", "formulation.num_identities", "train.train_size")
 
 
 class WorkdirInUse(RuntimeError):

@@ -249,3 +249,33 @@ def make_mivia_folder(path: str, identities: int = 10, per_identity: int = 4, si
       rows.append({"file": name, "age": f"{rng.uniform(1, 80):.1f}"})
   write_csv(os.path.join(path, "training_caip_contest.csv"), rows, ("file", "age"), header=False)
   return {"rows": rows}
+
+
+# ---------------- face identities: ROOT/<identity>/*.jpg ----------------
+
+IDENTITY_COLOURS = ((200, 60, 60), (60, 170, 60), (60, 80, 200), (210, 190, 50), (160, 60, 180), (50, 180, 190))
+
+
+def make_identity_folder(path: str, identities: int = 4, per_identity: int = 6, size: int = 32,
+                         seed: int = 6, singletons: int = 1) -> dict:
+  """ROOT/id<k>/<i>.jpg: identity k is a drawn face (fake_faces' discs) on its own background
+  colour, with its own eye distance, moved and noised per image, so the identities are easy to
+  tell apart and no two files are identical. `singletons` identities have one image each (a
+  build with min_images=2 drops them). Returns {file name: identity folder}."""
+  rng = np.random.default_rng(seed)
+  written = {}
+  counts = [per_identity] * identities + [1] * singletons
+  for k, count in enumerate(counts):
+    colour = np.asarray(IDENTITY_COLOURS[k % len(IDENTITY_COLOURS)], np.int16)
+    for i in range(count):
+      centre = size * np.array([0.5, 0.45]) + rng.uniform(-1.5, 1.5, 2)
+      eye = size * (0.3 + 0.05 * (k % 3))
+      points = np.array([[-0.5, 0], [0.5, 0], [0, 0.55], [-0.42, 1.15], [0.42, 1.15]]) * eye + centre - [0, 0.5 * eye]
+      image = draw_face(points, size, np.full((size, size, 3), colour, np.uint8))
+      noisy = np.clip(image + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
+      buf = io.BytesIO()
+      Image.fromarray(noisy).save(buf, "JPEG", quality=90)
+      name = f"id{k:02d}/{i:03d}.jpg"
+      _write(os.path.join(path, name), buf.getvalue())
+      written[name] = f"id{k:02d}"
+  return written

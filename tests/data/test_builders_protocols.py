@@ -1,7 +1,8 @@
-"""MORPH II, WebFace, MIVIA, FG-NET, All-Age-Faces and the generic labelled folder on generated
+"""MORPH II, WebFace, MIVIA, FG-NET, All-Age-Faces, the generic labelled folder and the identity folder on generated
 files in each published layout: counts, labels, protocols, subject exclusivity, determinism, bad input."""
 import collections
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -265,3 +266,43 @@ def test_all_age_faces_official_lists_and_gender_from_id(tmp_path):
     for r in _records("all_age_faces", str(tmp_path / "d"), split):
       w = written[os.path.basename(r["file_name"])]
       assert (split, r["gender"], r["age"]) == (w["split"], w["gender"], w["age"])
+
+
+def test_identity_folder_classes_drops_and_split_by_image(tmp_path):
+  path, data_dir = str(tmp_path / "ids"), str(tmp_path / "d")
+  written = fd.make_identity_folder(path, identities=5, per_identity=8, singletons=2)
+  shutil.copy(os.path.join(path, "id00", "000.jpg"), os.path.join(path, "id01", "copy.jpg"))  # one face, two names
+  shutil.copy(os.path.join(path, "id02", "000.jpg"), os.path.join(path, "loose.jpg"))         # in no identity folder
+  report = datasets.prepare("identity_folder", path, data_dir)
+  # The copy conflicts with its original (two identities): both dropped; id00 then has 7 images.
+  assert report["dropped"] == {"duplicate_conflicting_labels": 2, "identity_below_min_images": 2,
+                               "not_in_an_identity_folder": 1}
+  assert report["identities"] == [f"id{k:02d}" for k in range(5)] and report["num_identities"] == 5
+  assert report["identities_dropped"] == 2 and report["kept"] == 39
+  records = {s: _records("identity_folder", data_dir, s) for s in ("train", "validation")}
+  assert set(report["splits"]) == {"train", "validation"} and 0 < len(records["validation"]) < 12
+  for split, members in records.items():
+    for r in members:
+      assert r["identity"] == report["identities"].index(written[r["file_name"]]) and r["age"] == -1
+      assert r["subject"] == written[r["file_name"]]
+  # Split by image within identity: every identity trains, and some identity is on both sides.
+  assert {r["identity"] for r in records["train"]} == set(range(5))
+  assert {r["identity"] for r in records["validation"]} & {r["identity"] for r in records["train"]}
+  assert datasets.load_split("identity_folder", data_dir, "train").labels()["identity"].dtype == np.int32
+  stricter = datasets.prepare("identity_folder", path, str(tmp_path / "d8"), min_images=8)  # id00 has 7 left
+  assert stricter["identities"] == ["id01", "id02", "id03", "id04"] and stricter["config"] == "min_images-8"
+
+
+def test_identity_folder_reads_a_labels_csv_with_a_subject_column(tmp_path):
+  path = str(tmp_path / "f")
+  rows = fd.make_labelled_folder(path, n=12, subjects=3)["rows"]
+  fd.write_csv(os.path.join(path, "labels.csv"), rows, ("file", "subject"))
+  report = datasets.prepare("identity_folder", path, str(tmp_path / "d"))
+  assert report["identities"] == ["p0", "p1", "p2"] and report["kept"] == 12
+  found = [r for s, n in report["splits"].items() if n for r in _records("identity_folder", str(tmp_path / "d"), s)]
+  assert sorted((r["file_name"], r["identity"]) for r in found) == sorted(
+      (row["file"], int(row["subject"][1:])) for row in rows)
+  rows[3]["subject"] = ""
+  fd.write_csv(os.path.join(path, "labels.csv"), rows, ("file", "subject"))
+  with pytest.raises(ValueError, match=r"labels.csv:5: the subject \(identity\) is empty"):
+    datasets.prepare("identity_folder", path, str(tmp_path / "d"))

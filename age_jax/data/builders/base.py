@@ -103,6 +103,14 @@ class AgeDatasetBuilder(tfds.core.GeneratorBasedBuilder):
   def extra_features(self) -> dict:
     return {}
 
+  def duplicate_label(self, example: SourceExample):
+    """What byte-identical images must agree on to be one image (curation.resolve_duplicates)."""
+    return example.labels()
+
+  def before_split(self, examples: list[SourceExample], report: curation.Report) -> list[SourceExample]:
+    """Last step before the split protocol (or split file), on the curated examples."""
+    return examples
+
   # ---- TFDS hooks ----
   def _info(self) -> tfds.core.DatasetInfo:
     features = {**common_features(), **self.extra_features()}
@@ -152,10 +160,12 @@ class AgeDatasetBuilder(tfds.core.GeneratorBasedBuilder):
     options = self.options
     examples = curation.hash_and_verify(examples, report, skip_corrupt=options["skip_corrupt"])
     examples = curation.resolve_duplicates(examples, report,
-                                           keep_conflicting=options["keep_conflicting_duplicates"])
+                                           keep_conflicting=options["keep_conflicting_duplicates"],
+                                           label_of=self.duplicate_label)
     if options["canonical_crop"]:
       examples = face_crops.locate_faces(examples, report, face_crops.default_detector, dataset=self.name)
     curation.assign_groups(examples)
+    examples = self.before_split(examples, report)
     if options["split_file"]:
       planned = splits.apply_split_file(examples, options["split_file"], report)
     else:

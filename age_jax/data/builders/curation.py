@@ -73,8 +73,10 @@ def hash_and_verify(examples: list[SourceExample], report: Report, *, skip_corru
   return kept
 
 
-def resolve_duplicates(examples: list[SourceExample], report: Report, *,
-                       keep_conflicting: bool) -> list[SourceExample]:
+def resolve_duplicates(examples: list[SourceExample], report: Report, *, keep_conflicting: bool,
+                       label_of=SourceExample.labels) -> list[SourceExample]:
+  """label_of(example): what copies must agree on (default (age, gender, race); an identity
+  dataset's subject)."""
   by_hash = collections.defaultdict(list)
   for example in examples:
     by_hash[example.sha256].append(example)
@@ -86,7 +88,7 @@ def resolve_duplicates(examples: list[SourceExample], report: Report, *,
       continue
     distinct = {}
     for example in group:
-      distinct.setdefault(example.labels(), example)  # first file name per distinct label
+      distinct.setdefault(label_of(example), example)  # first file name per distinct label
     if len(distinct) == 1:
       groups_same += 1
       kept.append(group[0])
@@ -97,7 +99,7 @@ def resolve_duplicates(examples: list[SourceExample], report: Report, *,
       if keep_conflicting:
         kept.extend(distinct.values())
         for example in group:
-          if distinct[example.labels()] is not example:
+          if distinct[label_of(example)] is not example:
             report.drop("duplicate_same_labels", example.file_name)
       else:
         for example in group:

@@ -83,8 +83,11 @@ def image_path(root: str, name: str, where: str) -> str:
   return path
 
 
-def read_labels_csv(csv_path: str, image_root: str, report, skip_bad: bool) -> list[SourceExample]:
-  """Rows of a labels CSV with a header (columns among COLUMNS; file and age required)."""
+def read_labels_csv(csv_path: str, image_root: str, report, skip_bad: bool,
+                    required: tuple = REQUIRED) -> list[SourceExample]:
+  """Rows of a labels CSV with a header (columns among COLUMNS; `required` ones must be there and
+  filled: file and age for age datasets, file and subject for identity datasets, whose missing
+  or empty ages are unknown, -1)."""
   with open(csv_path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's BOM
     rows = list(csv.reader(f))
   if not rows:
@@ -93,7 +96,7 @@ def read_labels_csv(csv_path: str, image_root: str, report, skip_bad: bool) -> l
   unknown = [h for h in header if h not in COLUMNS]
   if unknown:
     raise ValueError(f"{csv_path}:1: unknown column(s) {unknown}; expected columns among {list(COLUMNS)}")
-  missing = [c for c in REQUIRED if c not in header]
+  missing = [c for c in required if c not in header]
   if missing:
     raise ValueError(f"{csv_path}:1: missing required column(s) {missing}; header is {header}")
   examples, seen = [], set()
@@ -109,8 +112,11 @@ def read_labels_csv(csv_path: str, image_root: str, report, skip_bad: bool) -> l
       if name in seen:
         raise BadLabel(f"{where}: file {name!r} is listed twice")
       path = image_path(image_root, name, where)
+      if "subject" in required and not values["subject"]:
+        raise BadLabel(f"{where}: the subject (identity) is empty")
+      age = parse_age(values["age"], where) if "age" in required or values.get("age", "") else UNKNOWN
       examples.append(SourceExample(
-          path=path, file_name=relative_name(path, image_root), age=parse_age(values["age"], where),
+          path=path, file_name=relative_name(path, image_root), age=age,
           gender=parse_gender(values.get("gender", ""), where),
           race=parse_code(values.get("race", ""), "race", range(5), where),
           subject=values.get("subject", "")))
