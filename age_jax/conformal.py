@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from age_jax import metrics, storage
+from age_jax import ages, metrics, storage
 
 CALIBRATION_FILE = "calibration.json"
 METHODS = ("normalized", "mondrian")
@@ -64,9 +64,9 @@ class Calibration:
     """(q per LAE age group (8,), whether each group fell back to the pooled quantile)."""
     pooled = finite_sample_quantile(self.scores, coverage)
     if self.method == "normalized":
-      return np.full(len(metrics.AGE_GROUPS), pooled), [False] * len(metrics.AGE_GROUPS)
+      return np.full(len(ages.GROUPS), pooled), [False] * len(ages.GROUPS)
     q, pooled_used = [], []
-    for g in range(len(metrics.AGE_GROUPS)):
+    for g in range(len(ages.GROUPS)):
       own = finite_sample_quantile(self.scores[self.groups == g], coverage)
       pooled_used.append(not np.isfinite(own))
       q.append(pooled if not np.isfinite(own) else own)
@@ -78,7 +78,7 @@ class Calibration:
     if self.method == "normalized" and spread is None:
       raise ValueError("a 'normalized' calibration needs the predicted spread of each face")
     q, _ = self.quantiles(coverage)
-    half = q[metrics.age_group_index(pred)] * _spread(spread if self.method == "normalized" else None, pred.size)
+    half = q[ages.group_index(pred)] * _spread(spread if self.method == "normalized" else None, pred.size)
     return np.maximum(pred - half, 0.0), pred + half
 
   def to_json(self) -> dict:
@@ -102,7 +102,7 @@ def calibrate(pred_age, true_age, spread=None, source: str = "", step: int = -1)
   errors = metrics.absolute_errors(pred, true_age)
   method = method_for(spread is not None)
   scores = errors / _spread(spread, pred.size) if method == "normalized" else errors
-  groups = metrics.age_group_index(pred) if method == "mondrian" else np.zeros(pred.size, np.int64)
+  groups = ages.group_index(pred) if method == "mondrian" else np.zeros(pred.size, np.int64)
   return Calibration(method, scores, groups, source, step)
 
 
@@ -143,9 +143,9 @@ def interval_report(low, high, true_age, gender=None, race=None) -> dict:
   true = np.asarray(true_age, np.float64).reshape(-1)
   cover, width = (low <= true) & (true <= high), high - low
   out = _coverage_width(cover, width, np.ones(true.size, bool))
-  groups = metrics.age_group_index(true)
+  groups = ages.group_index(true)
   out["per_age_group"] = {name: _coverage_width(cover, width, groups == g)
-                          for g, name in enumerate(metrics.AGE_GROUP_NAMES)}
+                          for g, name in enumerate(ages.GROUP_NAMES)}
   for name, labels in (("gender", gender), ("race", race)):
     if labels is not None and np.any(np.asarray(labels) >= 0):
       labels = np.asarray(labels).reshape(-1)
@@ -164,6 +164,6 @@ def report_section(calibration: Calibration, predictions: dict, coverages=(0.8, 
     low, high = calibration.intervals(predictions["pred_age"], predictions.get("pred_spread"), c)
     entry = interval_report(low, high, predictions["age"], gender, race)
     entry["groups_using_pooled_quantile"] = [
-        n for n, used in zip(metrics.AGE_GROUP_NAMES, calibration.quantiles(c)[1]) if used]
+        n for n, used in zip(ages.GROUP_NAMES, calibration.quantiles(c)[1]) if used]
     section["by_coverage"][f"{c:g}"] = entry
   return section

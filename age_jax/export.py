@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from age_jax import conformal, metrics, objective
+from age_jax import ages, conformal, objective
 from age_jax.train import experiment as experiment_lib
 
 MODEL_ENTRY, META_ENTRY = "model.jax", "meta.json"
@@ -60,7 +60,7 @@ def inference_function(exp, cfg, state, normalizer, calibration=None,
     result = objective.predictions(apply, x, exp.formulation, bool(cfg.eval.mirror))
     age, spread = result["age"], result.get("spread")
     if q is not None:  # as conformal.Calibration.intervals
-      group = jnp.clip(jnp.ceil(age / 10.0) - 1, 0, len(metrics.AGE_GROUPS) - 1).astype(jnp.int32)
+      group = ages.group_index(age, jnp)
       half = jnp.asarray(q)[group]
       if calibration.method == "normalized":
         half = half * jnp.maximum(spread, floor)

@@ -9,7 +9,7 @@ centred). Other networks, multi-task models and CORAL's head are refused with th
 """
 import numpy as np
 
-from age_jax import conformal, formulations, metrics
+from age_jax import ages, conformal, formulations
 from age_jax.export import center_crop_offsets
 
 OPSET = 17
@@ -96,7 +96,7 @@ def build_model(cfg, params, normalizer, calibration=None, coverage: float = con
   if calibration is not None:  # as conformal.Calibration.intervals
     q = np.asarray(calibration.quantiles(coverage)[0], np.float32)
     group = op("Clip", [op("Sub", [op("Ceil", [op("Div", [age, const(10.0)])]), const(1.0)]),
-                        const(0.0), const(float(len(metrics.AGE_GROUPS) - 1))])
+                        const(0.0), const(float(len(ages.GROUPS) - 1))])
     half = op("Gather", [const(q), op("Cast", [group], to=TensorProto.INT64)], axis=0)
     if calibration.method == "normalized":
       half = op("Mul", [half, op("Max", [outputs["spread"], const(conformal.SIGMA_FLOOR)])])

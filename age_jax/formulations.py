@@ -58,6 +58,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from age_jax import ages as ages_lib
 from age_jax import losses
 
 
@@ -331,7 +332,7 @@ def check_ages(ages: np.ndarray, cfg) -> np.ndarray:
 def age_counts(ages: np.ndarray, num_classes: int, min_age: float = 0) -> tuple:
   """Training count of each bin (ages rounded to the nearest bin and clipped like the losses do)."""
   clipped = np.clip(np.asarray(ages, np.float64) - min_age, 0, num_classes - 1)
-  index = np.round(clipped).astype(np.int64)  # half to even, as losses.age_to_class
+  index = ages_lib.whole_years(clipped).astype(np.int64)  # as losses.age_to_class
   return tuple(int(c) for c in np.bincount(index, minlength=num_classes))
 
 

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from age_jax.ages import whole_years
+
 
 def _f32(x):
   return jnp.asarray(x, jnp.float32)
@@ -26,8 +28,8 @@ def clip_to_bins(ages, num_classes: int, min_age: float = 0.0) -> jnp.ndarray:
 
 
 def age_to_class(ages, num_classes: int, min_age: float = 0.0) -> jnp.ndarray:
-  """Class index of the nearest bin (ages are whole years in the papers; halves round to even)."""
-  return jnp.round(clip_to_bins(ages, num_classes, min_age) - min_age).astype(jnp.int32)
+  """Class index of the nearest bin (ages.whole_years: halves up)."""
+  return whole_years(clip_to_bins(ages, num_classes, min_age) - min_age, jnp).astype(jnp.int32)
 
 
 # --- classification: one-hot (Xing eq. 5) and label distributions (Xing eqs. 6-8, LAE eq. 1) ---

@@ -2,13 +2,11 @@
 
   MAE        Xing eq. 1, on the raw predicted ages.
   CCS(t)     Xing eqs. 2-3: the number of test images with |yhat - y| <= t. Predicted ages are
-             rounded to the nearest whole year first (round_predictions=True): Xing's CCS(0)
+             rounded to whole years first (round_predictions=True, ages.whole_years): Xing's CCS(0)
              counts (Tables 5-6, ~14% of the test set for a regression net) only make sense for
              whole-year predictions, since a real-valued prediction almost never equals y exactly.
   RCCS(t)    Xing eq. 4: CCS_a(t) - CCS_b(t), two methods on the same test set.
-  AAR, sigma LAE eqs. 6-7 over the eight age groups of LAE Table 1 (1-10, ..., 61-70, 71-81); the
-             last group is open-ended (every age above 70) and the first takes ages below 1 too.
-             An empty group has no MAE^j: sigma is the root mean square over the non-empty groups
+  AAR, sigma LAE eqs. 6-7 over the eight age groups of LAE Table 1 (ages.GROUPS). An empty group has no MAE^j: sigma is the root mean square over the non-empty groups
              (eq. 7 with 8 replaced by their number); the report shows the group's MAE as null.
 Per-age MAE (Xing Figs. 6-7), per-label MAE (gender / race, Fig. 9) and label accuracy skip
 unknown labels (-1).
@@ -17,9 +15,8 @@ from typing import Iterable
 
 import numpy as np
 
-# LAE Table 1: (first, last) age of each group, both inclusive; the last is open above.
-AGE_GROUPS = ((1, 10), (11, 20), (21, 30), (31, 40), (41, 50), (51, 60), (61, 70), (71, 81))
-AGE_GROUP_NAMES = tuple(f"{a}-{b}" for a, b in AGE_GROUPS[:-1]) + (f"{AGE_GROUPS[-1][0]}+",)
+from age_jax import ages
+
 CCS_THRESHOLDS = tuple(range(11))
 
 
@@ -43,16 +40,11 @@ def mae(pred_age, true_age) -> float:
   return float(np.mean(absolute_errors(pred_age, true_age)))
 
 
-def round_age(pred_age) -> np.ndarray:
-  """Nearest whole year, halves up."""
-  return np.floor(np.asarray(pred_age, np.float64) + 0.5)
-
-
 def ccs(pred_age, true_age, thresholds: Iterable[float] = CCS_THRESHOLDS,
         round_predictions: bool = True) -> np.ndarray:
   """Xing eqs. 2-3: CCS(t) = sum_i h(|yhat_i - y_i| - t), h(x) = 1 if x <= 0; one count per t."""
   pred, true = _pair(pred_age, true_age)
-  errors = np.abs((round_age(pred) if round_predictions else pred) - true)
+  errors = np.abs((ages.whole_years(pred) if round_predictions else pred) - true)
   return np.array([int(np.sum(errors - t <= 0)) for t in thresholds], np.int64)
 
 
@@ -68,12 +60,6 @@ def rccs(pred_a, pred_b, true_age, thresholds: Iterable[float] = CCS_THRESHOLDS,
   thresholds = tuple(thresholds)
   return (ccs(pred_a, true_age, thresholds, round_predictions)
           - ccs(pred_b, true_age, thresholds, round_predictions))
-
-
-def age_group_index(true_age) -> np.ndarray:
-  """LAE Table 1 group (0..7) of each age: <= 10 -> 0, (10, 20] -> 1, ..., > 70 -> 7."""
-  true = np.asarray(true_age, np.float64)
-  return np.clip(np.ceil(true / 10.0) - 1, 0, len(AGE_GROUPS) - 1).astype(np.int64)
 
 
 def aar_from(mae_value: float, sigma: float) -> float:
@@ -93,13 +79,13 @@ def aar(pred_age, true_age) -> dict:
   """LAE eqs. 6-7: {'aar', 'mae', 'sigma', 'group_mae' (None where empty), 'group_count',
   'group_names', 'groups_used'}."""
   errors = absolute_errors(pred_age, true_age)
-  group = age_group_index(true_age)
-  counts = np.bincount(group, minlength=len(AGE_GROUPS))
-  group_mae = [float(np.mean(errors[group == j])) if counts[j] else None for j in range(len(AGE_GROUPS))]
+  group = ages.group_index(np.asarray(true_age, np.float64))
+  counts = np.bincount(group, minlength=len(ages.GROUPS))
+  group_mae = [float(np.mean(errors[group == j])) if counts[j] else None for j in range(len(ages.GROUPS))]
   overall = float(np.mean(errors))
   sigma = sigma_from(group_mae, overall)
   return {"aar": aar_from(overall, sigma), "mae": overall, "sigma": sigma, "group_mae": group_mae,
-          "group_count": [int(c) for c in counts], "group_names": list(AGE_GROUP_NAMES),
+          "group_count": [int(c) for c in counts], "group_names": list(ages.GROUP_NAMES),
           "groups_used": int(np.sum(counts > 0))}
 
 
@@ -107,11 +93,11 @@ def mae_per_age(pred_age, true_age) -> dict:
   """MAE at each true age present (rounded to whole years), as in Xing Figs. 6-7:
   {'age': [...], 'mae': [...], 'count': [...]}, ages ascending."""
   errors = absolute_errors(pred_age, true_age)
-  ages = np.rint(np.asarray(true_age, np.float64).reshape(-1)).astype(np.int64)
-  present = np.unique(ages)
+  years = ages.whole_years(np.asarray(true_age, np.float64).reshape(-1)).astype(np.int64)
+  present = np.unique(years)
   return {"age": [int(a) for a in present],
-          "mae": [float(np.mean(errors[ages == a])) for a in present],
-          "count": [int(np.sum(ages == a)) for a in present]}
+          "mae": [float(np.mean(errors[years == a])) for a in present],
+          "count": [int(np.sum(years == a)) for a in present]}
 
 
 def mae_by_label(pred_age, true_age, labels) -> dict:

@@ -23,7 +23,7 @@ from absl import logging
 
 from age_jax import conformal
 from age_jax.data.builders.face_crops import detect, read_rgb, run_crop_size
-from age_jax.data.builders.records import GENDER_NAMES, RACE_NAMES
+from age_jax.ages import GENDER_NAMES, RACE_NAMES
 from age_jax.evaluate import predict_source, restore
 from age_jax.faces import FaceDetector, align_to_canonical
 from age_jax.train import experiment as experiment_lib

@@ -3,7 +3,7 @@ and the same intervals as crepes (an independent, maintained implementation)."""
 import numpy as np
 import pytest
 
-from age_jax import conformal, metrics
+from age_jax import ages, conformal, metrics
 
 
 def test_finite_sample_quantile_by_hand():
@@ -62,13 +62,13 @@ def test_same_intervals_as_crepes():
                                expected, atol=1e-9)
   # Mondrian: crepes' bins are our groups of the predicted age. crepes computes the rank in floating
   # point, one too high where (n + 1) * coverage is a whole number: coverages here avoid that.
-  groups = metrics.age_group_index(pred[cal_idx])
+  groups = ages.group_index(pred[cal_idx])
   for coverage in (0.815, 0.905, 0.951):
     frac = (np.bincount(groups) + 1) * coverage % 1
     assert np.all((frac > 1e-6) & (frac < 1 - 1e-6))
     ours = conformal.calibrate(pred[cal_idx], true[cal_idx])
     ref = crepes.ConformalRegressor().fit(true[cal_idx] - pred[cal_idx], bins=groups)
-    expected = ref.predict_int(pred[test_idx], bins=metrics.age_group_index(pred[test_idx]),
+    expected = ref.predict_int(pred[test_idx], bins=ages.group_index(pred[test_idx]),
                                confidence=coverage, y_min=0)
     assert np.all(np.isfinite(expected))
     np.testing.assert_allclose(np.stack(ours.intervals(pred[test_idx], coverage=coverage), 1),

@@ -206,7 +206,7 @@ def test_check_ages_regression_has_no_range_but_rejects_nan():
 
 
 def test_age_counts_round_and_clip_like_the_losses():
-  assert formulations.age_counts(np.array([-1.0, 0.0, 3.6, 200.0, 2.5]), 5) == (2, 0, 1, 0, 2)
+  assert formulations.age_counts(np.array([-1.0, 0.0, 3.6, 200.0, 2.5]), 5) == (2, 0, 0, 1, 2)  # 2.5 -> 3
   assert formulations.age_counts(np.array([11.0, 12.0]), 3, min_age=10) == (0, 1, 1)
 
 

@@ -30,12 +30,6 @@ def test_rccs_is_the_difference_of_ccs():
   assert len(metrics.rccs(PRED, pred_b, TRUE)) == 11  # t = 0..10 by default
 
 
-def test_age_groups_of_lae_table_1():
-  ages = [0, 1, 10, 10.5, 11, 20, 21, 61, 70, 71, 81, 82, 116]
-  np.testing.assert_array_equal(metrics.age_group_index(ages), [0, 0, 0, 1, 1, 1, 2, 6, 6, 7, 7, 7, 7])
-  assert metrics.AGE_GROUP_NAMES == ("1-10", "11-20", "21-30", "31-40", "41-50", "51-60", "61-70", "71+")
-
-
 @pytest.mark.parametrize("mae,sigma,aar", [  # LAE Table 2: AAR from MAE and sigma (eq. 6)
     (1.97, 1.93, 6.10), (1.93, 1.65, 6.42), (1.78, 1.33, 6.89), (1.85, 1.37, 6.78),
     (1.71, 1.11, 7.18), (1.89, 0.37, 7.74), (1.86, 0.20, 7.94)])

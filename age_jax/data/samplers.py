@@ -14,12 +14,11 @@ import sys
 import grain
 import numpy as np
 
-from age_jax import metrics
+from age_jax import ages as ages_lib
 
 SAMPLERS = ("shuffle", "age_aware", "class_balanced")
 # What class_balanced can balance: a label of `labels`, or one of these derived groupings.
 BALANCE_BY = ("age", "age_group", "gender", "race", "gender_race")
-_NUM_RACES = 5  # UTKFace race codes 0..4; gender_race = gender * _NUM_RACES + race
 
 _MASK64 = (1 << 64) - 1
 
@@ -41,7 +40,7 @@ def class_ids(labels: dict[str, np.ndarray], balance_by: str) -> np.ndarray:
   """The class (int >= 0, or -1 = unknown) of every record for the grouping `balance_by`.
 
   'age' rounds float ages to whole years; 'age_group' is LAE Table 1's eight groups (ages
-  <= 10 -> 0, ..., > 70 -> 7, as age_jax.metrics); 'gender_race' combines both labels and
+  <= 10 -> 0, ..., > 70 -> 7, as age_jax.ages); 'gender_race' combines both labels and
   is unknown where either is.
   """
   def label(name):
@@ -52,18 +51,18 @@ def class_ids(labels: dict[str, np.ndarray], balance_by: str) -> np.ndarray:
 
   if balance_by == "age":
     ages = label("age").astype(np.float64)
-    return np.where(ages >= 0, np.rint(ages), -1).astype(np.int64)
+    return np.where(ages >= 0, ages_lib.whole_years(ages), -1).astype(np.int64)
   if balance_by == "age_group":
     ages = label("age").astype(np.float64)
-    return np.where(ages >= 0, metrics.age_group_index(ages), -1).astype(np.int64)
+    return np.where(ages >= 0, ages_lib.group_index(ages), -1).astype(np.int64)
   if balance_by == "gender_race":
     gender, race = label("gender").astype(np.int64), label("race").astype(np.int64)
-    if np.any(race >= _NUM_RACES):
-      raise ValueError(f"balance_by='gender_race' expects race codes 0..{_NUM_RACES - 1}, got {race.max()}")
-    return np.where((gender >= 0) & (race >= 0), gender * _NUM_RACES + race, -1)
+    if np.any(race >= ages_lib.NUM_RACES):
+      raise ValueError(f"balance_by='gender_race' expects race codes 0..{ages_lib.NUM_RACES - 1}, got {race.max()}")
+    return np.where((gender >= 0) & (race >= 0), gender * ages_lib.NUM_RACES + race, -1)
   if balance_by in labels:
     values = label(balance_by).astype(np.float64)
-    return np.where(values >= 0, np.rint(values), -1).astype(np.int64)
+    return np.where(values >= 0, ages_lib.whole_years(values), -1).astype(np.int64)
   raise ValueError(f"config.data.balance_by={balance_by!r}; expected one of {list(BALANCE_BY)} "
                    f"or a label of the split {sorted(labels)}")
 

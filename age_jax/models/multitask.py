@@ -27,12 +27,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from age_jax.ages import NUM_GENDERS
 from age_jax.models import layers
 from age_jax.models.vgg import adaptive_avg_pool
 
 KINDS = ("none", "parallel", "deep", "hybrid")
 GROUPINGS = ("gender_race", "gender", "race")
-NUM_GENDERS = 2
 
 
 def num_groups(groups: str, num_races: int) -> int:

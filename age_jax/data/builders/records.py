@@ -12,8 +12,6 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 UNKNOWN = -1
-GENDER_NAMES = ("male", "female")
-RACE_NAMES = ("White", "Black", "Asian", "Indian", "Others")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
 
