@@ -173,3 +173,13 @@ def test_a_workdir_local_to_each_host_is_refused_on_every_process(tmp_path):
     assert f"REFUSED --workdir={tmp_path}/host{r.process_id} is not shared by all 2 processes: " \
            "process(es) [1] do not see the file process 0 wrote there" in r.output
   assert not [p for p in os.listdir(tmp_path) if p.startswith(".age_jax_shared")]  # the markers are removed
+
+
+def test_init_from_reads_a_gs_workdirs_checkpoints(bucket, monkeypatch):
+  from age_jax.train import init_from
+  monkeypatch.setattr(gcs_utils, "is_hierarchical_namespace_enabled", lambda path: False)
+  storage.write_text("gs://bucket/pretrain/config.json", "{}")
+  (storage.path("gs://bucket/pretrain") / "checkpoints").mkdir(parents=True)
+  # Taken as a workdir (not "does not exist"): orbax is asked for its checkpoints, and it has none.
+  with pytest.raises(FileNotFoundError, match="no checkpoint in gs://bucket/pretrain/checkpoints"):
+    init_from.load_variables("gs://bucket/pretrain", {"params": {}}, "resnet18")

@@ -1,7 +1,7 @@
 """Starting a model from other weights: a training workdir's checkpoint, or a PyTorch state dict.
 
 `config.model.init_from`:
-  a workdir (its config.json + checkpoints/)  every params / batch_stats leaf whose path and
+  a workdir (local or gs://)                  every params / batch_stats leaf whose path and
                                                shape match is copied from its latest checkpoint
                                                (e.g. a face-identity pre-training run: the
                                                backbone transfers, a head of another size does not);
@@ -16,6 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from age_jax import storage
 from age_jax.models import pretrained
 
 
@@ -56,7 +57,7 @@ def copy_matching(target: dict, source: dict):
 
 
 def _checkpoint_variables(workdir: str) -> dict:
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  directory = storage.path(workdir) / "checkpoints"   # a local folder or a gs:// URI
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
   step = manager.latest_step()
   if step is None:
@@ -81,7 +82,7 @@ def copy_variables(target: dict, source: dict):
 
 def load_variables(path: str, variables: dict, model_name: str) -> tuple[dict, str]:
   """(variables with the source's weights copied in, a one-line summary)."""
-  if os.path.isdir(path):
+  if storage.path(path).is_dir():
     out, count, kept, unused = copy_variables(variables, _checkpoint_variables(path))
     if len(kept) == len(_flatten(variables["params"])):
       raise ValueError(f"config.model.init_from={path!r}: no parameter of this model matches the checkpoint "
@@ -96,4 +97,4 @@ def load_variables(path: str, variables: dict, model_name: str) -> tuple[dict, s
   if not os.path.exists(path):
     raise FileNotFoundError(f"config.model.init_from={path!r} does not exist (a workdir or a .safetensors/.npz)")
   new = pretrained.load_pretrained(path, variables, model_name)
-  return new, f"init_from {path}: the {model_name} backbone loaded from the state dict, the age head fresh"
+  return new, f"init_from {path}: the {model_name} backbone loaded from the state dict, the head fresh"
