@@ -1,4 +1,4 @@
-"""The quickstart's recipe trained twice as long: about 50 minutes of training on a 2-core CPU.
+"""The quickstart's recipe trained twice as long: the main job in about 35 minutes on a 2-core CPU.
 
 Same network, loss, crops and mirror averaging as configs/quickstart.py; 18,000 steps of 64
 (72 epochs of UTKFace's training split) under the same cosine schedule. Run it the same way:
