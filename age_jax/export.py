@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from age_jax import ages, conformal, objective
+from age_jax import ages, conformal
 from age_jax.train import experiment as experiment_lib
 
 MODEL_ENTRY, META_ENTRY = "model.jax", "meta.json"
@@ -57,7 +57,7 @@ def inference_function(exp, cfg, state, normalizer, calibration=None,
     x = images[:, offset:offset + size, offset:offset + size, :].astype(jnp.float32)
     x = (x - mean) * scale
     apply = lambda views: exp.model.apply(variables, views, train=False)
-    result = objective.predictions(apply, x, exp.formulation, bool(cfg.eval.mirror))
+    result = exp.objective.predictions(apply, x, bool(cfg.eval.mirror))
     age, spread = result["age"], result.get("spread")
     if q is not None:  # as conformal.Calibration.intervals
       group = ages.group_index(age, jnp)

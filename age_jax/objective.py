@@ -1,7 +1,8 @@
 """The training objective: model outputs + batch -> per-example loss and named terms.
 
-The train step calls `per_example_loss` and averages over the batch with the mask;
-it never looks inside. Multi-task terms (Xing 2017, 3.3) join here:
+`build(cfg)` makes one `Objective` from the formulation, multi-task and trainable settings; the
+train and predict steps receive it, never the config. The train step calls `Objective.loss` and
+averages over the batch with the mask; it never looks inside. Multi-task terms (Xing 2017, 3.3) join here:
   parallel / deep  eq. 12: L = L_age + alpha * L_gender + beta * L_race, softmax
                    cross-entropies; an example whose gender (race) is unknown (-1) adds
                    no gender (race) term.
@@ -15,12 +16,16 @@ same fused output for every formulation.
 A face-identity formulation (formulation.task == 'identity', LAE 2.2 pre-training) reads the
 model's 'identity' output and the batch's 'identity' labels instead of the ages; its training
 metric is top-1 identity accuracy instead of MAE.
-`trainable_mask` gives the parameters each hybrid step trains: freeze the rest with
+`Objective.trainable_mask` gives the parameters a run trains (the age head alone for LAE's
+classifier stage, each hybrid step its own parts): freeze the rest with
 optax.multi_transform({'train': tx, 'freeze': optax.set_to_zero()}, labels) (optax.masked
 alone passes the frozen leaves' gradients through unchanged).
 """
+import dataclasses
+
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from age_jax import formulations
@@ -29,7 +34,7 @@ from age_jax.models import multitask as multitask_lib
 # Hybrid step -> top-level parameter subtrees it trains (None: all of them).
 _HYBRID_TRAINABLE = {
     "group": ("shared", "group_classifier", "group_head"),
-    "group_age": None,   # the 'group_<k>' estimators, see trainable_mask
+    "group_age": None,   # the 'group_<k>' estimators, see hybrid_trainable_mask
     "end_to_end": None,
     "all": None,
 }
@@ -54,13 +59,12 @@ def _group_ids(batch, mt):
   return multitask_lib.group_ids(jnp.asarray(gender), jnp.asarray(race), mt.groups, mt.num_races)
 
 
-def per_example_loss(outputs: dict, batch: dict, formulation, cfg, stage: str | None = None
+def per_example_loss(outputs: dict, batch: dict, formulation, mt, stage: str | None = None
                      ) -> tuple[jnp.ndarray, dict]:
-  """Returns (loss (B,), {term name: (B,) values}) for one batch.
+  """Returns (loss (B,), {term name: (B,) values}) for one batch; mt: config.multitask.
 
-  stage: a hybrid training step; None reads config.multitask.stage.
+  stage: a hybrid training step; None reads mt.stage.
   """
-  mt = _multitask(cfg)
   stage = mt.stage if stage is None else stage
   if mt.kind == "none":   # 'age_loss', or 'identity_loss' for face-identity pre-training
     task = formulation.task
@@ -139,7 +143,7 @@ def predictions(apply, images, formulation, mirror: bool = False) -> dict:
   return result
 
 
-def trainable_mask(params, stage: str):
+def hybrid_trainable_mask(params, stage: str):
   """Pytree of bools like `params`: True where the hybrid training `stage` updates the leaf.
 
   'group': shared conv1-2, group classifier and its head; 'group_age': the group_<k> age
@@ -157,6 +161,51 @@ def trainable_mask(params, stage: str):
   else:
     trains = lambda top: top.startswith("group_") and top[len("group_"):].isdigit()
   return {top: jax.tree.map(lambda _, t=trains(top): t, sub) for top, sub in params.items()}
+
+
+def _is_head(path) -> bool:
+  return any(getattr(k, "key", None) in ("age_head", "coral_bias") for k in path)
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """One run's objective: its formulation, multi-task setting (config.multitask) and which
+  parameters train (config.train.trainable). Built once by `build`; the steps receive it."""
+  formulation: formulations.Formulation
+  multitask: ml_collections.ConfigDict
+  trainable: str = "all"
+
+  @property
+  def frozen_backbone(self) -> bool:
+    """LAE 2.4's classifier stage: only the age head learns; the backbone runs as at inference."""
+    return self.trainable == "head"
+
+  def loss(self, outputs: dict, batch: dict, stage: str | None = None) -> tuple[jnp.ndarray, dict]:
+    return per_example_loss(outputs, batch, self.formulation, self.multitask, stage)
+
+  def metrics(self, outputs: dict, batch: dict) -> dict:
+    return per_example_metrics(outputs, batch, self.formulation)
+
+  def predictions(self, apply, images, mirror: bool = False) -> dict:
+    return predictions(apply, images, self.formulation, mirror)
+
+  def trainable_mask(self, params):
+    """Pytree of bools like `params` (True = trained), or None when everything trains: the age
+    head alone with a frozen backbone, a hybrid step's own parts (Xing 3.3.3), or both."""
+    masks = []
+    if self.frozen_backbone:
+      masks.append(jax.tree_util.tree_map_with_path(lambda path, _: _is_head(path), params))
+    if self.multitask.kind == "hybrid" and self.multitask.stage != "all":
+      masks.append(hybrid_trainable_mask(params, self.multitask.stage))
+    if not masks:
+      return None
+    return jax.tree.map(lambda *m: all(m), *masks)
+
+
+def build(cfg, formulation: formulations.Formulation | None = None) -> Objective:
+  """cfg: a (stage) config; formulation: config.formulation's, when already built."""
+  formulation = formulation or formulations.get_formulation(cfg.formulation)
+  return Objective(formulation, _multitask(cfg), cfg.train.trainable)
 
 
 def _required_labels(mt) -> tuple[str, ...]:

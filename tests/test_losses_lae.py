@@ -3,11 +3,10 @@ identity head, and the ordinal loss against coral-pytorch's published example.""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from age_jax import formulations, losses, models, objective
-from age_jax.models import heads
+from age_jax.models import heads, multitask
 from tests.tiny import tiny_config
 
 
@@ -97,7 +96,7 @@ def test_the_identity_head_and_formulation_give_am_softmax_of_the_features():
   form = formulations.get_formulation(cfg)
   assert (form.task, form.num_outputs, form.head) == ("identity", 3, "identity")
   batch = {"identity": labels, "age": np.full(2, -1.0, np.float32)}
-  loss, terms = objective.per_example_loss(outputs, batch, form, ml_collections.ConfigDict({"formulation": cfg}))
+  loss, terms = objective.Objective(form, multitask.default_config()).loss(outputs, batch)
   np.testing.assert_allclose(loss, [1.79331, 6.27183], rtol=1e-5)
   np.testing.assert_allclose(loss, _am_softmax_by_loops(features, weights, labels, 4.0, 0.5), rtol=1e-5)
   np.testing.assert_allclose(terms["identity_loss"], losses.am_softmax_loss(features, weights, labels, 4.0, 0.5))

@@ -33,7 +33,7 @@ def _log_softmax(z):
 def test_single_task_loss_is_the_formulation_loss_also_without_a_multitask_section():
   cfg = tiny_config()  # no config.multitask yet: single task
   outputs = {"age": jnp.array([[0.0], [1.0]])}
-  loss, terms = objective.per_example_loss(outputs, {"age": jnp.array([30.0, 50.0])}, MAE, cfg)
+  loss, terms = objective.build(cfg, MAE).loss(outputs, {"age": jnp.array([30.0, 50.0])})
   np.testing.assert_allclose(loss, [3.0, 3.0])
   assert set(terms) == {"age_loss"}
 
@@ -45,7 +45,7 @@ def test_equation_12_with_unknown_labels_masked():
              "race": jnp.array([[1.0, 0.0], [0.0, 2.0], [-1.0, 1.0]])}
   batch = {"age": jnp.array([30.0, 40.0, 33.0]), "gender": jnp.array([0, 1, -1]),
            "race": jnp.array([1, -1, 0])}
-  loss, terms = objective.per_example_loss(outputs, batch, MAE, cfg)
+  loss, terms = objective.build(cfg, MAE).loss(outputs, batch)
   age = np.abs(33 + 20 * np.array([0.1, -0.2, 0.0]) - [30, 40, 33])       # |35-30|, |29-40|, 0
   g = -_log_softmax(outputs["gender"])
   r = -_log_softmax(outputs["race"])
@@ -69,12 +69,12 @@ def test_hybrid_stage_losses():
   batch = {"age": jnp.array([50.0, 40.0]), "gender": jnp.array([1, 0]), "race": jnp.array([1, -1])}
   ce = -_log_softmax(outputs["group"])
   # Example 0 is group 3 (race 1, gender 1); example 1's race is unknown: no group.
-  loss, terms = objective.per_example_loss(outputs, batch, MAE, cfg, stage="group")
+  loss, terms = objective.build(cfg, MAE).loss(outputs, batch, stage="group")
   np.testing.assert_allclose(loss, [ce[0, 3], 0.0], rtol=1e-6)
-  loss, terms = objective.per_example_loss(outputs, batch, MAE, cfg, stage="group_age")
+  loss, terms = objective.build(cfg, MAE).loss(outputs, batch, stage="group_age")
   np.testing.assert_allclose(loss, [abs(33 + 20 * 1.0 - 50), 0.0], rtol=1e-6)   # group 3's estimator
   cfg.multitask.stage = "end_to_end"
-  loss, terms = objective.per_example_loss(outputs, batch, MAE, cfg)
+  loss, terms = objective.build(cfg, MAE).loss(outputs, batch)
   p = np.exp(_log_softmax(outputs["group"]))
   fused = 33 + 20 * np.sum(p * np.asarray(outputs["group_age"])[..., 0], axis=1)
   np.testing.assert_allclose(terms["age_loss"], np.abs(fused - [50, 40]), rtol=1e-5)
@@ -85,8 +85,8 @@ def test_group_age_step_sends_gradient_only_to_the_examples_own_group():
   cfg = _config("hybrid")
   outputs = _hybrid_outputs()
   batch = {"age": jnp.array([50.0, 40.0]), "gender": jnp.array([0, 1]), "race": jnp.array([0, 1])}
-  grad = jax.grad(lambda ga: jnp.sum(objective.per_example_loss(
-      {**outputs, "group_age": ga}, batch, MAE, cfg, stage="group_age")[0]))(outputs["group_age"])
+  grad = jax.grad(lambda ga: jnp.sum(objective.build(cfg, MAE).loss(
+      {**outputs, "group_age": ga}, batch, stage="group_age")[0]))(outputs["group_age"])
   nonzero = np.argwhere(np.asarray(grad)[..., 0] != 0).tolist()
   assert nonzero == [[0, 0], [1, 3]]
 
@@ -113,7 +113,7 @@ def test_hybrid_distribution_head_trains_on_what_evaluation_predicts():
   outputs = {"group": group, "group_age": group_age}
   batch = {"age": jnp.array([3.0, 1.0]), "gender": jnp.array([0, 1]), "race": jnp.array([0, 0])}
   cfg = _config("hybrid", group_weight=0.0, stage="end_to_end")
-  loss, terms = objective.per_example_loss(outputs, batch, form, cfg)
+  loss, terms = objective.build(cfg, form).loss(outputs, batch)
   # By hand: the mixture of the groups' softmaxes, its KL to the Gaussian target, its expectation.
   p = np.exp(_log_softmax(group))
   mixture = np.einsum("bg,bgk->bk", p, np.exp(_log_softmax(group_age)))
@@ -152,7 +152,7 @@ def _hybrid_params():
 def test_trainable_masks_per_hybrid_step():
   params = _hybrid_params()
   def trained(stage):
-    mask = objective.trainable_mask(params, stage)
+    mask = objective.hybrid_trainable_mask(params, stage)
     return sorted({path[0].key for path, m in jax.tree_util.tree_flatten_with_path(mask)[0] if m})
   assert trained("group") == ["group_classifier", "group_head", "shared"]
   assert trained("group_age") == ["group_0", "group_1"]
@@ -160,16 +160,16 @@ def test_trainable_masks_per_hybrid_step():
   # optax.masked alone passes frozen gradients through unchanged; multi_transform with
   # set_to_zero freezes them.
   zeros = jax.tree.map(lambda s: jnp.zeros(s.shape), params)
-  labels = jax.tree.map(lambda t: "train" if t else "freeze", objective.trainable_mask(params, "group_age"))
+  labels = jax.tree.map(lambda t: "train" if t else "freeze", objective.hybrid_trainable_mask(params, "group_age"))
   tx = optax.multi_transform({"train": optax.sgd(1.0), "freeze": optax.set_to_zero()}, labels)
   grads = jax.tree.map(jnp.ones_like, zeros)
   updates, _ = tx.update(grads, tx.init(zeros), zeros)
   assert float(jnp.abs(updates["shared"]["conv1"]["kernel"]).sum()) == 0
   np.testing.assert_array_equal(updates["group_1"]["fc2"]["bias"], -1.0)
   with pytest.raises(ValueError, match="no 'shared' subtree"):
-    objective.trainable_mask({"conv1": {}}, "group")
+    objective.hybrid_trainable_mask({"conv1": {}}, "group")
   with pytest.raises(ValueError, match="training stage 'warmup'"):
-    objective.trainable_mask(params, "warmup")
+    objective.hybrid_trainable_mask(params, "warmup")
 
 
 def test_check_labels_names_the_missing_label():

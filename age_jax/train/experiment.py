@@ -8,7 +8,7 @@ import ml_collections
 from jax.experimental import multihost_utils
 
 from age_jax import config as config_lib
-from age_jax import formulations, models, objective, storage
+from age_jax import formulations, models, objective as objective_lib, storage
 from age_jax.data import datasets, pipeline
 from age_jax.models import layers
 from age_jax.train import optim, sharding, state as state_lib, step as step_lib
@@ -24,10 +24,14 @@ class Experiment:
   cfg: ml_collections.ConfigDict
   mesh: jax.sharding.Mesh
   model: object
-  formulation: formulations.Formulation
+  objective: objective_lib.Objective
   tx: object
   abstract_state: state_lib.TrainState      # ShapeDtypeStructs carrying their shardings
   state_sharding: state_lib.TrainState
+
+  @property
+  def formulation(self) -> formulations.Formulation:
+    return self.objective.formulation
 
   @property
   def batch_sharding(self):
@@ -45,8 +49,7 @@ class Experiment:
   def jit_train_step(self, prepare=None):
     """The jitted, sharded train step (state, batch, rng) -> (state, metrics); prepare(batch)
     runs first, inside it (the input's device half: pipeline.train_view)."""
-    trainable = trainable_mask(self.cfg, self.abstract_state.params)
-    train_step = step_lib.make_train_step(self.model, self.tx, self.formulation, self.cfg, prepare, trainable)
+    train_step = step_lib.make_train_step(self.model, self.tx, self.objective, prepare)
     return step_lib.jit_train_step(train_step, self.state_sharding, self.batch_sharding, self.replicated,
                                    self.compiler_options)
 
@@ -54,7 +57,7 @@ class Experiment:
     """The jitted, sharded (params, batch_stats, batch) -> predictions; mirror (default
     config.eval.mirror) averages each image's prediction with its mirror image's."""
     mirror = self.cfg.eval.mirror if mirror is None else mirror
-    predict_step = step_lib.make_predict_step(self.model, self.formulation, mirror)
+    predict_step = step_lib.make_predict_step(self.model, self.objective, mirror)
     return step_lib.jit_predict_step(predict_step, self.state_sharding.params, self.state_sharding.batch_stats,
                                      self.batch_sharding, self.replicated, self.compiler_options)
 
@@ -68,37 +71,18 @@ def build(cfg: ml_collections.ConfigDict, devices=None) -> Experiment:
   """Builds one stage's experiment (cfg: a stage config, see train/stages.py)."""
   config_lib.validate(cfg)
   mesh = sharding.make_mesh(cfg.mesh, devices)
-  formulation = formulations.get_formulation(cfg.formulation)
+  objective = objective_lib.build(cfg)
+  formulation = objective.formulation
   bias = formulations.coral_bias_init(cfg.formulation) if formulation.head == "coral" else None
   model = models.get_model(cfg.model, formulation.num_outputs, cfg.multitask, head=formulation.head,
                            head_bias_init=bias)
   image_size = cfg.data.image_size
   params = jax.eval_shape(lambda r: state_lib.init_variables(model, r, image_size)[0], jax.random.key(0))
-  tx = optim.make_optimizer(cfg.optim, cfg.train.num_steps, trainable_mask(cfg, params), cfg.train.batch_size)
+  tx = optim.make_optimizer(cfg.optim, cfg.train.num_steps, objective.trainable_mask(params), cfg.train.batch_size)
   shapes = jax.eval_shape(lambda r: state_lib.create(model, tx, r, image_size), jax.random.key(0))
   shardings = sharding.state_sharding(mesh, shapes, cfg.mesh.fsdp_min_size)
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
-  return Experiment(cfg, mesh, model, formulation, tx, abstract, shardings)
-
-
-def _is_head(path) -> bool:
-  return any(getattr(k, "key", None) in ("age_head", "coral_bias", "identity_head") for k in path)
-
-
-def trainable_mask(cfg, params):
-  """Pytree of bools (True = trained) or None when everything trains.
-
-  train.trainable='head' trains the age head only (LAE 2.4 classification stage); a hybrid
-  multi-task step trains its own parts (Xing 3.3.3, objective.trainable_mask).
-  """
-  masks = []
-  if cfg.train.trainable == "head":
-    masks.append(jax.tree_util.tree_map_with_path(lambda path, _: _is_head(path), params))
-  if cfg.multitask.kind == "hybrid" and cfg.multitask.stage != "all":
-    masks.append(objective.trainable_mask(params, cfg.multitask.stage))
-  if not masks:
-    return None
-  return jax.tree.map(lambda *m: all(m), *masks)
+  return Experiment(cfg, mesh, model, objective, tx, abstract, shardings)
 
 
 def data_dir(cfg) -> str:

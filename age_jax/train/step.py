@@ -8,8 +8,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from age_jax import objective
-
 
 def _variables(params, batch_stats):
   return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
@@ -27,22 +25,22 @@ def all_finite(loss, grad_norm, params):
   return jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(params))
 
 
-def make_train_step(model, tx, formulation, cfg, prepare=None, trainable=None):
-  """prepare: batch -> batch, traced at the start of the step (augmentation on the devices);
-  trainable: a pytree of Python bools like the parameters (None: all train), whose False leaves
-  get no gradient (and so no backward pass)."""
+def make_train_step(model, tx, objective, prepare=None):
+  """objective: objective.Objective (loss, metrics, which parameters train: the others get no
+  gradient, and so no backward pass); prepare: batch -> batch, traced at the start of the step
+  (augmentation on the devices)."""
   # A frozen backbone (LAE 2.4: only the classifier learns) runs as at inference: BatchNorm on
   # its running statistics, which stay as they are, and no dropout, so the head learns on the
   # features it will be evaluated on, whatever the sampler does to a batch's statistics.
-  frozen_backbone = cfg.train.trainable == "head"
+  frozen_backbone = objective.frozen_backbone
 
   def loss_fn(params, batch_stats, batch, rng):
     outputs, updates = model.apply(_variables(params, batch_stats), batch["image"], train=not frozen_backbone,
                                    rngs={"dropout": rng}, mutable=["batch_stats"])
-    per_example, terms = objective.per_example_loss(outputs, batch, formulation, cfg)
+    per_example, terms = objective.loss(outputs, batch)
     weights = batch.get("mask", jnp.ones_like(per_example))
     metrics = {name: _masked_mean(value, weights) for name, value in terms.items()}
-    for name, value in objective.per_example_metrics(outputs, batch, formulation).items():
+    for name, value in objective.metrics(outputs, batch).items():
       metrics[name] = _masked_mean(value, weights)   # 'mae', or identity 'accuracy'
     new_stats = batch_stats if frozen_backbone else updates.get("batch_stats", batch_stats)
     return _masked_mean(per_example, weights), (new_stats, metrics)
@@ -53,6 +51,7 @@ def make_train_step(model, tx, formulation, cfg, prepare=None, trainable=None):
     rng = jax.random.fold_in(rng, state.step)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, (batch_stats, metrics)), grads = grad_fn(state.params, state.batch_stats, batch, rng)
+    trainable = objective.trainable_mask(state.params)   # Python bools, from the tree's paths
     if trainable is not None:  # unread gradients are compiled away
       grads = jax.tree.map(lambda g, t: g if t else jnp.zeros_like(g), grads, trainable)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -67,13 +66,13 @@ def make_train_step(model, tx, formulation, cfg, prepare=None, trainable=None):
   return train_step
 
 
-def make_predict_step(model, formulation, mirror: bool = False):
+def make_predict_step(model, objective, mirror: bool = False):
   """(params, batch_stats, batch) -> {'pred_age': years, 'pred_spread' (softmax heads),
   'pred_gender'/'pred_race'/'pred_identity': argmax where the model has them, and the batch's other fields
-  (labels, mask, index) passed through}; mirror: see objective.predictions."""
+  (labels, mask, index) passed through}; mirror: see Objective.predictions."""
   def predict_step(params, batch_stats, batch):
     apply = lambda images: model.apply(_variables(params, batch_stats), images, train=False)
-    found = objective.predictions(apply, batch["image"], formulation, mirror)
+    found = objective.predictions(apply, batch["image"], mirror)
     result = {k: v for k, v in batch.items() if k != "image"}
     for key, value in found.items():
       result[f"pred_{key}"] = value if key in ("age", "spread") else jnp.argmax(value, axis=-1).astype(jnp.int32)
