@@ -112,7 +112,7 @@ def default_config() -> ml_collections.ConfigDict:
       "fsdp": 1,                    # devices sharing one copy of params/optimizer state (1 = pure data parallel)
       "fsdp_min_size": 2**18,       # arrays with fewer elements stay replicated (all-gathers cost latency)
   })
-  # Named stages, each overriding fields of this config (see age_jax/train/stages.py).
+  # Named stages, each overriding fields of this config (see age_jax/stages.py).
   c.stages = ml_collections.ConfigDict()
   return c
 
@@ -147,7 +147,7 @@ def _get(cfg, dotted):
 def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Checks values that ml_collections' types cannot, in every stage; raises ValueError
   naming the field."""
-  from age_jax.train import stages
+  from age_jax import stages
   for stage in stages.plan(cfg):
     if stages.needs_previous_mae(stage):
       if (stage.index == 0 and not stage.cfg.model.init_from) or not stage.cfg.data.val_split:

@@ -47,7 +47,8 @@ def main(argv):
   del argv
   common.setup_jax()
   from age_jax import evaluate
-  from age_jax.train import loop, stages
+  from age_jax import stages
+  from age_jax.train import loop
   base = _CONFIG.value
   rows = []
   for name, overrides in TABLES[_TABLE.value].items():

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from age_jax import config as config_lib, formulations
-from age_jax.train import stages
+from age_jax import stages
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))

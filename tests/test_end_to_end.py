@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from age_jax import checkpoint, evaluate
-from age_jax.train import experiment, loop, stages, step as step_lib
+from age_jax import stages
+from age_jax.train import experiment, loop, step as step_lib
 from tests.data.fake_datasets import make_utkface_folder
 from tests.tiny import folder_config
 

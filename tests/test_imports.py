@@ -14,6 +14,7 @@ FORBIDDEN = {
     "age_jax.models": ("age_jax.data", "age_jax.train", "age_jax.faces", "age_jax.evaluate"),
     "age_jax.losses": ("age_jax.data", "age_jax.models", "age_jax.train"),
     "age_jax.metrics": ("age_jax.data", "age_jax.models", "age_jax.train"),
+    "age_jax.train": ("age_jax.evaluate", "age_jax.predict", "age_jax.export", "age_jax.webapp"),
     "age_jax.ages": ("age_jax",),   # the bottom layer: ages, groups, label codes
 }
 

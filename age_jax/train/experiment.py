@@ -68,7 +68,7 @@ class Experiment:
 
 
 def build(cfg: ml_collections.ConfigDict, devices=None) -> Experiment:
-  """Builds one stage's experiment (cfg: a stage config, see train/stages.py)."""
+  """Builds one stage's experiment (cfg: a stage config, see age_jax/stages.py)."""
   config_lib.validate(cfg)
   mesh = sharding.make_mesh(cfg.mesh, devices)
   objective = objective_lib.build(cfg)
@@ -164,7 +164,7 @@ def resolve_stage(plan: list, index: int, workdir: str):
   """plan[index] with what it takes from earlier stages filled in (LAE stage 2's mae, from the
   validation MAE recorded when the stage before it ended, or for a first stage, of the weights
   of model.init_from)."""
-  from age_jax.train import stages as stages_lib
+  from age_jax import stages as stages_lib
   stage = plan[index]
   if not stages_lib.needs_previous_mae(stage):
     return stage

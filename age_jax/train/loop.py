@@ -1,15 +1,16 @@
 """The training loop: data -> jitted step -> logs, validation and checkpoints; resumable,
-also mid-stage (see train/stages.py)."""
+also mid-stage (see age_jax/stages.py)."""
 import collections
 import time
 
 import jax
 import numpy as np
 
-from age_jax import checkpoint, config as config_lib, evaluate, formulations, objective
+from age_jax import checkpoint, config as config_lib, formulations, objective
 from age_jax.data import datasets, pipeline
-from age_jax.train import experiment as experiment_lib
-from age_jax.train import init_from, optim, preemption, sharding, stages as stages_lib, step as step_lib
+from age_jax.train import evaluator as evaluator_lib, experiment as experiment_lib
+from age_jax import stages as stages_lib
+from age_jax.train import init_from, optim, preemption, sharding, step as step_lib
 from age_jax.train import workdir as workdir_lib
 from age_jax.train.logger import MetricLogger
 
@@ -116,9 +117,9 @@ def _train(cfg, workdir: str, stop) -> dict:
   if state is not None and cfg.data.val_split:  # this call trained: report the final validation
     if exp.formulation.task == "age":
       # Also calibrates the conformal age intervals on the validation split (age_jax/conformal.py).
-      summary = evaluate.calibrate(exp, exp.cfg, normalizer, state, workdir)
+      summary = evaluator_lib.calibrate(exp, exp.cfg, normalizer, state, workdir)
     else:  # face-identity pre-training: top-1 identity accuracy, no ages to calibrate
-      summary = evaluate.Evaluator(exp, exp.cfg, normalizer, cfg.data.val_split).summary(state)
+      summary = evaluator_lib.Evaluator(exp, exp.cfg, normalizer, cfg.data.val_split).summary(state)
     logger.write(total, summary, prefix="validation")
     _log("validation: " + " ".join(f"{k}={v:.4g}" for k, v in summary.items()))
     last.update({f"val_{k}": v for k, v in summary.items()})
@@ -136,7 +137,7 @@ def _previous_validation_mae(stage, workdir, ckpt, normalizer, exp=None, state=N
   if state is None:
     exp = experiment_lib.build(stage.cfg)
     state = ckpt.restore(exp.abstract_state, stage.last_step)
-  mae = evaluate.Evaluator(exp, exp.cfg, normalizer, exp.cfg.data.val_split).summary(state)["mae"]
+  mae = evaluator_lib.Evaluator(exp, exp.cfg, normalizer, exp.cfg.data.val_split).summary(state)["mae"]
   experiment_lib.record_stage_metrics(workdir, stage.name, {"val_mae": mae})
   return mae
 
@@ -148,7 +149,7 @@ def _init_from_validation_mae(exp, state, workdir, normalizer) -> float:
   recorded = experiment_lib.load_stage_metrics(workdir).get(key, {})
   if "val_mae" in recorded:
     return recorded["val_mae"]
-  mae = evaluate.Evaluator(exp, exp.cfg, normalizer, exp.cfg.data.val_split).summary(state)["mae"]
+  mae = evaluator_lib.Evaluator(exp, exp.cfg, normalizer, exp.cfg.data.val_split).summary(state)["mae"]
   experiment_lib.record_stage_metrics(workdir, key, {"val_mae": mae})
   return mae
 
@@ -237,7 +238,7 @@ def _run_stage(exp, stage, state, ckpt, logger, train_source, labels, normalizer
     if cfg.train.eval_every and stage_step % cfg.train.eval_every == 0 and step != stage.last_step \
         and not stopping:
       _check_finite(unchecked, ckpt)
-      validator = validator or evaluate.Evaluator(exp, cfg, normalizer, cfg.data.val_split)
+      validator = validator or evaluator_lib.Evaluator(exp, cfg, normalizer, cfg.data.val_split)
       summary = validator.summary(state)
       logger.write(step, summary, prefix="validation")
       _log(f"validation at step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in summary.items()))

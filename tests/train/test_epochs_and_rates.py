@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from age_jax import config as config_lib
-from age_jax.train import optim, stages
+from age_jax import stages
+from age_jax.train import optim
 from tests.tiny import tiny_config
 
 

@@ -61,7 +61,7 @@ def test_a_stage_with_another_head_keeps_the_previous_stages_backbone(utk_folder
   workdir = str(tmp_path / "staged")
   loop.train(cfg, workdir)
   ckpt = checkpoint.Checkpointer(workdir)
-  from age_jax.train import stages
+  from age_jax import stages
   plan = stages.plan(experiment.load_config(workdir))
   first = jax.device_get(ckpt.restore(experiment.build(plan[0].cfg).abstract_state, 2).params)
   second = jax.device_get(ckpt.restore(experiment.build(plan[1].cfg).abstract_state, 4).params)
