@@ -31,6 +31,17 @@ class Checkpointer:
     restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
     return restored["state"]
 
+  def restore_variables(self, abstract_variables: dict, step: int | None = None) -> dict:
+    """The subtrees of the saved train state named in abstract_variables (e.g. step, params,
+    batch_stats: what inference needs), restored onto their shardings; the optimizer state is
+    never read."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    restore = ocp.args.PyTreeRestore(item=abstract_variables, partial_restore=True,
+                                     restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_variables))
+    return self.manager.restore(step, args=ocp.args.Composite(state=restore))["state"]
+
   def reload(self):
     """Re-reads the list of finalised steps (a trainer may have added or rotated some)."""
     self.manager.reload()

@@ -13,7 +13,8 @@ from age_jax.train.evaluator import Evaluator, calibrate, predict_source, summar
 
 
 def restore(workdir: str, step: int | None = None, attempts: int = 5):
-  """(experiment, stage config, state, normalizer) of a training workdir's checkpoint.
+  """(experiment, stage config, state, normalizer) of a training workdir's checkpoint, for
+  inference: the experiment has no optimizer and the state no optimizer state (never read).
 
   Safe on a workdir being trained: only finalised checkpoints are listed, and when the latest
   one fails to read (rotated away meanwhile) the new latest is read (up to `attempts` times).
@@ -28,12 +29,14 @@ def restore(workdir: str, step: int | None = None, attempts: int = 5):
       chosen = ckpt.latest_step() if step is None else step
       if chosen is None:
         raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: has launch.train run in {workdir}?")
-      stage = stages.stage_at(plan, chosen)  # the optimizer state differs by stage
+      stage = stages.stage_at(plan, chosen)  # the head may differ by stage
       stage_cfg = experiment_lib.resolve_stage(plan, stage.index, workdir).cfg
       _check_predicts_ages(stage_cfg, workdir)
-      exp = experiment_lib.build(stage_cfg)
+      exp = experiment_lib.build(stage_cfg, inference=True)
       try:
-        state = ckpt.restore(exp.abstract_state, chosen)
+        abstract = exp.abstract_state
+        variables = {"step": abstract.step, "params": abstract.params, "batch_stats": abstract.batch_stats}
+        state = abstract.replace(**ckpt.restore_variables(variables, chosen))
         break
       except (FileNotFoundError, KeyError, ValueError, OSError):
         if step is not None or attempt == attempts - 1:

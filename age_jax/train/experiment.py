@@ -25,8 +25,8 @@ class Experiment:
   mesh: jax.sharding.Mesh
   model: object
   objective: objective_lib.Objective
-  tx: object
-  abstract_state: state_lib.TrainState      # ShapeDtypeStructs carrying their shardings
+  tx: object                                # None when built for inference
+  abstract_state: state_lib.TrainState      # ShapeDtypeStructs carrying their shardings (no opt_state for inference)
   state_sharding: state_lib.TrainState
 
   @property
@@ -67,8 +67,9 @@ class Experiment:
     return create(rng)
 
 
-def build(cfg: ml_collections.ConfigDict, devices=None) -> Experiment:
-  """Builds one stage's experiment (cfg: a stage config, see age_jax/stages.py)."""
+def build(cfg: ml_collections.ConfigDict, devices=None, inference: bool = False) -> Experiment:
+  """Builds one stage's experiment (cfg: a stage config, see age_jax/stages.py); inference: no
+  optimizer, and a state of step, params and batch_stats alone (what prediction restores)."""
   config_lib.validate(cfg)
   mesh = sharding.make_mesh(cfg.mesh, devices)
   objective = objective_lib.build(cfg)
@@ -77,9 +78,13 @@ def build(cfg: ml_collections.ConfigDict, devices=None) -> Experiment:
   model = models.get_model(cfg.model, formulation.num_outputs, cfg.multitask, head=formulation.head,
                            head_bias_init=bias)
   image_size = cfg.data.image_size
-  params = jax.eval_shape(lambda r: state_lib.init_variables(model, r, image_size)[0], jax.random.key(0))
-  tx = optim.make_optimizer(cfg.optim, cfg.train.num_steps, objective.trainable_mask(params), cfg.train.batch_size)
-  shapes = jax.eval_shape(lambda r: state_lib.create(model, tx, r, image_size), jax.random.key(0))
+  if inference:
+    tx = None
+    shapes = jax.eval_shape(lambda r: state_lib.create_for_inference(model, r, image_size), jax.random.key(0))
+  else:
+    params = jax.eval_shape(lambda r: state_lib.init_variables(model, r, image_size)[0], jax.random.key(0))
+    tx = optim.make_optimizer(cfg.optim, cfg.train.num_steps, objective.trainable_mask(params), cfg.train.batch_size)
+    shapes = jax.eval_shape(lambda r: state_lib.create(model, tx, r, image_size), jax.random.key(0))
   shardings = sharding.state_sharding(mesh, shapes, cfg.mesh.fsdp_min_size)
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
   return Experiment(cfg, mesh, model, objective, tx, abstract, shardings)

@@ -18,6 +18,12 @@ def init_variables(model, rng, image_size: int):
   return variables["params"], variables.get("batch_stats", {})
 
 
+def create_for_inference(model, rng, image_size: int) -> TrainState:
+  """A state without optimizer state (opt_state None): what evaluation and prediction restore."""
+  params, batch_stats = init_variables(model, rng, image_size)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats, opt_state=None)
+
+
 def create(model, tx, rng, image_size: int) -> TrainState:
   params, batch_stats = init_variables(model, rng, image_size)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,

@@ -138,3 +138,16 @@ def test_a_run_that_mirrors_exports_the_mirrored_ages(trained_workdir):
   cfg.eval.mirror = False
   plain = Evaluator(exp, cfg, normalizer, records=records).predict(state)
   assert np.abs(plain["pred_age"] - expected["pred_age"]).max() > 1e-4  # mirroring changed something
+
+
+def test_inference_restores_the_parameters_without_the_optimizer_state(trained_workdir):
+  import jax
+  from age_jax import checkpoint
+  from age_jax.train import experiment
+  workdir = trained_workdir[0]
+  exp, cfg, state, _ = restore(workdir)
+  assert exp.tx is None and state.opt_state is None   # never built, never read
+  full = checkpoint.Checkpointer(workdir, read_only=True).restore(experiment.build(cfg).abstract_state)
+  assert int(state.step) == int(full.step)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get((state.params, state.batch_stats)),
+               jax.device_get((full.params, full.batch_stats)))
