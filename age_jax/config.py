@@ -60,7 +60,7 @@ def default_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict({
       "name": "xing_baseline",
-      "conv_lowering": "auto",      # 'auto' | 'xla' | 'patches' | 'hybrid' | 'onednn' (models/layers.py)
+      "conv_lowering": "auto",      # 'auto' | 'xla' | 'patches' | 'hybrid' | 'onednn' (models/layers.py, age_jax/cpu)
       "dtype": "float32",           # compute dtype; params stay float32
       "conv_features": (96, 256, 384),
       "fc_features": (512, 512),

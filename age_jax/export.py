@@ -10,8 +10,8 @@ The file is a zip of
                averaging too), the weights as constants.
   meta.json    what the inputs and outputs are, and where the model came from.
 The network is rebuilt with conv_lowering='xla' whatever it trained with: every lowering
-computes the same function on the same weights (models/layers.py), and the oneDNN custom
-calls exist only in this package's process, so none may reach the artifact.
+computes the same function on the same weights (models/layers.py), and the CPU corner's oneDNN
+custom calls (age_jax/cpu) exist only in this package's process, so none may reach the artifact.
 """
 import io
 import json

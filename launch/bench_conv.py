@@ -30,40 +30,38 @@ ConvShape = collections.namedtuple("ConvShape", "size cin cout kernel stride pad
 
 def model_convolutions(model_name, image_size):
   """{ConvShape: how many times the model's forward pass runs it}, in call order, read off
-  the model by tracing it (jax.eval_shape) with `layers.conv` recording its arguments."""
+  the model by tracing it (jax.eval_shape) with every layers.Conv call recorded."""
+  import flax.linen as nn
   import jax
   import jax.numpy as jnp
   from age_jax import config as config_lib, models
   from age_jax.models import layers
   cfg = config_lib.default_config().model
-  cfg.name = model_name
+  cfg.name, cfg.conv_lowering = model_name, "xla"
   model = models.get_model(cfg, 1)
   counts = collections.Counter()
-  real_conv = layers.conv
 
-  def recording_conv(x, kernel, strides, padding, groups=1, lowering="auto"):
-    kh, kw, cin, cout = kernel.shape
-    stride_hw = layers._pair(strides)
-    if groups == 1 and (kh, kw) != (1, 1) and kh == kw and stride_hw[0] == stride_hw[1] \
-        and x.shape[1] == x.shape[2]:
-      pads = layers.explicit_padding(x.shape[1:3], (kh, kw), stride_hw, padding)
-      counts[ConvShape(x.shape[1], cin, cout, kh, stride_hw[0], pads)] += 1
-    return real_conv(x, kernel, strides, padding, groups, lowering)
+  def record(next_fun, args, kwargs, context):
+    conv = context.module
+    if isinstance(conv, layers.Conv) and context.method_name == "__call__":
+      x = args[0]
+      (kh, kw), stride_hw = layers.pair(conv.kernel_size), layers.pair(conv.strides)
+      if conv.feature_group_count == 1 and (kh, kw) != (1, 1) and kh == kw and stride_hw[0] == stride_hw[1] \
+          and x.shape[1] == x.shape[2]:
+        pads = layers.explicit_padding(x.shape[1:3], (kh, kw), stride_hw, conv.padding)
+        counts[ConvShape(x.shape[1], x.shape[3], conv.features, kh, stride_hw[0], pads)] += 1
+    return next_fun(*args, **kwargs)
 
   images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
-  layers.conv = recording_conv
-  try:
+  with nn.intercept_methods(record):
     variables = jax.eval_shape(model.init, jax.random.key(0), images)
     counts.clear()  # init and apply trace the same calls: count one forward pass
     jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, images)
-  finally:
-    layers.conv = real_conv
   return dict(counts)
 
 
 def _out(shape):
-  from age_jax.models import layers
-  return layers._out_size(shape.size, shape.kernel, shape.stride, shape.pads[0])
+  return (shape.size + sum(shape.pads[0]) - shape.kernel) // shape.stride + 1
 
 
 def _best_ms(fn, repeats):
@@ -79,13 +77,14 @@ def _best_ms(fn, repeats):
 def jax_times(lowering, batch, shape, repeats):
   """(forward, input gradient, weight gradient) milliseconds with one lowering."""
   import jax
-  from age_jax.models import layers
+  from age_jax import models
+  lowering = models.get_lowering(lowering)
   keys = jax.random.split(jax.random.key(0), 3)
   x = jax.random.normal(keys[0], (batch, shape.size, shape.size, shape.cin))
   w = jax.random.normal(keys[1], (shape.kernel, shape.kernel, shape.cin, shape.cout)) * 0.05
-  conv = lambda x, w: layers.conv(x, w, shape.stride, shape.pads, 1, lowering)  # noqa: E731
+  conv = lambda x, w: lowering.convolution(x, w, shape.stride, shape.pads, 1)  # noqa: E731
   dy = jax.random.normal(keys[2], jax.eval_shape(conv, x, w).shape)
-  options = layers.compiler_options(lowering)
+  options = lowering.compiler_options
   compile_ = lambda f: jax.jit(f).lower(x, w, dy).compile(options)  # noqa: E731
   forward = compile_(lambda x, w, dy: conv(x, w))
   dx = compile_(lambda x, w, dy: jax.vjp(lambda x: conv(x, w), x)[1](dy)[0])

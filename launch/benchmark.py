@@ -28,14 +28,14 @@ _LOWERING = flags.DEFINE_string("lowering", "auto", "Conv lowering(s), comma-sep
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (params stay float32).")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed train steps per round (eval: the same count).")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved rounds; the median round is reported.")
-_TORCH = flags.DEFINE_bool("torch", False, "Also time the PyTorch eager twin (age_jax/benchmark_torch.py).")
+_TORCH = flags.DEFINE_bool("torch", False, "Also time the PyTorch eager twin (launch/benchmark_torch.py).")
 _TORCH_DEVICE = flags.DEFINE_enum("torch_device", "cpu", ["cpu", "cuda"], "Where the PyTorch twin runs "
                                   "(cuda: channels-last, autocast for bfloat16).")
 _EVAL = flags.DEFINE_bool("eval", True, "Also time inference (train=False forward).")
 _ALL = flags.DEFINE_bool("all", False, "Run the issue's rows: xing_baseline@227 and resnet18@64/112/224, batch 32.")
 _OUTPUTS = flags.DEFINE_integer("num_outputs", 1, "Head size (1: MAE regression).")
 _COMPILER_OPTIONS = flags.DEFINE_bool("compiler_options", True, "Compile with the lowering's XLA options "
-                                      "(models.layers.compiler_options; --nocompiler_options: XLA's defaults).")
+                                      "(models.get_lowering; --nocompiler_options: XLA's defaults).")
 
 ALL_ROWS = (("xing_baseline", 227, 32), ("resnet18", 64, 32), ("resnet18", 112, 32), ("resnet18", 224, 32))
 PEAK_SIZE = 4096
@@ -67,7 +67,7 @@ def measure_peak_gflops(dtype_name="float32", size=None, repeats=3):
 
 def measure_torch_peak_gflops(dtype_name="float32", device="cpu", repeats=3):
   import torch
-  from age_jax import benchmark_torch
+  from launch import benchmark_torch
   size = PEAK_SIZE if device == "cpu" else ACCELERATOR_PEAK_SIZE
   a = torch.randn(size, size, device=device).to(benchmark_torch.torch_dtype(dtype_name))
   def matmul():
@@ -120,7 +120,6 @@ class JaxContestant:
     import jax.numpy as jnp
     import optax
     from age_jax import config as config_lib, models
-    from age_jax.models import layers
 
     cfg = config_lib.default_config()
     cfg.model.name, cfg.model.conv_lowering, cfg.model.dtype = model_name, lowering, dtype_name
@@ -152,7 +151,7 @@ class JaxContestant:
 
     self.state = (params, extra, tx.init(params))
     self.images, self.ages, self.rng = images, ages, keys[3]
-    options = layers.compiler_options(lowering) if use_compiler_options else None
+    options = models.get_lowering(lowering).compiler_options if use_compiler_options else None
     start = time.perf_counter()
     lowered = jax.jit(train_step, donate_argnums=0).lower(self.state, images, ages, self.rng)
     self.train_compiled = lowered.compile(options)
@@ -186,7 +185,7 @@ class TorchContestant:
 
   def __init__(self, model_cfg, image_size, batch_size, dtype_name, num_outputs, device="cpu"):
     import torch
-    from age_jax import benchmark_torch
+    from launch import benchmark_torch
     torch.manual_seed(0)
     where = f"{torch.get_num_threads()} threads" if device == "cpu" else device
     self.name = f"torch[{torch.__version__},{dtype_name},{where}]"
@@ -293,6 +292,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   import jax
+  from age_jax import models
   from age_jax.models import layers
   lowerings = [s.strip() for s in _LOWERING.value.split(",") if s.strip()]
   for lowering in lowerings:
@@ -300,7 +300,7 @@ def main(argv):
       raise app.UsageError(f"--lowering={lowering!r}; expected one of {layers.LOWERINGS}")
   peak = measure_peak_gflops(_DTYPE.value)
   print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}); 'auto' lowering -> "
-        f"{layers.resolve_lowering('auto')}; measured peak (large {_DTYPE.value} matmul): {peak:.1f} GFLOP/s",
+        f"{models.get_lowering('auto').name}; measured peak (large {_DTYPE.value} matmul): {peak:.1f} GFLOP/s",
         flush=True)
   if _TORCH.value:
     device = _TORCH_DEVICE.value

@@ -45,9 +45,6 @@ def setup_jax(cache_dir: str = "") -> None:
   if cache_dir != "off":
     jax.config.update("jax_compilation_cache_dir", cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    # oneDNN convolutions are custom_partitioning ops, which would key every entry on a Python
-    # pointer (never a hit); their static arguments are in the program instead (models/onednn.py).
-    jax.config.update("jax_remove_custom_partitioning_ptr_from_cache_key", True)
   # Our progress lines are the log; orbax and TFDS log every file operation at INFO.
   logging.set_verbosity(logging.WARNING)
   import tensorflow_datasets as tfds

@@ -17,9 +17,6 @@ _CACHE = os.environ.get(
 jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-# oneDNN convolutions are custom_partitioning ops, which would key every entry on a Python
-# pointer (never a hit); their static arguments are in the program instead (models/onednn.py).
-jax.config.update("jax_remove_custom_partitioning_ptr_from_cache_key", True)
 
 from absl import flags  # noqa: E402
 

@@ -1,10 +1,18 @@
-"""The package's import structure: no cycles among module-level imports, and the lower layers
-never import the upper ones (faces < data < training; models, losses, metrics below training)."""
+"""The package's import structure: no cycles among module-level imports, the lower layers
+never import the upper ones (faces < data < training; models, losses, metrics below training),
+and the CPU corner (age_jax/cpu) stays in its corner: only the model registry's get_lowering
+imports it, for a CPU lowering, and it imports nothing of the package but models.layers."""
 import ast
 import os
+import subprocess
+import sys
+import textwrap
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "age_jax")
+CPU = "age_jax.cpu"
+CPU_GATE = "age_jax.models"         # models.get_lowering, the one way into the CPU corner
+CPU_MAY_IMPORT = ("age_jax.models.layers",)  # the layer interface the CPU lowerings plug into
 
 # A module under the first prefix may not import one under any of the others.
 FORBIDDEN = {
@@ -19,8 +27,8 @@ FORBIDDEN = {
 }
 
 
-def _modules():
-  for folder, _, files in os.walk(PACKAGE):
+def _modules(top=PACKAGE):
+  for folder, _, files in os.walk(top):
     for name in files:
       if name.endswith(".py"):
         path = os.path.join(folder, name)
@@ -44,6 +52,10 @@ def _imports(path, module, names, top_level_only):
 def _graph(top_level_only):
   modules = dict(_modules())
   return {m: _imports(p, m, modules, top_level_only) & set(modules) for m, p in modules.items()}
+
+
+def _under(module, prefix):
+  return module == prefix or module.startswith(prefix + ".")
 
 
 def test_module_level_imports_have_no_cycle():
@@ -75,7 +87,63 @@ def test_lower_layers_do_not_import_upper_ones():
   assert not bad, "\n".join(sorted(bad))
 
 
+def test_only_the_model_registry_imports_the_cpu_corner_and_only_when_asked():
+  package = dict(_modules())
+  everything = {**package, **dict(_modules(os.path.join(ROOT, "launch")))}  # the launchers too
+  bad = []
+  for module, path in everything.items():
+    if _under(module, CPU):
+      continue
+    for m in _imports(path, module, package, top_level_only=False):
+      if _under(m, CPU) and not (module == CPU_GATE and m == CPU):
+        bad.append(f"{module} imports {m}")
+  if CPU in _imports(package[CPU_GATE], CPU_GATE, package, top_level_only=True):
+    bad.append(f"{CPU_GATE} imports {CPU} at module level: importing the models would load the CPU kernels")
+  assert not bad, "\n".join(sorted(bad))
+
+
+def test_the_cpu_corner_imports_only_the_layer_interface():
+  bad = [f"{module} imports {m}" for module, imported in _graph(top_level_only=False).items() if _under(module, CPU)
+         for m in imported if not _under(m, CPU) and m not in CPU_MAY_IMPORT]
+  assert not bad, "\n".join(sorted(bad))
+
+
+def test_xla_lowering_and_auto_off_the_cpu_never_load_the_cpu_corner():
+  # A fresh interpreter: what get_model and a model's init load, and who sets the cache-key option.
+  script = textwrap.dedent("""
+      import sys
+      import jax, jax.numpy as jnp
+      from age_jax import config as config_lib, models
+
+      def cpu_corner_loaded():
+        return any(m == "age_jax.cpu" or m.startswith("age_jax.cpu.") for m in sys.modules)
+
+      def build(lowering):
+        cfg = config_lib.default_config().model
+        cfg.name, cfg.conv_lowering = "resnet18", lowering
+        model = models.get_model(cfg, 1)
+        jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+        return models.get_lowering(lowering)
+
+      assert build("xla").compiler_options is None and not cpu_corner_loaded()
+      cpu_backend = jax.default_backend
+      jax.default_backend = lambda: "gpu"  # 'auto' on an accelerator
+      assert build("auto").name == "xla" and not cpu_corner_loaded()
+      assert not jax.config.jax_remove_custom_partitioning_ptr_from_cache_key
+      jax.default_backend = cpu_backend
+      lowering = build("auto")  # on the CPU: the corner loads, and sets what its oneDNN ops need
+      assert cpu_corner_loaded() and lowering.name in ("onednn", "hybrid")
+      assert jax.config.jax_remove_custom_partitioning_ptr_from_cache_key == (lowering.name == "onednn")
+      """)
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+
+
 def test_the_checker_sees_imports():
   graph = _graph(top_level_only=True)
   assert "age_jax.faces.align" in graph["age_jax.faces.canonical"]
   assert "age_jax.losses" in graph["age_jax.formulations"]
+  assert "age_jax.cpu.onednn" in graph["age_jax.cpu.lowerings"]
+  assert CPU in _graph(top_level_only=False)[CPU_GATE] - graph[CPU_GATE]  # a function-level import

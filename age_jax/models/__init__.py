@@ -5,13 +5,17 @@ Every model's __call__(images, train) returns a dict of named outputs
 'gender', 'race', ... where the model has them).
 With a multitask config whose kind is not 'none', the named model is the trunk of a
 Xing 2017 multi-task network (models/multitask.py); only trunks in MULTITASK_TRUNKS can.
+
+Convolutions and max pooling run as config.model.conv_lowering says: get_model resolves it once
+(get_lowering) and hands every backbone the lowering's `conv` and `max_pool` (models/layers.py).
 """
 import dataclasses
 import functools
 
+import jax
 import jax.numpy as jnp
 
-from age_jax.models import heads, multitask as multitask_lib
+from age_jax.models import heads, layers, multitask as multitask_lib
 from age_jax.models.baseline import XingBaseline
 from age_jax.models.efficientnetv2 import STAGES as _EFFICIENTNETV2_STAGES, efficientnetv2
 from age_jax.models.resnet import RESNETS, resnet
@@ -20,27 +24,41 @@ from age_jax.models.vgg import VGG16
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
+def get_lowering(conv_lowering: str) -> layers.Lowering:
+  """config.model.conv_lowering -> how the model's convolutions and max pooling run, and the XLA
+  options its jits need. 'xla', and 'auto' off the CPU, never import the CPU corner (age_jax.cpu)."""
+  if conv_lowering not in layers.LOWERINGS:
+    raise ValueError(f"conv lowering must be one of {layers.LOWERINGS}, got {conv_lowering!r}")
+  if conv_lowering == "xla" or (conv_lowering == "auto" and jax.default_backend() != "cpu"):
+    return layers.XLA
+  from age_jax import cpu  # only a CPU lowering loads the CPU corner
+  return cpu.lowering(conv_lowering)
+
+
 def _xing_baseline(cfg, num_outputs):
+  lowering = get_lowering(cfg.conv_lowering)
   return XingBaseline(num_outputs=num_outputs, conv_features=tuple(cfg.conv_features),
                       fc_features=tuple(cfg.fc_features), dropout_rate=cfg.dropout_rate,
-                      conv_lowering=cfg.conv_lowering, dtype=_DTYPES[cfg.dtype])
+                      conv=lowering.conv, max_pool=lowering.max_pool, dtype=_DTYPES[cfg.dtype])
 
 
 def _vgg16(cfg, num_outputs):
   # FC widths stay VGG's 4096 (config.model.fc_features sizes the Xing baseline only).
+  lowering = get_lowering(cfg.conv_lowering)
   return VGG16(num_outputs=num_outputs, dropout_rate=cfg.dropout_rate,
-               conv_lowering=cfg.conv_lowering, dtype=_DTYPES[cfg.dtype])
+               conv=lowering.conv, max_pool=lowering.max_pool, dtype=_DTYPES[cfg.dtype])
 
 
 def _resnet(name, cfg, num_outputs):
-  return resnet(name, num_outputs=num_outputs, width=cfg.resnet_width, conv_lowering=cfg.conv_lowering,
-                dtype=_DTYPES[cfg.dtype])
+  lowering = get_lowering(cfg.conv_lowering)
+  return resnet(name, num_outputs=num_outputs, width=cfg.resnet_width, conv=lowering.conv,
+                max_pool=lowering.max_pool, dtype=_DTYPES[cfg.dtype])
 
 
 def _efficientnetv2(name, cfg, num_outputs):
   return efficientnetv2(name, num_outputs=num_outputs, dropout_rate=cfg.dropout_rate,
                         stochastic_depth_rate=cfg.get("stochastic_depth_rate", 0.2),
-                        conv_lowering=cfg.conv_lowering, dtype=_DTYPES[cfg.dtype])
+                        conv=get_lowering(cfg.conv_lowering).conv, dtype=_DTYPES[cfg.dtype])
 
 
 _REGISTRY = {
@@ -71,7 +89,7 @@ def _multitask_model(cfg, mt, num_outputs):
   make_branch = functools.partial(
       multitask_lib.Branch, reduce=mt.branch_reduce, pool=mt.branch_pool,
       fc_features=tuple(mt.branch_features), dropout_rate=cfg.dropout_rate,
-      conv_lowering=cfg.conv_lowering, dtype=dtype)
+      conv=template.conv, dtype=dtype)
   if mt.kind == "parallel":
     return multitask_lib.Parallel(make_trunk, mt.num_races, dtype=dtype)
   if mt.kind == "deep":

@@ -11,16 +11,12 @@ call the three parts on their own: `stem` (conv1-2, the shared/tapped part), `to
 (conv3, FC1, FC2) and `head` (the formulation's output layer).
 """
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from age_jax.models import layers
-
-
-def _max_pool(x, lowering):
-  return layers.max_pool(x, 3, 2, "VALID", lowering)
 
 
 class XingBaseline(nn.Module):
@@ -30,12 +26,13 @@ class XingBaseline(nn.Module):
   conv_features: Sequence[int] = (96, 256, 384)
   fc_features: Sequence[int] = (512, 512)
   dropout_rate: float = 0.5
-  conv_lowering: str = "auto"
+  conv: Any = layers.Conv                  # a Conv ModuleDef and max pooling: get_model passes
+  max_pool: Callable = layers.max_pool     #   config.model.conv_lowering's (models/layers.py)
   dtype: Any = jnp.float32
 
   def setup(self):
     c1, c2, c3 = self.conv_features
-    conv = functools.partial(layers.Conv, lowering=self.conv_lowering, dtype=self.dtype)
+    conv = functools.partial(self.conv, dtype=self.dtype)
     self.conv1 = conv(c1, 7, 4, "VALID")
     self.conv2 = conv(c2, 5, 1, ((2, 2), (2, 2)))
     self.conv3 = conv(c3, 3, 1, ((1, 1), (1, 1)))
@@ -47,19 +44,22 @@ class XingBaseline(nn.Module):
 
   def stem(self, x, train: bool):
     """conv1-2 with pooling and LRN: the part the multi-task networks share or tap."""
-    x = self.lrn(_max_pool(nn.relu(self.conv1(x)), self.conv_lowering))
+    x = self.lrn(self._pool(nn.relu(self.conv1(x))))
     conv1 = x
-    x = self.lrn(_max_pool(nn.relu(self.conv2(x)), self.conv_lowering))
+    x = self.lrn(self._pool(nn.relu(self.conv2(x))))
     return conv1, x
 
   def top(self, x, train: bool):
     """conv3 -> pool -> FC1 -> FC2 (with dropout): conv2 activations to features."""
-    x = _max_pool(nn.relu(self.conv3(x)), self.conv_lowering)
+    x = self._pool(nn.relu(self.conv3(x)))
     x = x.reshape(x.shape[0], -1)
     for i in range(len(self.fc_features)):
       x = nn.relu(getattr(self, f"fc{i + 1}")(x))
       x = self.dropout(x, deterministic=not train)
     return x
+
+  def _pool(self, x):
+    return self.max_pool(x, 3, 2, "VALID")
 
   def head(self, features):
     return self.age_head(features).astype(jnp.float32)

@@ -39,8 +39,7 @@ _KAIMING = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def _parts(module, train):
-  conv = functools.partial(layers.Conv, use_bias=False, lowering=module.conv_lowering,
-                           dtype=module.dtype, kernel_init=_KAIMING)
+  conv = functools.partial(module.conv, use_bias=False, dtype=module.dtype, kernel_init=_KAIMING)
   norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                            epsilon=1e-3, dtype=module.dtype)
   return conv, norm
@@ -71,7 +70,7 @@ class FusedMBConv(nn.Module):
   strides: int
   out_channels: int
   drop_rate: float = 0.0
-  conv_lowering: str = "auto"
+  conv: Any = layers.Conv
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -97,7 +96,7 @@ class MBConv(nn.Module):
   strides: int
   out_channels: int
   drop_rate: float = 0.0
-  conv_lowering: str = "auto"
+  conv: Any = layers.Conv
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -110,8 +109,7 @@ class MBConv(nn.Module):
              name="dw_conv")(y)
     y = nn.silu(norm(name="dw_bn")(y))
     # Squeeze-excitation on the block's input width // 4 (torchvision, timm).
-    se_conv = functools.partial(layers.Conv, kernel_size=1, padding="VALID",
-                                lowering=self.conv_lowering, dtype=self.dtype)
+    se_conv = functools.partial(self.conv, kernel_size=1, padding="VALID", dtype=self.dtype)
     s = jnp.mean(y, axis=(1, 2), keepdims=True)
     s = nn.silu(se_conv(max(1, cin // 4), name="se_reduce")(s))
     y = y * nn.sigmoid(se_conv(hidden, name="se_expand")(s))
@@ -128,7 +126,7 @@ class EfficientNetV2(nn.Module):
   num_outputs: int = 1
   dropout_rate: float = 0.2
   stochastic_depth_rate: float = 0.2
-  conv_lowering: str = "auto"
+  conv: Any = layers.Conv  # a Conv ModuleDef: get_model passes config.model.conv_lowering's (models/layers.py)
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -143,7 +141,7 @@ class EfficientNetV2(nn.Module):
       for j in range(num_blocks):
         x = block(expand, kernel, stride if j == 0 else 1, out,
                   drop_rate=self.stochastic_depth_rate * index / total,
-                  conv_lowering=self.conv_lowering, dtype=self.dtype,
+                  conv=self.conv, dtype=self.dtype,
                   name=f"stage{s + 1}_{j}")(x, train)
         index += 1
     x = nn.silu(norm(name="head_bn")(conv(HEAD_CHANNELS, 1, 1, "VALID", name="head_conv")(x)))

@@ -66,13 +66,12 @@ class Branch(nn.Module):
   pool: int = 6
   fc_features: Sequence[int] = (512, 512)
   dropout_rate: float = 0.5
-  conv_lowering: str = "auto"
+  conv: Any = layers.Conv
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool):
-    x = layers.Conv(self.reduce, 1, padding="VALID", lowering=self.conv_lowering, dtype=self.dtype,
-                    name="reduce")(x)
+    x = self.conv(self.reduce, 1, padding="VALID", dtype=self.dtype, name="reduce")(x)
     x = adaptive_avg_pool(nn.relu(x), self.pool)
     x = x.reshape(x.shape[0], -1)
     for i, width in enumerate(self.fc_features):

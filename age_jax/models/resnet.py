@@ -7,7 +7,7 @@ torchvision: momentum 0.1 in torch terms (0.9 here), eps 1e-5. Names mirror torc
 mapping stays a table.
 """
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -20,8 +20,7 @@ _PAD1 = ((1, 1), (1, 1))
 
 
 def _parts(module):
-  conv = functools.partial(layers.Conv, use_bias=False, lowering=module.conv_lowering,
-                           dtype=module.dtype, kernel_init=_KAIMING)
+  conv = functools.partial(module.conv, use_bias=False, dtype=module.dtype, kernel_init=_KAIMING)
   norm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5, dtype=module.dtype)
   return conv, norm
 
@@ -29,7 +28,7 @@ def _parts(module):
 class BasicBlock(nn.Module):
   width: int
   strides: int = 1
-  conv_lowering: str = "auto"
+  conv: Any = layers.Conv
   dtype: Any = jnp.float32
   expansion = 1
 
@@ -47,7 +46,7 @@ class BasicBlock(nn.Module):
 class Bottleneck(nn.Module):
   width: int
   strides: int = 1
-  conv_lowering: str = "auto"
+  conv: Any = layers.Conv
   dtype: Any = jnp.float32
   expansion = 4
 
@@ -70,7 +69,8 @@ class ResNet(nn.Module):
   block: Any
   num_outputs: int = 1
   width: int = 64  # channels of the stem and the first stage, doubled at each later stage
-  conv_lowering: str = "auto"
+  conv: Any = layers.Conv                  # a Conv ModuleDef and max pooling: get_model passes
+  max_pool: Callable = layers.max_pool     #   config.model.conv_lowering's (models/layers.py)
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -79,11 +79,11 @@ class ResNet(nn.Module):
     x = images.astype(self.dtype)
     x = conv(self.width, 7, 2, ((3, 3), (3, 3)), name="conv1")(x)
     x = nn.relu(norm(use_running_average=not train, name="bn1")(x))
-    x = layers.max_pool(x, 3, 2, _PAD1, self.conv_lowering)
+    x = self.max_pool(x, 3, 2, _PAD1)
     for s, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         strides = 2 if s > 0 and j == 0 else 1
-        x = self.block(self.width * 2 ** s, strides, self.conv_lowering, self.dtype,
+        x = self.block(self.width * 2 ** s, strides, conv=self.conv, dtype=self.dtype,
                        name=f"layer{s + 1}_{j}")(x, train)
     features = jnp.mean(x, axis=(1, 2))
     if not self.num_outputs:  # a backbone only (models/heads.py: IdentityHead)

@@ -11,7 +11,7 @@ Like XingBaseline, the parts are callable on their own for the multi-task networ
 `stem` = blocks 1-2 (returns both block outputs), `top` = blocks 3-5 + FC6-7, `head`.
 """
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -47,12 +47,12 @@ class VGG16(nn.Module):
   fc_features: Sequence[int] = (4096, 4096)
   dropout_rate: float = 0.5
   pool_size: int = 7
-  conv_lowering: str = "auto"
+  conv: Any = layers.Conv                  # a Conv ModuleDef and max pooling: get_model passes
+  max_pool: Callable = layers.max_pool     #   config.model.conv_lowering's (models/layers.py)
   dtype: Any = jnp.float32
 
   def setup(self):
-    conv = functools.partial(layers.Conv, kernel_size=3, padding=((1, 1), (1, 1)),
-                             lowering=self.conv_lowering, dtype=self.dtype)
+    conv = functools.partial(self.conv, kernel_size=3, padding=((1, 1), (1, 1)), dtype=self.dtype)
     for b, widths in enumerate(VGG16_BLOCKS):
       for i, width in enumerate(widths):
         setattr(self, f"conv{b + 1}_{i + 1}", conv(width))
@@ -64,7 +64,7 @@ class VGG16(nn.Module):
   def _block(self, x, b: int):
     for i in range(len(VGG16_BLOCKS[b - 1])):
       x = nn.relu(getattr(self, f"conv{b}_{i + 1}")(x))
-    return layers.max_pool(x, 2, 2, "VALID", self.conv_lowering)
+    return self.max_pool(x, 2, 2, "VALID")
 
   def stem(self, x, train: bool):
     """Blocks 1-2: the 'conv1' and 'conv2' taps of the multi-task networks (Xing 3.3)."""

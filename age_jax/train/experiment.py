@@ -10,7 +10,6 @@ from jax.experimental import multihost_utils
 from age_jax import config as config_lib
 from age_jax import formulations, models, objective as objective_lib, storage
 from age_jax.data import datasets, pipeline
-from age_jax.models import layers
 from age_jax.train import optim, sharding, state as state_lib, step as step_lib
 
 CONFIG_FILE = "config.json"
@@ -43,8 +42,8 @@ class Experiment:
 
   @property
   def compiler_options(self):
-    """XLA options for every jit that runs the model (see models/layers.py)."""
-    return layers.compiler_options(self.cfg.model.conv_lowering)
+    """XLA options for every jit that runs the model: its conv lowering's (models.get_lowering)."""
+    return models.get_lowering(self.cfg.model.conv_lowering).compiler_options
 
   def jit_train_step(self, prepare=None):
     """The jitted, sharded train step (state, batch, rng) -> (state, metrics); prepare(batch)

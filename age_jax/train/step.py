@@ -82,7 +82,7 @@ def make_predict_step(model, objective, mirror: bool = False):
 
 def jit_train_step(train_step, state_sharding, batch_sharding, replicated, compiler_options=None):
   # The old state's buffers are donated: the step updates parameters in place.
-  # compiler_options: models.layers.compiler_options(config.model.conv_lowering).
+  # compiler_options: Experiment.compiler_options, the conv lowering's.
   return jax.jit(train_step, in_shardings=(state_sharding, batch_sharding, replicated),
                  out_shardings=(state_sharding, replicated), donate_argnums=(0,),
                  compiler_options=compiler_options)

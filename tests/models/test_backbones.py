@@ -19,6 +19,12 @@ def _count(tree):
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
+def _patches():
+  """The conv and max_pool get_model hands a backbone for conv_lowering='patches'."""
+  lowering = models.get_lowering("patches")
+  return {"conv": lowering.conv, "max_pool": lowering.max_pool}
+
+
 def _shapes(model, size=224):
   return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))
 
@@ -81,7 +87,7 @@ def _assert_every_parameter_gets_a_gradient(grads):
 
 @pytest.mark.slow
 def test_vgg16_forward_backward_small():
-  model = VGG16(num_outputs=3, fc_features=(16, 16), dropout_rate=0.0, conv_lowering="patches")
+  model = VGG16(num_outputs=3, fc_features=(16, 16), dropout_rate=0.0, **_patches())
   variables, grads, out, _ = _train_step_grads(model)
   assert out["age"].shape == (2, 3) and out["features"].shape == (2, 16)
   _assert_every_parameter_gets_a_gradient(grads)
@@ -91,7 +97,7 @@ def test_vgg16_forward_backward_small():
 def test_resnet_forward_backward_updates_batch_stats_with_torch_momentum():
   # BasicBlock and Bottleneck stages with downsampling; one block per stage keeps compilation short.
   for block in (BasicBlock, Bottleneck):
-    model = ResNet(stage_sizes=(1, 2), block=block, num_outputs=2, conv_lowering="patches")
+    model = ResNet(stage_sizes=(1, 2), block=block, num_outputs=2, **_patches())
     variables, grads, out, updates = _train_step_grads(model)
     width = 128 * block.expansion
     assert out["features"].shape == (2, width) and out["age"].shape == (2, 2)
@@ -113,7 +119,7 @@ _TINY_EFFNET = ((FUSED, 1, 3, 1, 8, 8, 2), (FUSED, 4, 3, 2, 8, 16, 1), (MB, 4, 3
 @pytest.mark.slow
 def test_efficientnetv2_forward_backward_and_stochastic_depth_only_in_training():
   model = EfficientNetV2(stages=_TINY_EFFNET, num_outputs=2, dropout_rate=0.0, stochastic_depth_rate=0.5,
-                         conv_lowering="patches")
+                         conv=_patches()["conv"])
   variables, grads, out, updates = _train_step_grads(model)
   assert out["features"].shape == (2, 1280)
   _assert_every_parameter_gets_a_gradient(grads)
@@ -132,7 +138,7 @@ def test_efficientnetv2_forward_backward_and_stochastic_depth_only_in_training()
 
 
 def test_bfloat16_computes_in_bf16_with_float32_params_and_outputs():
-  model = ResNet(stage_sizes=(1,), block=BasicBlock, num_outputs=1, conv_lowering="patches",
+  model = ResNet(stage_sizes=(1,), block=BasicBlock, num_outputs=1, **_patches(),
                  dtype=jnp.bfloat16)
   images = jnp.ones((2, 32, 32, 3))
   variables = jax.jit(model.init)(jax.random.key(0), images)
@@ -142,7 +148,7 @@ def test_bfloat16_computes_in_bf16_with_float32_params_and_outputs():
 
 
 def test_every_convolution_is_the_project_conv_layer():
-  # conv_lowering reaches every convolution only if all of them are layers.Conv.
+  # The configured lowering reaches every convolution only if all of them are layers.Conv.
   import flax.linen as nn
   for model in (VGG16(), ResNet(stage_sizes=(1, 1), block=Bottleneck), EfficientNetV2(stages=_TINY_EFFNET)):
     seen = set()
@@ -153,6 +159,27 @@ def test_every_convolution_is_the_project_conv_layer():
       jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
     assert layers.Conv in seen
     assert not any(issubclass(t, (nn.Conv, nn.ConvTranspose, nn.ConvLocal)) for t in seen)
+
+
+@pytest.mark.parametrize("name,multitask", [("xing_baseline", "deep"), ("vgg16", "none"), ("resnet50", "none"),
+                                            ("efficientnetv2_s", "none")])
+def test_get_model_hands_the_lowering_to_every_convolution_and_pooling(name, multitask):
+  # 'patches' runs no XLA convolution or reduce_window max: any left in the traced program is a
+  # layer built without the conv / max_pool get_model chose (blocks, branches, squeeze-excitation).
+  cfg = config_lib.default_config()
+  cfg.model.name, cfg.multitask.kind = name, multitask
+  size = 227 if name == "xing_baseline" else 32
+  images = jnp.zeros((1, size, size, 3))
+  programs = {}
+  for lowering in ("xla", "patches"):
+    cfg.model.conv_lowering = lowering
+    model = models.get_model(cfg.model, 2, cfg.multitask)
+    variables = jax.eval_shape(model.init, jax.random.key(0), images)
+    programs[lowering] = str(jax.make_jaxpr(lambda v, x: model.apply(v, x))(variables, images))
+  assert "conv_general_dilated" in programs["xla"]
+  assert "conv_general_dilated" not in programs["patches"]
+  assert ("reduce_window_max" in programs["xla"]) == (name != "efficientnetv2_s")
+  assert "reduce_window_max" not in programs["patches"]
 
 
 def test_resnet_width_scales_every_convolution_and_the_features():

@@ -87,7 +87,7 @@ def test_converted_conv_and_vgg_fc6_compute_what_torch_computes():
   x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
   torch_out = lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
                                        dimension_numbers=("NCHW", "OIHW", "NCHW"))
-  conv = layers.Conv(5, 3, padding=((1, 1), (1, 1)), lowering="xla")
+  conv = layers.Conv(5, 3, padding=((1, 1), (1, 1)))
   kernel = pretrained._to_ours(w, (3, 3, 3, 5), is_vgg_fc6=False)
   ours = conv.apply({"params": {"kernel": kernel, "bias": np.zeros(5)}}, x.transpose(0, 2, 3, 1))
   np.testing.assert_allclose(ours, np.asarray(torch_out).transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)

@@ -9,9 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from age_jax import conformal, export
+from age_jax import conformal, export, models
 from age_jax.evaluate import Evaluator, restore
-from age_jax.models import layers
 from tests.serving.conftest import face_records
 
 # What README.md tells a user to run, with age_jax, flax and orbax made unimportable.
@@ -47,7 +46,7 @@ def test_artifact_has_no_custom_calls_of_ours(trained_workdir, artifact):
   assert "age_jax_" not in text and "onednn" not in text.lower()
   assert "custom_call" not in text.replace("stablehlo.custom_call @shape_assertion", "")
   assert str(exported.in_avals[0].shape[0]) == "b"  # symbolic batch
-  if layers.resolve_lowering("auto") == "onednn":  # the checkpoint's own jit does use them
+  if models.get_lowering("auto").name == "onednn":  # the checkpoint's own jit does use them
     exp, cfg, state, _ = restore(workdir)
     lowered = exp.jit_predict_step().lower(state.params, state.batch_stats, {
         "image": np.zeros((16, 64, 64, 3), np.float32)})

@@ -1,5 +1,5 @@
 """Convolutions and max pooling on oneDNN's CPU kernels, called from XLA through its FFI
-(kernels/onednn_conv.cc); layers.py decides where they run.
+(kernels/onednn_conv.cc); lowerings.py decides where they run.
 
 XLA's CPU backend has no fast convolution weight gradient on AVX2 CPUs; oneDNN's direct kernels
 (the library PyTorch uses on CPU) do, and its forward and input-gradient kernels match or beat
@@ -7,7 +7,11 @@ XLA's (figures: BUILD_NOTES.md, "Speed"). The C++ handlers are compiled
 once per machine with the system C++ compiler against jaxlib's FFI headers and the oneDNN wheels
 (`onednn-cpu-gomp`, `onednn-devel-cpu-gomp`; a dependency on Linux x86-64), cached under
 $AGE_JAX_KERNEL_CACHE (default ~/.cache/age_jax/kernels), and registered as XLA CPU custom calls.
-Where any of that is missing, `unavailable_reason()` says why and layers.py falls back to XLA.
+Where any of that is missing, `unavailable_reason()` says why and 'auto' falls back to 'hybrid'.
+
+The ops are custom_partitioning ops, which JAX's persistent compilation cache would key on a Python
+pointer (never a hit): loading them sets jax_remove_custom_partitioning_ptr_from_cache_key, and
+each op spells its static arguments out in the program instead (`_partitioned_op`).
 """
 import ctypes
 import functools
@@ -101,6 +105,7 @@ def _load() -> str | None:
                                   platform="cpu")
   except (OSError, RuntimeError, AttributeError) as e:
     return f"oneDNN convolution kernels unavailable: {e}"
+  jax.config.update("jax_remove_custom_partitioning_ptr_from_cache_key", True)
   return None
 
 
@@ -162,9 +167,12 @@ def _partitioned_op(target, sharding_rule, replicated_operands=(), sum_over_batc
                             need_replication_factors=tuple(dict.fromkeys(factors)))  # in order of appearance
 
   def op(*operands, attrs, out_shape):
+    reason = _load()  # registers the handlers and the cache-key setting before any program uses them
+    if reason is not None:
+      raise RuntimeError(reason)
     # The static arguments live in a Python callback XLA cannot see; this constant operand spells
     # them out in the program, so the persistent compilation cache (which ignores the callback,
-    # see launch/common.py) never confuses two ops that differ only in them.
+    # see the module docstring) never confuses two ops that differ only in them.
     key = np.asarray([_TARGETS.index(target), *(v for _, values in attrs for v in values), *out_shape], np.int32)
     return partitioned(*operands, key, attrs, out_shape)
   return op
@@ -191,8 +199,8 @@ def _conv_attrs(strides, pads):
 
 
 # The three directions of a float32 convolution (NHWC x, HWIO kernel); `pads` ((top, bottom),
-# (left, right)) must be exact, every padded row and column read (layers.py trims the rest).
-# layers.conv_hybrid composes them, direction by direction, into a differentiable convolution.
+# (left, right)) must be exact, every padded row and column read (lowerings.py trims the rest).
+# lowerings.conv_hybrid composes them, direction by direction, into a differentiable convolution.
 def conv_forward(x, kernel, strides, pads):
   out_shape = _output_shape(x.shape, kernel.shape, strides, pads, kernel.shape[3])
   return _conv_forward(x, kernel, attrs=_conv_attrs(strides, pads), out_shape=out_shape)

@@ -1,33 +1,35 @@
-"""oneDNN convolutions (age_jax/models/onednn.py): custom calls, sharding, the fallback.
+"""oneDNN convolutions (age_jax/cpu/onednn.py): custom calls, sharding, the fallback.
 
 That they compute XLA's convolution (forward and both gradients, every stride/padding case) is
-tested with the other lowerings in test_layers.py."""
+tested with the other lowerings in test_lowerings.py."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from age_jax.models import layers, onednn
+from age_jax import models
+from age_jax.cpu import lowerings, onednn
 
 
 @pytest.fixture(autouse=True)
 def onednn_on_every_map_size(monkeypatch):
-  monkeypatch.setattr(layers, "_ONEDNN_MIN_AREA", {"forward": 1, "weight_grad": 1})
+  monkeypatch.setattr(lowerings, "_ONEDNN_MIN_AREA", {"forward": 1, "weight_grad": 1})
 
 
 def test_onednn_takes_the_directions_it_runs_faster_by_output_map_area(monkeypatch):
   monkeypatch.undo()
-  monkeypatch.setattr(layers, "_weight_grad_by_matmul", lambda: True)
-  assert layers._engines("onednn", (56, 56), jnp.float32) == ("onednn", "onednn")
-  assert layers._engines("onednn", (14, 14), jnp.float32) == ("xla", "onednn")
-  assert layers._engines("onednn", (7, 7), jnp.float32) == ("xla", "matmul")
-  assert layers._engines("onednn", (56, 56), jnp.bfloat16) == ("xla", "matmul")  # oneDNN: float32 only
-  assert layers._engines("hybrid", (56, 56), jnp.float32) == ("xla", "matmul")
+  monkeypatch.setattr(lowerings, "_weight_grad_by_matmul", lambda: True)
+  assert lowerings._engines("onednn", (56, 56), jnp.float32) == ("onednn", "onednn")
+  assert lowerings._engines("onednn", (14, 14), jnp.float32) == ("xla", "onednn")
+  assert lowerings._engines("onednn", (7, 7), jnp.float32) == ("xla", "matmul")
+  assert lowerings._engines("onednn", (56, 56), jnp.bfloat16) == ("xla", "matmul")  # oneDNN: float32 only
+  assert lowerings._engines("hybrid", (56, 56), jnp.float32) == ("xla", "matmul")
 
 
 def _loss(lowering):
-  return lambda x, w: jnp.sum(jnp.sin(layers.conv(x, w, 2, "SAME", 1, lowering)))
+  convolution = models.get_lowering(lowering).convolution
+  return lambda x, w: jnp.sum(jnp.sin(convolution(x, w, 2, "SAME", 1)))
 
 
 def _inputs():
@@ -70,6 +72,6 @@ def test_missing_onednn_or_compiler_gives_the_reason_and_auto_falls_back(monkeyp
   monkeypatch.setenv("AGE_JAX_KERNEL_CACHE", str(tmp_path / "kernels"))  # nothing built there yet
   assert "no-such-compiler" in onednn._load.__wrapped__()
   monkeypatch.setattr(onednn, "unavailable_reason", lambda: "oneDNN not found: reason")
-  assert layers.resolve_lowering("auto") == "hybrid"
+  assert models.get_lowering("auto").name == "hybrid"
   with pytest.raises(ValueError, match="conv lowering 'onednn': oneDNN not found: reason"):
-    layers.resolve_lowering("onednn")
+    models.get_lowering("onednn")
