@@ -3,9 +3,12 @@
 Experiment configs in configs/ start from `default_config()` and override fields;
 `validate()` runs once, before any long work, and names the offending field.
 """
+import json
+
+import jax
 import ml_collections
 
-from age_jax import formulations
+from age_jax import formulations, storage
 from age_jax.data import augment, samplers
 from age_jax.models import layers, multitask
 
@@ -205,3 +208,38 @@ def _validate_stage(cfg):
     raise ValueError(f"config.multitask.kind={cfg.multitask.kind!r} with config.formulation.name="
                      f"{cfg.formulation.name!r}: face-identity pre-training has no age heads; set "
                      "config.multitask.kind='none'")
+
+
+# --- a run's config in its workdir (config.json) ---
+
+CONFIG_FILE = "config.json"
+
+
+def save(cfg, workdir: str):
+  """Process 0 writes config.json; then every process checks that it sees the same workdir."""
+  if jax.process_index() == 0:
+    storage.write_text(storage.path(workdir) / CONFIG_FILE, cfg.to_json(indent=2))
+  storage.check_shared(workdir)
+
+
+def load(workdir: str) -> ml_collections.ConfigDict:
+  path = storage.path(workdir) / CONFIG_FILE
+  if not path.exists():
+    raise FileNotFoundError(f"{path} not found: --workdir must be a directory written by launch.train")
+  loaded = json.loads(path.read_text())
+  cfg = default_config()
+  stages = loaded.pop("stages", {})
+  cfg.update_from_flattened_dict(flatten(loaded))
+  cfg.stages = ml_collections.ConfigDict(stages)
+  return cfg
+
+
+def flatten(d, prefix=""):
+  """Nested dicts -> {"a.b.c": value}, lists as tuples (what ConfigDict.update_from_flattened_dict takes)."""
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
+  return out

@@ -4,11 +4,10 @@ import time
 
 import jax
 
-from age_jax import checkpoint, conformal, formulations, report as report_lib, storage
-from age_jax.data import datasets
+from age_jax import checkpoint, config as config_lib, conformal, formulations, report as report_lib, stages, storage
+from age_jax.data import datasets, run_data
 from age_jax.data.builders import face_crops
 from age_jax.train import experiment as experiment_lib
-from age_jax import stages
 from age_jax.train.evaluator import Evaluator, calibrate, predict_source, summarize  # noqa: F401 (the API)
 
 
@@ -19,7 +18,7 @@ def restore(workdir: str, step: int | None = None, attempts: int = 5):
   Safe on a workdir being trained: only finalised checkpoints are listed, and when the latest
   one fails to read (rotated away meanwhile) the new latest is read (up to `attempts` times).
   """
-  cfg = experiment_lib.load_config(workdir)
+  cfg = config_lib.load(workdir)
   # The mesh is how a run executed, not part of the model: evaluate data-parallel on the devices here.
   cfg.mesh.data, cfg.mesh.fsdp = -1, 1
   ckpt = checkpoint.Checkpointer(workdir, read_only=True)
@@ -45,7 +44,7 @@ def restore(workdir: str, step: int | None = None, attempts: int = 5):
         ckpt.reload()
   finally:
     ckpt.close()
-  return exp, stage_cfg, state, experiment_lib.normalizer(cfg, workdir)
+  return exp, stage_cfg, state, run_data.normalizer(cfg, workdir)
 
 
 def _check_predicts_ages(cfg, workdir: str) -> None:
@@ -90,18 +89,18 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, folder: str | No
     source_name, face_counts = folder, records.face_counts
   elif dataset:
     options = {"canonical_crop": True, "crop_size": crop_size} if faces == "detect" else {}
-    built = datasets.prepare(dataset, manual_dir, experiment_lib.data_dir(cfg), **options)
+    built = datasets.prepare(dataset, manual_dir, run_data.data_dir(cfg), **options)
     options["fingerprint"] = built["fingerprint"]  # the build of this source, not another one
-    stored = datasets.stored_splits(dataset, experiment_lib.data_dir(cfg), **options)
+    stored = datasets.stored_splits(dataset, run_data.data_dir(cfg), **options)
     split = split or ("test" if "test" in stored else "+".join(stored))
-    records = datasets.load_split(dataset, experiment_lib.data_dir(cfg), split, **options)
+    records = datasets.load_split(dataset, run_data.data_dir(cfg), split, **options)
     source_name = f"{dataset}:{split}"
     if faces == "detect":
       face_counts = {k: built.get(k, 0) for k in ("detected_images", "several_faces")}
       face_counts["no_face"] = built["dropped"].get("no_face", 0)
   else:
     split = split or cfg.data.eval_split
-    records, source_name = experiment_lib.load_split(cfg, split), f"{cfg.data.name}:{split}"
+    records, source_name = run_data.load_split(cfg, split), f"{cfg.data.name}:{split}"
   if face_counts is not None:
     cfg.data.align = False  # the crops are aligned already
   evaluator = Evaluator(exp, cfg, normalizer, records=records)

@@ -26,7 +26,7 @@ from age_jax.data.builders.face_crops import detect, read_rgb, run_crop_size
 from age_jax.ages import GENDER_NAMES, RACE_NAMES
 from age_jax.evaluate import predict_source, restore
 from age_jax.faces import FaceDetector, align_to_canonical
-from age_jax.train import experiment as experiment_lib
+from age_jax.data import run_data
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 FACE_MODES = ("detect", "crops")
@@ -108,7 +108,7 @@ class Predictor:
 
   def records_ages(self, records) -> np.ndarray:
     """Ages of dataset records (encoded images) through the run's own input pipeline."""
-    source = experiment_lib.loaded_source(self.cfg, records)
+    source = run_data.loaded_source(self.cfg, records)
     return predict_source(self.exp, self.cfg, self.normalizer, self.predict_fn(), self.state, source)["pred_age"]
 
   def faces(self, images: list[np.ndarray], coverage: float | None = None) -> list[list[FaceAge]]:

@@ -25,13 +25,13 @@ def main(argv):
   import numpy as np
   from age_jax import evaluate, export
   from age_jax.data import pipeline
-  from age_jax.train import experiment as experiment_lib
+  from age_jax.data import run_data
 
   t0 = time.perf_counter()
   exp, cfg, state, normalizer = evaluate.restore(_WORKDIR.value)
   predict = exp.jit_predict_step()
   restore_s = time.perf_counter() - t0
-  records = experiment_lib.load_split(cfg, _SPLIT.value)
+  records = run_data.load_split(cfg, _SPLIT.value)
   n = _BATCH.value
   faces = np.stack([pipeline.decode_image(records[i]["image"], cfg.data.load_size) for i in range(n)])
   to_input = pipeline.eval_transform(cfg.data)

@@ -27,10 +27,10 @@ def main(argv):
   from age_jax import pasted_faces, predict
   from age_jax.data.builders.face_crops import read_rgb
   from age_jax.faces import FaceDetector
-  from age_jax.train import experiment
+  from age_jax.data import run_data
   predictor = predict.Predictor(_WORKDIR.value, detector=FaceDetector(min_face_size=_MIN_FACE.value))
   cfg = predictor.cfg
-  records = experiment.load_split(cfg, _SPLIT.value or cfg.data.eval_split)
+  records = run_data.load_split(cfg, _SPLIT.value or cfg.data.eval_split)
   n = len(records)
   indices = np.arange(n) if not _LIMIT.value or _LIMIT.value >= n else np.linspace(0, n - 1, _LIMIT.value).astype(int)
   subset = [records[int(i)] for i in indices]

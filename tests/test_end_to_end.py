@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from age_jax import checkpoint, evaluate
+from age_jax import checkpoint, config as config_lib, evaluate
 from age_jax import stages
 from age_jax.train import experiment, loop, step as step_lib
 from tests.data.fake_datasets import make_utkface_folder
@@ -30,7 +30,7 @@ def _cfg(folder, data_dir, **overrides):
 
 
 def _params(workdir):
-  cfg = experiment.load_config(workdir)
+  cfg = config_lib.load(workdir)
   exp = experiment.build(cfg)
   ckpt = checkpoint.Checkpointer(workdir)
   state = ckpt.restore(exp.abstract_state)
@@ -89,7 +89,7 @@ def test_two_stage_run_trains_only_the_head_in_the_classifier_stage(utk_folder, 
   ckpt = checkpoint.Checkpointer(workdir)
   assert list(ckpt.manager.all_steps()) == [2, 4]
   restored = {}
-  plan = stages.plan(experiment.load_config(workdir))
+  plan = stages.plan(config_lib.load(workdir))
   for step in (2, 4):
     stage_cfg = experiment.resolve_stage(plan, stages.stage_at(plan, step).index, workdir).cfg
     restored[step] = jax.device_get(ckpt.restore(experiment.build(stage_cfg).abstract_state, step).params)
@@ -159,7 +159,7 @@ def test_hybrid_three_step_training_runs_as_stages(utk_folder, tmp_path):
   cfg.train.checkpoint_every, cfg.train.max_to_keep, cfg.data.val_split = 1, 3, ""
   workdir = str(tmp_path / "hybrid")
   loop.train(cfg, workdir)
-  plan = stages.plan(experiment.load_config(workdir))
+  plan = stages.plan(config_lib.load(workdir))
   ckpt = checkpoint.Checkpointer(workdir)
   params = {s: jax.device_get(ckpt.restore(experiment.build(stages.stage_at(plan, s).cfg).abstract_state, s).params)
             for s in (1, 2)}

@@ -22,8 +22,8 @@ from fsspec.implementations.memory import MemoryFileSystem
 from fsspec.registry import _registry
 from orbax.checkpoint._src.path import gcs_utils
 
-from age_jax import checkpoint, report, storage
-from age_jax.train import experiment
+from age_jax import checkpoint, config as config_lib, report, storage
+from age_jax.data import run_data
 from age_jax.train.logger import MetricLogger
 from launch import local_cluster
 
@@ -74,13 +74,13 @@ def test_paths_keep_uris_and_make_local_paths_absolute(tmp_path, monkeypatch):
 def test_a_gs_workdir_keeps_config_mean_image_metrics_and_reports_in_the_bucket(bucket, monkeypatch):
   workdir = "gs://bucket/runs/x"
   cfg = ml_collections.ConfigDict({"data": {"normalize": "none"}, "seed": 3})
-  experiment.save_config(cfg, workdir)
+  config_lib.save(cfg, workdir)
   assert json.loads(bucket.store["/bucket/runs/x/config.json"].getvalue())["seed"] == 3
-  assert experiment.load_config(workdir).seed == 3
+  assert config_lib.load(workdir).seed == 3
 
   mean = np.arange(12, dtype=np.float32).reshape(2, 2, 3)
-  storage.save_npy(f"{workdir}/{experiment.MEAN_IMAGE_FILE}", mean)
-  np.testing.assert_array_equal(storage.load_npy(f"{workdir}/{experiment.MEAN_IMAGE_FILE}"), mean)
+  storage.save_npy(f"{workdir}/{run_data.MEAN_IMAGE_FILE}", mean)
+  np.testing.assert_array_equal(storage.load_npy(f"{workdir}/{run_data.MEAN_IMAGE_FILE}"), mean)
 
   logger = MetricLogger(workdir, total_steps=2, examples_per_step=4, steps_per_epoch=1)
   logger.write(1, {"loss": 2.5})

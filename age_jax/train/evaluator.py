@@ -4,8 +4,7 @@ import jax
 import numpy as np
 
 from age_jax import conformal, metrics, report as report_lib
-from age_jax.data import pipeline
-from age_jax.train import experiment as experiment_lib
+from age_jax.data import pipeline, run_data
 from age_jax.train import sharding
 
 
@@ -13,9 +12,9 @@ class Evaluator:
   """Predicts every example of a record source exactly once, across all processes."""
 
   def __init__(self, exp, cfg, normalizer, split: str | None = None, records=None):
-    records = experiment_lib.load_split(cfg, split) if records is None else records
+    records = run_data.load_split(cfg, split) if records is None else records
     self.exp, self.cfg, self.normalizer = exp, cfg, normalizer
-    self.source = experiment_lib.loaded_source(cfg, records)
+    self.source = run_data.loaded_source(cfg, records)
     self.file_names = [_str(records[i].get("file_name", "")) for i in range(len(records))]
     self._predict = exp.jit_predict_step()
 

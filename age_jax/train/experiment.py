@@ -1,19 +1,16 @@
-"""What a config builds, shared by training, evaluation and prediction: mesh, model,
-formulation, optimizer, state shapes and shardings, and the data of a run."""
+"""What a config builds, shared by training, evaluation and prediction: mesh, model, objective,
+optimizer, state shapes and shardings; and a run's stage metrics (stage_metrics.json). The run's
+data: data/run_data.py; its config.json: config.save / config.load."""
 import dataclasses
 import json
 
 import jax
 import ml_collections
-from jax.experimental import multihost_utils
 
 from age_jax import config as config_lib
 from age_jax import formulations, models, objective as objective_lib, storage
-from age_jax.data import datasets, pipeline
 from age_jax.train import optim, sharding, state as state_lib, step as step_lib
 
-CONFIG_FILE = "config.json"
-MEAN_IMAGE_FILE = "mean_image.npy"
 STAGE_METRICS_FILE = "stage_metrics.json"   # {stage name: {metric: value}}, written when the stage ends
 INIT_FROM_METRICS = "model.init_from"       # its entry for the weights a run started from
 
@@ -89,64 +86,6 @@ def build(cfg: ml_collections.ConfigDict, devices=None, inference: bool = False)
   return Experiment(cfg, mesh, model, objective, tx, abstract, shardings)
 
 
-def data_dir(cfg) -> str:
-  return cfg.data.data_dir or datasets.default_data_dir()
-
-
-def prepare_dataset(cfg) -> dict:
-  """Builds the dataset once (process 0 first, then the others find it prepared); the build of
-  config.data.fingerprint when set (see datasets.prepare)."""
-  options = dict(cfg.data.builder_options, fingerprint=cfg.data.fingerprint)
-  report = None
-  if jax.process_index() == 0:
-    report = datasets.prepare(cfg.data.name, cfg.data.manual_dir, data_dir(cfg), **options)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("dataset prepared")
-    if report is None:
-      report = datasets.prepare(cfg.data.name, cfg.data.manual_dir, data_dir(cfg), **options)
-  return report
-
-
-def load_split(cfg, split: str):
-  return datasets.load_split(cfg.data.name, data_dir(cfg), split, fingerprint=cfg.data.fingerprint,
-                             **dict(cfg.data.builder_options))
-
-
-def loaded_source(cfg, records) -> pipeline.LoadedSource:
-  """The split's decoded images; a missing decoded file is made by process 0 while the others wait."""
-  def load():
-    return pipeline.LoadedSource(records, cfg.data.load_size, cache=cfg.data.cache,
-                                 num_threads=cfg.data.num_threads, align_faces=cfg.data.align)
-  if jax.process_count() == 1:
-    return load()
-  source = load() if jax.process_index() == 0 else None
-  multihost_utils.sync_global_devices("decoded images ready")
-  return source or load()
-
-
-def normalizer(cfg, workdir: str, train_source: pipeline.LoadedSource | None = None) -> pipeline.Normalizer:
-  """The run's normaliser; the mean training image is computed once and kept in the workdir."""
-  if cfg.data.normalize != "mean_image":
-    return pipeline.Normalizer(cfg.data.normalize)
-  path = storage.path(workdir) / MEAN_IMAGE_FILE
-  if path.exists():
-    mean = storage.load_npy(path)
-  else:
-    if train_source is None:
-      raise FileNotFoundError(f"{path} is missing: the mean training image is written by training")
-    mean = pipeline.mean_image(train_source, cfg.data)
-    if jax.process_index() == 0:
-      storage.save_npy(path, mean)
-  return pipeline.Normalizer("mean_image", mean, cfg.data.pixel_scale)
-
-
-def save_config(cfg, workdir: str):
-  """Process 0 writes config.json; then every process checks that it sees the same workdir."""
-  if jax.process_index() == 0:
-    storage.write_text(storage.path(workdir) / CONFIG_FILE, cfg.to_json(indent=2))
-  storage.check_shared(workdir)
-
-
 def load_stage_metrics(workdir: str) -> dict:
   path = storage.path(workdir) / STAGE_METRICS_FILE
   if not path.exists():
@@ -178,25 +117,3 @@ def resolve_stage(plan: list, index: int, workdir: str):
     raise FileNotFoundError(f"{storage.path(workdir) / STAGE_METRICS_FILE} has no validation MAE of stage "
                             f"{before!r}, which stage {stage.name!r} needs (formulation.lae_mae < 0)")
   return stages_lib.with_lae_mae(stage, recorded["val_mae"])
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = storage.path(workdir) / CONFIG_FILE
-  if not path.exists():
-    raise FileNotFoundError(f"{path} not found: --workdir must be a directory written by launch.train")
-  loaded = json.loads(path.read_text())
-  cfg = config_lib.default_config()
-  stages = loaded.pop("stages", {})
-  cfg.update_from_flattened_dict(_flatten(loaded))
-  cfg.stages = ml_collections.ConfigDict(stages)
-  return cfg
-
-
-def _flatten(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
-  return out

@@ -7,9 +7,9 @@ import jax
 import numpy as np
 
 from age_jax import checkpoint, config as config_lib, formulations, objective
-from age_jax.data import datasets, pipeline
-from age_jax.train import evaluator as evaluator_lib, experiment as experiment_lib
 from age_jax import stages as stages_lib
+from age_jax.data import datasets, pipeline, run_data
+from age_jax.train import evaluator as evaluator_lib, experiment as experiment_lib
 from age_jax.train import init_from, optim, preemption, sharding, step as step_lib
 from age_jax.train import workdir as workdir_lib
 from age_jax.train.logger import MetricLogger
@@ -59,10 +59,10 @@ def _train(cfg, workdir: str, stop) -> dict:
   if saved is not None and saved.data.fingerprint and not cfg.data.fingerprint:
     with cfg.unlocked():  # a resume reads the build this run trained on
       cfg.data.fingerprint = saved.data.fingerprint
-  report = experiment_lib.prepare_dataset(cfg)
+  report = run_data.prepare_dataset(cfg)
   with cfg.unlocked():
     cfg.data.fingerprint = report["fingerprint"]
-  train_records = experiment_lib.load_split(cfg, cfg.data.train_split)
+  train_records = run_data.load_split(cfg, cfg.data.train_split)
   labels = datasets.split_labels(train_records)
   if formulations.needs_age_counts(cfg.formulation):  # stored in config.json: a resume rebuilds the same loss
     with cfg.unlocked():
@@ -78,11 +78,11 @@ def _train(cfg, workdir: str, stop) -> dict:
   for stage in plan:  # bad labels stop the run here, before any long work
     formulations.check_ages(labels["age"], stage.cfg.formulation)
     objective.check_labels(stage.cfg, labels)
-  experiment_lib.save_config(cfg, workdir)
+  config_lib.save(cfg, workdir)
 
   t0 = time.time()
-  train_source = experiment_lib.loaded_source(cfg, train_records)
-  normalizer = experiment_lib.normalizer(cfg, workdir, train_source)
+  train_source = run_data.loaded_source(cfg, train_records)
+  normalizer = run_data.normalizer(cfg, workdir, train_source)
   _log(f"data: {len(train_source)} training images ready in {time.time() - t0:.1f}s")
 
   ckpt = checkpoint.Checkpointer(workdir, cfg.train.max_to_keep)

@@ -12,8 +12,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from age_jax import locks, storage
-from age_jax.train import experiment as experiment_lib
+from age_jax import config as config_lib, locks, storage
 
 LOCK_FILE = "train.lock"
 RESUMABLE = ("train.num_steps", "train.num_epochs", "optim.learning_rate", "train.log_every",
@@ -73,7 +72,7 @@ def _field(key: str) -> str:
 
 def changed_fields(saved, given) -> dict:
   """{field: (saved, given)} of the config fields that differ, derived ones left out."""
-  a, b = experiment_lib._flatten(saved.to_dict()), experiment_lib._flatten(given.to_dict())
+  a, b = config_lib.flatten(saved.to_dict()), config_lib.flatten(given.to_dict())
   return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
           if a.get(k) != b.get(k) and not _field(k).startswith(DERIVED)}
 
@@ -81,9 +80,9 @@ def changed_fields(saved, given) -> dict:
 def check_resume(cfg, workdir: str):
   """Refuses cfg when workdir holds a config it differs from in more than RESUMABLE fields;
   returns the saved config (None for a new workdir)."""
-  if not (storage.path(workdir) / experiment_lib.CONFIG_FILE).exists():
+  if not (storage.path(workdir) / config_lib.CONFIG_FILE).exists():
     return None
-  saved = experiment_lib.load_config(workdir)
+  saved = config_lib.load(workdir)
   changed = changed_fields(saved, cfg)
   refused = {k: v for k, v in changed.items() if _field(k) not in RESUMABLE}
   if refused:

@@ -21,7 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from age_jax import checkpoint
+from age_jax import checkpoint, config as config_lib
 from age_jax.data import datasets
 from age_jax.train import experiment
 from launch import local_cluster
@@ -65,7 +65,7 @@ def _losses(workdir):
 
 def _params(workdir, step):
   """Restores a checkpoint onto ONE device of this 8-device test process, whatever wrote it."""
-  cfg = experiment.load_config(workdir)
+  cfg = config_lib.load(workdir)
   cfg.mesh.data, cfg.mesh.fsdp = -1, 1  # the run may have used an fsdp axis this one device cannot have
   exp = experiment.build(cfg, devices=jax.devices()[:1])
   ckpt = checkpoint.Checkpointer(workdir)

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from age_jax import checkpoint, evaluate
+from age_jax import checkpoint, config as config_lib, evaluate
 from age_jax.train import experiment, loop
 from tests.data import fake_datasets as fd
 from tests.tiny import folder_config, short_run_config
@@ -38,7 +38,7 @@ def _lines(workdir, split):
 
 
 def _params(workdir):
-  cfg = experiment.load_config(workdir)
+  cfg = config_lib.load(workdir)
   ckpt = checkpoint.Checkpointer(workdir)
   state = ckpt.restore(experiment.build(cfg).abstract_state)
   ckpt.close()

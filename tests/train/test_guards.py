@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from absl import app
 
-from age_jax import checkpoint, evaluate
+from age_jax import checkpoint, config as config_lib, evaluate
 from age_jax.data import datasets
 from age_jax.train import experiment, loop, step as step_lib
 from launch import common
@@ -26,7 +26,7 @@ _cfg = short_run_config
 
 
 def _all_finite(workdir, step):
-  exp = experiment.build(experiment.load_config(workdir))
+  exp = experiment.build(config_lib.load(workdir))
   ckpt = checkpoint.Checkpointer(workdir)
   state = ckpt.restore(exp.abstract_state, step)
   ckpt.close()
@@ -75,7 +75,7 @@ def trained(folder, tmp_path_factory):
 
 def test_a_changed_config_is_refused_before_anything_is_written(folder, trained):
   workdir, data_dir = trained
-  config_path = os.path.join(workdir, experiment.CONFIG_FILE)
+  config_path = os.path.join(workdir, config_lib.CONFIG_FILE)
   before = open(config_path).read()
   cfg = _cfg(folder, data_dir, **{"formulation.name": "dldl_v2", "optim.momentum": 0.5})
   with pytest.raises(ValueError, match=r"another config \(config.formulation.name: .* 'dldl_v2' now; "
@@ -88,7 +88,7 @@ def test_a_changed_config_is_refused_before_anything_is_written(folder, trained)
 
 def test_a_workdir_evaluates_the_build_it_trained_on(folder, trained, tmp_path):
   workdir, data_dir = trained
-  trained_on = experiment.load_config(workdir).data.fingerprint
+  trained_on = config_lib.load(workdir).data.fingerprint
   n_test = len(datasets.load_split("utkface", data_dir, "test", fingerprint=trained_on))
   other = str(tmp_path / "UTKFace")  # the same dataset name, another folder, in the same data_dir
   make_utkface_folder(other, n=90, quirks=False, size=16, seed=3)

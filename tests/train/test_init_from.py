@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from age_jax import checkpoint
+from age_jax import checkpoint, config as config_lib
 from age_jax.train import experiment, init_from, loop
 from tests.tiny import short_run_config
 
@@ -31,7 +31,7 @@ _cfg = short_run_config
 
 
 def _restored(workdir):
-  cfg = experiment.load_config(workdir)
+  cfg = config_lib.load(workdir)
   ckpt = checkpoint.Checkpointer(workdir)
   state = ckpt.restore(experiment.build(cfg).abstract_state)
   ckpt.close()
@@ -62,7 +62,7 @@ def test_a_stage_with_another_head_keeps_the_previous_stages_backbone(utk_folder
   loop.train(cfg, workdir)
   ckpt = checkpoint.Checkpointer(workdir)
   from age_jax import stages
-  plan = stages.plan(experiment.load_config(workdir))
+  plan = stages.plan(config_lib.load(workdir))
   first = jax.device_get(ckpt.restore(experiment.build(plan[0].cfg).abstract_state, 2).params)
   second = jax.device_get(ckpt.restore(experiment.build(plan[1].cfg).abstract_state, 4).params)
   ckpt.close()
