@@ -8,7 +8,7 @@ from age_jax import checkpoint, config as config_lib, conformal, formulations, r
 from age_jax.data import datasets, run_data
 from age_jax.data.builders import face_crops
 from age_jax.train import experiment as experiment_lib
-from age_jax.train.evaluator import Evaluator, calibrate, predict_source, summarize  # noqa: F401 (the API)
+from age_jax.train.evaluator import Evaluator, calibrate
 
 
 def restore(workdir: str, step: int | None = None, attempts: int = 5):

@@ -22,11 +22,12 @@ from PIL import Image, ImageDraw
 from absl import logging
 
 from age_jax import conformal
-from age_jax.data.builders.face_crops import detect, read_rgb, run_crop_size
 from age_jax.ages import GENDER_NAMES, RACE_NAMES
-from age_jax.evaluate import predict_source, restore
-from age_jax.faces import FaceDetector, align_to_canonical
 from age_jax.data import run_data
+from age_jax.data.builders.face_crops import detect, read_rgb, run_crop_size
+from age_jax.evaluate import restore
+from age_jax.faces import FaceDetector, align_to_canonical
+from age_jax.train.evaluator import predict_source
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 FACE_MODES = ("detect", "crops")

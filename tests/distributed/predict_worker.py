@@ -18,8 +18,9 @@ def main(argv):
   import jax
   import numpy as np
   from age_jax import evaluate
+  from age_jax.train import evaluator
   exp, cfg, state, normalizer = evaluate.restore(_WORKDIR.value)
-  predictions = evaluate.Evaluator(exp, cfg, normalizer, _SPLIT.value).predict(state)
+  predictions = evaluator.Evaluator(exp, cfg, normalizer, _SPLIT.value).predict(state)
   if jax.process_index() == 0:
     np.savez(_OUT.value, process_count=jax.process_count(), device_count=jax.device_count(), **predictions)
 

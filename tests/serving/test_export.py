@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from age_jax import conformal, export, models
-from age_jax.evaluate import Evaluator, restore
+from age_jax.evaluate import restore
+from age_jax.train.evaluator import Evaluator
 from tests.serving.conftest import face_records
 
 # What README.md tells a user to run, with age_jax, flax and orbax made unimportable.
