@@ -55,7 +55,11 @@ def default_config() -> ml_collections.ConfigDict:
       "randaugment_num_ops": 2,
       "randaugment_magnitude": 9,
       "randaugment_op_prob": 0.5,
-      "eval_crop_fraction": 0.875,  # 'lae' evaluation: resize to image_size / fraction, centre crop
+      "face_rotation": 10.0,        # 'face' preset: degrees either way
+      "face_scale": (0.9, 1.1),     # 'face' preset: zoom factors (> 1 zooms in)
+      "eval_crop_fraction": 0.875,
+      "eval_views": 1,              # 5: evaluation averages the centre crop and 4 crops shifted diagonally
+      "eval_view_shift": 2,         # ... by this many pixels (centre-crop presets)  # 'lae' evaluation: resize to image_size / fraction, centre crop
       "num_threads": 2,             # grain read threads for decode/augment
       "num_workers": 0,             # grain worker processes (0: threads in the training process)
       "prefetch": 2,                # batches prefetched to device
@@ -103,6 +107,7 @@ def default_config() -> ml_collections.ConfigDict:
       "eval_every": 0,              # validation MAE every N steps (0 = only at the end)
       "max_to_keep": 2,
       "trainable": "all",           # 'all' | 'head' (only the age head learns; batch statistics frozen)
+      "ema_decay": 0.0,             # > 0: keep a moving average of the weights and evaluate with it
   })
 
   c.eval = ml_collections.ConfigDict({
@@ -152,6 +157,9 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   naming the field."""
   from age_jax import stages
   for stage in stages.plan(cfg):
+    if (stage.cfg.train.ema_decay > 0) != (cfg.train.ema_decay > 0):
+      raise ValueError(f"stage {stage.name!r} turns config.train.ema_decay {'on' if stage.cfg.train.ema_decay else 'off'} "
+                       "while the run's is not: a run keeps a moving average in every stage or in none")
     if stages.needs_previous_mae(stage):
       if (stage.index == 0 and not stage.cfg.model.init_from) or not stage.cfg.data.val_split:
         raise ValueError(f"stage {stage.name!r}: config.formulation.lae_mae < 0 takes the validation "
@@ -182,6 +190,12 @@ def _validate_stage(cfg):
   if cfg.data.augment != "lae" and cfg.data.image_size > cfg.data.load_size:
     raise ValueError(f"config.data.image_size={cfg.data.image_size} is larger than "
                      f"config.data.load_size={cfg.data.load_size}; crops are taken from the loaded image")
+  augment.eval_transform(cfg.data.image_size, cfg.data.augment,   # names a bad eval_views
+                         **augment.options_from_config(cfg.data, augment.EVAL_OPTIONS))
+  margin = (cfg.data.load_size - cfg.data.image_size) // 2
+  if cfg.data.eval_views > 1 and not 1 <= cfg.data.eval_view_shift <= margin:
+    raise ValueError(f"config.data.eval_view_shift={cfg.data.eval_view_shift}; expected 1 to {margin} pixels "
+                     f"(the margin between config.data.load_size and image_size)")
   if cfg.data.align and cfg.data.builder_options.get("canonical_crop", False):
     raise ValueError("config.data.align=True would align again the faces that "
                      "config.data.builder_options.canonical_crop=True already aligned; choose one")
@@ -194,6 +208,8 @@ def _validate_stage(cfg):
                      "stage's steps, each in (0, 1)")
   if cfg.optim.schedule == "multistep" and not milestones:
     raise ValueError("config.optim.schedule='multistep' needs config.optim.milestones")
+  if not 0 <= cfg.train.ema_decay < 1:
+    raise ValueError(f"config.train.ema_decay={cfg.train.ema_decay}; expected 0 (off) or a decay in (0, 1)")
   if not 0 <= cfg.model.dropout_rate < 1:
     raise ValueError(f"config.model.dropout_rate={cfg.model.dropout_rate}; expected 0 <= rate < 1")
   from age_jax import models  # the registry lists what exists

@@ -8,12 +8,15 @@ from age_jax import checkpoint, config as config_lib, conformal, formulations, r
 from age_jax.data import datasets, run_data
 from age_jax.data.builders import face_crops
 from age_jax.train import experiment as experiment_lib
+from age_jax.train import posthoc
 from age_jax.train.evaluator import Evaluator, calibrate
 
 
-def restore(workdir: str, step: int | None = None, attempts: int = 5):
+def restore(workdir: str, step: int | None = None, attempts: int = 5, adjusted: bool = True):
   """(experiment, stage config, state, normalizer) of a training workdir's checkpoint, for
   inference: the experiment has no optimizer and the state no optimizer state (never read).
+  A run whose logit adjustment is chosen on validation predicts with the tau recorded for the
+  step (train/posthoc.py); adjusted=False: with the unadjusted formulation.
 
   Safe on a workdir being trained: only finalised checkpoints are listed, and when the latest
   one fails to read (rotated away meanwhile) the new latest is read (up to `attempts` times).
@@ -31,11 +34,11 @@ def restore(workdir: str, step: int | None = None, attempts: int = 5):
       stage = stages.stage_at(plan, chosen)  # the head may differ by stage
       stage_cfg = experiment_lib.resolve_stage(plan, stage.index, workdir).cfg
       _check_predicts_ages(stage_cfg, workdir)
+      if adjusted and posthoc.needs_choice(stage_cfg):
+        stage_cfg = posthoc.with_tau(stage_cfg, posthoc.chosen_tau(workdir, chosen))
       exp = experiment_lib.build(stage_cfg, inference=True)
       try:
-        abstract = exp.abstract_state
-        variables = {"step": abstract.step, "params": abstract.params, "batch_stats": abstract.batch_stats}
-        state = abstract.replace(**ckpt.restore_variables(variables, chosen))
+        state = _restore_weights(ckpt, exp.abstract_state, chosen, stage_cfg.train.ema_decay > 0)
         break
       except (FileNotFoundError, KeyError, ValueError, OSError):
         if step is not None or attempt == attempts - 1:
@@ -45,6 +48,16 @@ def restore(workdir: str, step: int | None = None, attempts: int = 5):
   finally:
     ckpt.close()
   return exp, stage_cfg, state, run_data.normalizer(cfg, workdir)
+
+
+def _restore_weights(ckpt, abstract, step: int, ema: bool):
+  """The inference state at `step`: step, params and batch_stats, the moving average's where the
+  run keeps one (train/state.py); the optimizer state is never read."""
+  weights = {"params": abstract.params, "batch_stats": abstract.batch_stats}
+  if not ema:
+    return abstract.replace(**ckpt.restore_variables({"step": abstract.step, **weights}, step))
+  restored = ckpt.restore_variables({"step": abstract.step, "ema": weights}, step)
+  return abstract.replace(step=restored["step"], **restored["ema"])
 
 
 def _check_predicts_ages(cfg, workdir: str) -> None:
@@ -59,7 +72,8 @@ def _check_predicts_ages(cfg, workdir: str) -> None:
 def evaluate_workdir(workdir: str, *, split: str | None = None, folder: str | None = None,
                      dataset: str | None = None, manual_dir: str = "", faces: str = "detect",
                      out_dir: str | None = None, step: int | None = None, calibrate_first: bool = False,
-                     mirror: bool | None = None) -> dict:
+                     mirror: bool | None = None, views: int | None = None,
+                     choose_logit_adjustment: bool = False) -> dict:
   """Evaluates a checkpoint and writes report.json and plots to out_dir; returns the report.
 
   Sources: a split of the run's own dataset (default: config.data.eval_split), images as it
@@ -69,15 +83,27 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, folder: str | No
   a face are left out and counted), faces='crops' uses the images as they are.
   With calibrate_first, first (re)calibrates the age intervals on the validation split; the
   report has interval coverage whenever the workdir holds a calibration. mirror overrides the
-  run's config.eval.mirror (mirror-averaged predictions).
+  run's config.eval.mirror (mirror-averaged predictions), views its config.data.eval_views (1
+  or 5 shifted crops averaged). choose_logit_adjustment: first
+  (re)chooses the logit adjustment's tau on the validation split (train/posthoc.py), for a run
+  with config.formulation.logit_adjustment=-1.
   """
   if faces not in ("detect", "crops"):
     raise ValueError(f"faces={faces!r}; expected 'detect' or 'crops'")
   if folder and dataset:
     raise ValueError("give a folder or a dataset to evaluate on, not both")
-  exp, cfg, state, normalizer = restore(workdir, step)
+  exp, cfg, state, normalizer = restore(workdir, step, adjusted=not choose_logit_adjustment)
   if mirror is not None:
     cfg.eval.mirror = bool(mirror)  # exp.cfg is cfg: the predict steps built below read it
+  if views is not None:
+    cfg.data.eval_views = int(views)
+  if choose_logit_adjustment:
+    if not posthoc.needs_choice(cfg):
+      raise ValueError(f"{workdir}: config.formulation.logit_adjustment={cfg.formulation.logit_adjustment} is "
+                       "fixed; choosing it on validation is for runs trained with -1")
+    record = posthoc.choose_on_validation(exp, cfg, normalizer, state, workdir)
+    cfg = posthoc.with_tau(cfg, record["tau"])
+    exp = experiment_lib.build(cfg, inference=True)
   if calibrate_first:
     if not cfg.data.val_split:
       raise ValueError("calibration needs a validation split, and config.data.val_split is empty")
@@ -103,7 +129,7 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, folder: str | No
     records, source_name = run_data.load_split(cfg, split), f"{cfg.data.name}:{split}"
   if face_counts is not None:
     cfg.data.align = False  # the crops are aligned already
-  evaluator = Evaluator(exp, cfg, normalizer, records=records)
+  evaluator = Evaluator(exp, cfg, normalizer, records=records, train_counts=run_data.training_age_counts(cfg))
   result = evaluator.report(state, conformal.load(workdir))
   result["source"] = source_name
   if face_counts is not None:

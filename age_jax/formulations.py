@@ -38,6 +38,14 @@ with as many positives as negatives per task, available as a loss weighting:
                               the scale of 'uniform' (needs age_counts).
 `with_age_counts(cfg, ages)` fills config.formulation.age_counts from the training labels.
 
+Long tail, softmax heads (Menon et al. 2021, logit adjustment; Ren et al. 2020, balanced
+softmax), with the log prior log pi_k of the training ages (add-one smoothed counts, so an empty
+bin stays finite):
+  logit_adjustment  tau > 0: predictions (decode and spread) read logits - tau * log pi, which
+                    moves probability from frequent ages to rare ones after training; -1: tau is
+                    chosen on the validation split when training ends (train/posthoc.py).
+  balanced_softmax  the loss reads logits + log pi (training time; predictions read the logits).
+
 Hybrid multi-task nets (Xing eq. 13) fuse their groups' head outputs with `Formulation.fuse`
 before decoding: regression outputs by their probability-weighted mean, softmax heads as the
 mixture of the groups' distributions (its expectation is exactly sum_g p_g E_g), ordinal heads
@@ -95,6 +103,7 @@ OUT_OF_RANGE = ("clip", "error")
 OR_TASK_WEIGHTS = ("uniform", "sqrt_count")
 OR_CLASS_BALANCE = ("none", "batch", "dataset")
 LAE_READINGS = ("per_example", "batch_mean")
+CHOOSE_ON_VALIDATION = -1   # config.formulation.logit_adjustment: tau chosen when training ends
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -114,6 +123,9 @@ def default_config() -> ml_collections.ConfigDict:
       "or_class_balance": "none",   # 'or'/'coral': per-task positive/negative weights
       "or_max_class_weight": 10.0,  # cap on 'dataset' class weights (rare tasks would explode)
       "age_counts": (),             # K training counts per bin, see with_age_counts()
+      "logit_adjustment": 0.0,      # softmax heads: tau of the post-hoc adjustment; -1: chosen on validation
+      "logit_adjustment_budget": 0.2,  # ... choosing: the most validation MAE (years) it may add
+      "balanced_softmax": False,    # softmax heads: the loss reads logits + log prior
       "num_identities": 0,          # 'am_softmax': classes; 0 = the identity build's count (filled by training)
       "am_scale": 64.0,             # 'am_softmax': s of CosFace eq. 4 (CosFace: 64; LAE gives none)
       "am_margin": 0.35,            # 'am_softmax': m of CosFace eq. 4 (CosFace: 0.35)
@@ -181,6 +193,13 @@ def _validate(cfg, need_mae: bool = True):
   if need_mae and cfg.name == "lae_stage2" and not cfg.lae_mae >= 0:
     _fail("lae_mae", cfg.lae_mae, "the validation MAE of the stage-1 (representation) run, >= 0 (LAE eq. 5); "
           "< 0 takes it from the previous stage of config.stages")
+  if not (cfg.logit_adjustment >= 0 or cfg.logit_adjustment == CHOOSE_ON_VALIDATION):
+    _fail("logit_adjustment", cfg.logit_adjustment, f"tau >= 0, or {CHOOSE_ON_VALIDATION} to choose it on validation")
+  if (cfg.logit_adjustment or cfg.balanced_softmax) and cfg.name not in SOFTMAX:
+    field = "logit_adjustment" if cfg.logit_adjustment else "balanced_softmax"
+    _fail(field, cfg[field], f"0 / False for formulation {cfg.name!r}: it adjusts a softmax head's logits")
+  if not cfg.logit_adjustment_budget >= 0:
+    _fail("logit_adjustment_budget", cfg.logit_adjustment_budget, "years >= 0")
   if cfg.name in ORDINAL and not cfg.or_max_class_weight >= 1:
     _fail("or_max_class_weight", cfg.or_max_class_weight, "a number >= 1")
   if cfg.name in IDENTITY:
@@ -259,6 +278,7 @@ def get_formulation(cfg) -> Formulation:
                        head="coral" if name == "coral" else "dense")
 
   decode = _softmax_decoder(_DEFAULT_DECODE[name] if cfg.decode == "default" else cfg.decode, k, min_age)
+  spread = lambda out: losses.softmax_std(out, losses.bin_ages(k, min_age))
   sigma = float(cfg.sigma)
   if name in ("oh", "oh_expectation"):
     loss = lambda out, ages: losses.one_hot_cross_entropy(out, losses.age_to_class(ages, k, min_age))
@@ -271,8 +291,25 @@ def get_formulation(cfg) -> Formulation:
   else:  # lae_stage2
     mae, batch_mean = float(cfg.lae_mae), cfg.lae_reading == "batch_mean"
     loss = lambda out, ages: losses.lae_stage2_loss(out, ages, sigma, mae, min_age, batch_mean)
-  spread = lambda out: losses.softmax_std(out, losses.bin_ages(k, min_age))
+  if cfg.balanced_softmax:
+    loss = _balanced(loss, log_prior(cfg))
+  if cfg.logit_adjustment > 0:
+    decode, spread = (_adjusted(f, log_prior(cfg), float(cfg.logit_adjustment)) for f in (decode, spread))
   return Formulation(name, k, loss, decode, _fuse_softmax, spread=spread)
+
+
+def log_prior(cfg) -> np.ndarray:
+  """log pi_k of the training ages, add-one smoothed: log((n_k + 1) / (N + K))."""
+  counts = _age_counts(cfg, "logit_adjustment / balanced_softmax")
+  return np.log((counts + 1.0) / (counts.sum() + counts.size)).astype(np.float32)
+
+
+def _balanced(loss, prior):
+  return lambda out, ages: loss(jnp.asarray(out, jnp.float32) + prior, ages)
+
+
+def _adjusted(read, prior, tau: float):
+  return lambda out: read(jnp.asarray(out, jnp.float32) - tau * prior)
 
 
 def coral_bias_init(cfg) -> np.ndarray:
@@ -344,6 +381,7 @@ def needs_num_identities(cfg) -> bool:
 def needs_age_counts(cfg) -> bool:
   """Whether get_formulation(cfg) needs config.formulation.age_counts (and it is still empty)."""
   uses = cfg.name in ORDINAL and (cfg.or_task_weights == "sqrt_count" or cfg.or_class_balance == "dataset")
+  uses = uses or (cfg.name in SOFTMAX and bool(cfg.logit_adjustment or cfg.balanced_softmax))
   return uses and len(cfg.age_counts) == 0
 
 

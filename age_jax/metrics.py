@@ -8,6 +8,10 @@
   RCCS(t)    Xing eq. 4: CCS_a(t) - CCS_b(t), two methods on the same test set.
   AAR, sigma LAE eqs. 6-7 over the eight age groups of LAE Table 1 (ages.GROUPS). An empty group has no MAE^j: sigma is the root mean square over the non-empty groups
              (eq. 7 with 8 replaced by their number); the report shows the group's MAE as null.
+Balanced MAEs (long-tail reporting): group-balanced MAE, the mean of the non-empty LAE group
+             MAEs; age-balanced MAE, the mean of the per-age MAEs over the whole-year ages present;
+             many/medium/few-shot MAE (Yang et al. 2021, DIR 4): the test examples whose true age
+             has over 100, 20-100 or under 20 training images.
 Per-age MAE (Xing Figs. 6-7), per-label MAE (gender / race, Fig. 9) and label accuracy skip
 unknown labels (-1).
 """
@@ -87,6 +91,40 @@ def aar(pred_age, true_age) -> dict:
   return {"aar": aar_from(overall, sigma), "mae": overall, "sigma": sigma, "group_mae": group_mae,
           "group_count": [int(c) for c in counts], "group_names": list(ages.GROUP_NAMES),
           "groups_used": int(np.sum(counts > 0))}
+
+
+# DIR's shot regions by training images per whole-year age: many > 100, few < 20, medium between.
+MANY_SHOT_ABOVE, FEW_SHOT_BELOW = 100, 20
+SHOTS = ("many", "medium", "few")
+
+
+def training_age_counts(train_ages) -> np.ndarray:
+  """Training images per whole-year age (index = age in years), unknown ages (< 0) left out."""
+  train = np.asarray(train_ages, np.float64).reshape(-1)
+  years = ages.whole_years(train[train >= 0]).astype(np.int64)
+  return np.bincount(years, minlength=1)
+
+
+def shot_of(true_age, train_counts) -> np.ndarray:
+  """0 (many), 1 (medium) or 2 (few) per example, from its whole-year age's training count."""
+  years = ages.whole_years(np.asarray(true_age, np.float64).reshape(-1)).astype(np.int64)
+  counts = np.asarray(train_counts)
+  seen = np.where((years >= 0) & (years < counts.size), counts[np.clip(years, 0, counts.size - 1)], 0)
+  return np.where(seen > MANY_SHOT_ABOVE, 0, np.where(seen < FEW_SHOT_BELOW, 2, 1))
+
+
+def balanced(pred_age, true_age, train_counts=None) -> dict:
+  """{'group_balanced_mae', 'age_balanced_mae'} and, given the training counts per whole-year
+  age (training_age_counts), {'shot': {'many'|'medium'|'few': {'mae' (None if empty), 'count'}}}."""
+  errors = absolute_errors(pred_age, true_age)
+  group_maes = [m for m in aar(pred_age, true_age)["group_mae"] if m is not None]
+  result = {"group_balanced_mae": float(np.mean(group_maes)),
+            "age_balanced_mae": float(np.mean(mae_per_age(pred_age, true_age)["mae"]))}
+  if train_counts is not None:
+    shot = shot_of(true_age, train_counts)
+    result["shot"] = {name: {"mae": float(np.mean(errors[shot == i])) if np.any(shot == i) else None,
+                             "count": int(np.sum(shot == i))} for i, name in enumerate(SHOTS)}
+  return result
 
 
 def mae_per_age(pred_age, true_age) -> dict:

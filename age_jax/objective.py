@@ -122,18 +122,26 @@ def predicted_spread(outputs: dict, formulation):
   return formulation.spread(age_outputs(outputs, formulation))
 
 
-def predictions(apply, images, formulation, mirror: bool = False) -> dict:
+def predictions(apply, images, formulation, mirror: bool = False, view_log_probs: bool = False) -> dict:
   """{'age' (B,), 'spread' (B,) where the head has one, 'gender'/'race' logits where the model
   has them} of apply(images) -> model outputs; for face-identity pre-training {'identity': the
-  (B, N) cosines}. With mirror, each is the mean over the image and its left-right mirror image
-  (training flips faces, so both are faces the model knows)."""
+  (B, N) cosines}. images: (B, H, W, C), or (B, V, H, W, C) for V views of each face (shifted
+  crops); each output is the mean over the views and, with mirror, their left-right mirror
+  images (training flips faces, so both are faces the model knows). view_log_probs (softmax
+  heads): also 'age_log_probs' (B, views, K), each view's log-softmax, unadjusted (train/posthoc.py)."""
+  batch = images.shape[0]
+  if images.ndim == 5:   # view-major, as the average below reads them
+    images = jnp.swapaxes(images, 0, 1).reshape((-1,) + images.shape[2:])
   views = jnp.concatenate([images, images[:, :, ::-1]]) if mirror else images
   outputs = apply(views)
-  num_views = 2 if mirror else 1
-  average = lambda x: jnp.mean(x.reshape((num_views, images.shape[0]) + x.shape[1:]), axis=0)
+  num_views = views.shape[0] // batch
+  average = lambda x: jnp.mean(x.reshape((num_views, batch) + x.shape[1:]), axis=0)
   if formulation.task == "identity":
     return {"identity": average(outputs["identity"])}
   result = {"age": average(predicted_age(outputs, formulation))}
+  if view_log_probs and formulation.spread is not None:
+    log_probs = jax.nn.log_softmax(age_outputs(outputs, formulation).astype(jnp.float32), axis=-1)
+    result["age_log_probs"] = jnp.swapaxes(log_probs.reshape((num_views, batch, -1)), 0, 1)
   spread = predicted_spread(outputs, formulation)
   if spread is not None:
     result["spread"] = average(spread)
@@ -186,8 +194,8 @@ class Objective:
   def metrics(self, outputs: dict, batch: dict) -> dict:
     return per_example_metrics(outputs, batch, self.formulation)
 
-  def predictions(self, apply, images, mirror: bool = False) -> dict:
-    return predictions(apply, images, self.formulation, mirror)
+  def predictions(self, apply, images, mirror: bool = False, view_log_probs: bool = False) -> dict:
+    return predictions(apply, images, self.formulation, mirror, view_log_probs)
 
   def trainable_mask(self, params):
     """Pytree of bools like `params` (True = trained), or None when everything trains: the age

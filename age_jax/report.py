@@ -39,9 +39,12 @@ def _as_list(values, kind):
 
 
 def evaluation_report(pred_age, true_age, gender=None, race=None, pred_gender=None, pred_race=None,
-                      file_names=None) -> dict:
-  """All metrics of Xing 2017 and LAE for one set of predictions; JSON-serialisable (no NaN).
+                      file_names=None, train_counts=None) -> dict:
+  """All metrics of Xing 2017 and LAE, and the balanced MAEs, for one set of predictions;
+  JSON-serialisable (no NaN).
 
+  train_counts: training images per whole-year age (metrics.training_age_counts) for the
+  many/medium/few-shot MAEs; without it the report has the group- and age-balanced MAEs only.
   gender / race: true labels (-1 = unknown), pred_gender / pred_race: predicted labels. A section
   appears for a label when some true values are known; accuracy when predictions exist too.
   """
@@ -59,6 +62,7 @@ def evaluation_report(pred_age, true_age, gender=None, race=None, pred_gender=No
       "ccs": {"threshold": thresholds, "count": [int(c) for c in counts],
               "fraction": [float(c) / n for c in counts], "rounded_predictions": True},
       "aar": metrics.aar(pred_age, true_age),
+      "balanced": metrics.balanced(pred_age, true_age, train_counts),
       "mae_per_age": metrics.mae_per_age(pred_age, true_age),
   }
   predictions = {"pred_age": _as_list(pred_age, float), "true_age": _as_list(true_age, float)}
@@ -193,6 +197,20 @@ def _faces_line(faces: dict) -> str:
           f"face (left out), {faces['several_faces']} with several (the largest, most central kept)")
 
 
+def _balanced_of(report: dict) -> dict:
+  """The report's balanced MAEs; for a report written before they existed, from its predictions."""
+  p = report["predictions"]
+  return report.get("balanced") or metrics.balanced(p["pred_age"], p["true_age"])
+
+
+def _balanced_line(balanced: dict) -> str:
+  line = (f"balanced MAE  group {balanced['group_balanced_mae']:.3f}   age {balanced['age_balanced_mae']:.3f}")
+  if "shot" in balanced:
+    line += "   many/medium/few-shot " + " / ".join(
+        f"{_fmt(v['mae'], '.2f')} (n={v['count']})" for v in balanced["shot"].values())
+  return line
+
+
 def format_table(report: dict) -> str:
   """The report's headline metrics as aligned text lines."""
   aar, ccs = report["aar"], report["ccs"]
@@ -200,6 +218,7 @@ def format_table(report: dict) -> str:
            *([_faces_line(report["faces"])] if "faces" in report else []),
            f"MAE           {report['mae']:.3f}",
            f"AAR           {aar['aar']:.3f}   (sigma {aar['sigma']:.3f} over {aar['groups_used']} age groups)",
+           _balanced_line(_balanced_of(report)),
            "CCS(t)        " + "  ".join(f"t={t}:{100 * f:.1f}%" for t, f in zip(ccs["threshold"], ccs["fraction"])),
            "age group     " + "  ".join(f"{n:>7}" for n in aar["group_names"]),
            "  MAE         " + "  ".join(f"{_fmt(m, '7.2f'):>7}" for m in aar["group_mae"]),
@@ -251,7 +270,10 @@ def compare_reports(a: dict, b: dict, name_a: str = "a", name_b: str = "b") -> d
   thresholds = list(metrics.CCS_THRESHOLDS)
   rows = {}
   for name, r in ((name_a, a), (name_b, b)):
+    balanced = _balanced_of(r)
     rows[name] = {"mae": r["mae"], "aar": r["aar"]["aar"], "sigma": r["aar"]["sigma"],
+                  "group_bal_mae": balanced["group_balanced_mae"], "age_bal_mae": balanced["age_balanced_mae"],
+                  **{f"{s}_shot_mae": balanced.get("shot", {}).get(s, {}).get("mae") for s in metrics.SHOTS},
                   **{f"mae_{g}": m for g, m in zip(r["aar"]["group_names"], r["aar"]["group_mae"])},
                   **{f"ccs({t})": c for t, c in zip(r["ccs"]["threshold"], r["ccs"]["count"])},
                   "gender_accuracy": r.get("gender", {}).get("accuracy"),

@@ -27,6 +27,11 @@ _CALIBRATE = flags.DEFINE_bool("calibrate", False, "First calibrate the age inte
                                 "split and store them in the workdir (training does this when it ends).")
 _MIRROR = flags.DEFINE_bool("mirror", None, "Average each face's age with its mirror image's "
                              "(default: the run's config.eval.mirror).")
+_VIEWS = flags.DEFINE_enum("views", None, ["1", "5"], "Views averaged per face: the centre crop, or it and "
+                           "four shifted crops (default: the run's config.data.eval_views).")
+_CHOOSE = flags.DEFINE_bool("choose_logit_adjustment", False, "First choose the logit adjustment's tau on the "
+                            "validation split (runs with config.formulation.logit_adjustment=-1; training "
+                            "does this when it ends).")
 flags.mark_flag_as_required("workdir")
 
 
@@ -42,7 +47,9 @@ def main(argv):
   result = evaluate.evaluate_workdir(_WORKDIR.value, split=_SPLIT.value, folder=_FOLDER.value,
                                      dataset=_DATASET.value, manual_dir=_MANUAL_DIR.value,
                                      faces=_FACES.value, out_dir=_OUT.value, step=_STEP.value,
-                                     calibrate_first=_CALIBRATE.value, mirror=_MIRROR.value)
+                                     calibrate_first=_CALIBRATE.value, mirror=_MIRROR.value,
+                                     views=_VIEWS.value and int(_VIEWS.value),
+                                     choose_logit_adjustment=_CHOOSE.value)
   print(report.format_table(result), flush=True)
 
 

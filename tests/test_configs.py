@@ -54,7 +54,7 @@ def test_lae_config_has_two_stages_with_a_frozen_backbone_in_the_second():
 def test_bad_values_name_the_field():
   c = config_lib.default_config()
   c.data.augment = "fancy"
-  with pytest.raises(ValueError, match=r"config.data.augment='fancy'; expected one of \['xing', 'lae', 'none'\]"):
+  with pytest.raises(ValueError, match=r"config.data.augment='fancy'; expected one of \['xing', 'lae', 'face', 'none'\]"):
     config_lib.validate(c)
   c = config_lib.default_config()
   c.train.batch_size = 0

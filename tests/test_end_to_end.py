@@ -29,19 +29,22 @@ def _cfg(folder, data_dir, **overrides):
   return folder_config(folder, data_dir, **overrides)
 
 
-def _params(workdir):
+def _params(workdir, with_ema=False):
   cfg = config_lib.load(workdir)
   exp = experiment.build(cfg)
   ckpt = checkpoint.Checkpointer(workdir)
   state = ckpt.restore(exp.abstract_state)
   ckpt.close()
+  if with_ema:
+    return jax.device_get((state.params, state.ema)), int(state.step)
   return jax.device_get(state.params), int(state.step)
 
 
 def test_interrupted_and_resumed_run_ends_with_the_same_parameters(utk_folder, tmp_path, monkeypatch):
   data_dir = str(tmp_path / "tfds")
   straight = str(tmp_path / "straight")
-  loop.train(_cfg(utk_folder, data_dir), straight)
+  ema = {"train.ema_decay": 0.5}  # the weights' moving average resumes exactly too
+  loop.train(_cfg(utk_folder, data_dir, **ema), straight)
 
   # Interrupt the second run at its third step (after the step-2 checkpoint), then resume.
   resumed = str(tmp_path / "resumed")
@@ -59,13 +62,13 @@ def test_interrupted_and_resumed_run_ends_with_the_same_parameters(utk_folder, t
 
   monkeypatch.setattr(step_lib, "jit_train_step", crashing)
   with pytest.raises(KeyboardInterrupt):
-    loop.train(_cfg(utk_folder, data_dir), resumed)
+    loop.train(_cfg(utk_folder, data_dir, **ema), resumed)
   monkeypatch.setattr(step_lib, "jit_train_step", jit_train_step)
   assert checkpoint.Checkpointer(resumed).latest_step() == 2
-  loop.train(_cfg(utk_folder, data_dir), resumed)
+  loop.train(_cfg(utk_folder, data_dir, **ema), resumed)
 
-  (a, step_a), (b, step_b) = _params(straight), _params(resumed)
-  assert step_a == step_b == 4
+  (a, step_a), (b, step_b) = _params(straight, with_ema=True), _params(resumed, with_ema=True)
+  assert step_a == step_b == 4 and a[1]["params"]
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), a, b)
   lines = [json.loads(l) for l in open(os.path.join(resumed, "metrics.jsonl"))]
   assert [l["step"] for l in lines if l["split"] == "train"] == [2, 4]

@@ -84,3 +84,26 @@ def test_shape_and_empty_errors():
     metrics.mae([1, 2, 3], [1, 2])
   with pytest.raises(ValueError, match="no examples"):
     metrics.aar([], [])
+
+
+def test_balanced_maes_by_hand():
+  # errors 0.4, 2.6, 3.0, 1.5; groups (LAE Table 1): 20 -> 11-20, 33 -> 31-40, 40 -> 31-40
+  balanced = metrics.balanced(PRED, TRUE)
+  assert balanced["group_balanced_mae"] == pytest.approx(((0.4 + 2.6) / 2 + (3.0 + 1.5) / 2) / 2)
+  # ages present 20, 33, 40: per-age MAEs 1.5, 3.0, 1.5
+  assert balanced["age_balanced_mae"] == pytest.approx((1.5 + 3.0 + 1.5) / 3)
+  assert "shot" not in balanced
+
+
+def test_shots_follow_the_training_count_of_the_true_age():
+  # training counts by whole year: age 20 -> 150 (many), 33 -> 100 (medium: not over 100),
+  # 40 -> 19 (few); halves round up, unknown (-1) ages are left out
+  train = np.concatenate([np.full(150, 19.5), np.full(100, 33.0), np.full(19, 40.2), [-1.0] * 5])
+  counts = metrics.training_age_counts(train)
+  assert counts[20] == 150 and counts[33] == 100 and counts[40] == 19 and counts.sum() == 269
+  np.testing.assert_array_equal(metrics.shot_of([20, 33, 40, 20.0, 99.0], counts), [0, 1, 2, 0, 2])
+  shot = metrics.balanced(PRED, TRUE, counts)["shot"]
+  assert shot["many"] == {"mae": pytest.approx((0.4 + 2.6) / 2), "count": 2}
+  assert shot["medium"] == {"mae": pytest.approx(3.0), "count": 1}
+  assert shot["few"] == {"mae": pytest.approx(1.5), "count": 1}
+  assert metrics.balanced([1.0], [20.0], counts)["shot"]["few"] == {"mae": None, "count": 0}

@@ -183,3 +183,19 @@ def test_check_labels_names_the_missing_label():
   objective.check_labels(_config("hybrid", groups="race"), {"race": good["race"]})
   with pytest.raises(ValueError, match=r"'race' labels \[4\] are outside 0..1 \(config.multitask.num_races\)"):
     objective.check_labels(_config("parallel"), {"gender": good["gender"], "race": np.array([0, 4])})
+
+
+def test_predictions_average_every_view_and_its_mirror():
+  # A toy 'model' whose age is the mean pixel of the left half: a mirror image changes it.
+  apply = lambda images: {"age": jnp.mean(images[:, :, :2], axis=(1, 2, 3))[:, None]}
+  mae = formulations.get_formulation(tiny_config(**{"formulation.name": "mae"}).formulation)
+  images = np.random.default_rng(0).normal(size=(3, 4, 4, 4, 1)).astype(np.float32)   # 3 faces x 4 views
+  decode = lambda x: 33.0 + 20.0 * x   # the 'mae' head's decoder (offset 33, scale 20)
+  left = lambda v: np.mean(v[:, :, :2], axis=(1, 2, 3))
+  by_hand = np.mean([decode(left(images[:, v])) for v in range(4)], axis=0)
+  got = objective.predictions(apply, jnp.asarray(images), mae)["age"]
+  np.testing.assert_allclose(got, by_hand, rtol=1e-5)
+  mirrored = np.mean([decode(left(images[:, v])) for v in range(4)]
+                     + [decode(left(images[:, v, :, ::-1])) for v in range(4)], axis=0)
+  np.testing.assert_allclose(objective.predictions(apply, jnp.asarray(images), mae, mirror=True)["age"],
+                             mirrored, rtol=1e-5)

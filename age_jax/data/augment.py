@@ -11,6 +11,10 @@ Normalisation (mean image or ImageNet statistics) happens after, in the same pro
   'lae'   LAE 2.3: random resized crop to image_size, mirror, colour jitter (brightness,
           contrast, saturation, hue in random order), then RandAugment N=2, M=9
           (randaugment.py); eval: resize to image_size / eval_crop_fraction, centre crop.
+  'face'  for small aligned faces (the quickstart's 64 px): one bilinear warp of the load_size
+          image onto image_size, rotated by up to +-face_rotation degrees, zoomed by a factor in
+          face_scale, shifted by up to the crop margin, mirrored half the time; then colour jitter
+          (color_jitter). Eval: the centre crop, which is the warp at angle 0, zoom 1, no shift.
   'none'  centre crop, train and eval alike.
 Pixel arithmetic follows PIL's (uint8 after every colour operation), which these presets
 used when they ran on the host.
@@ -26,13 +30,15 @@ from PIL import Image
 
 from age_jax.data import randaugment
 
-PRESETS = ("xing", "lae", "none")
+PRESETS = ("xing", "lae", "face", "none")
 
 # LAE gives no ranges: torchvision's RandomResizedCrop defaults, and the usual ImageNet
 # colour jitter strengths (brightness, contrast, saturation, hue) of MoCo / timm.
 CROP_SCALE = (0.08, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
 COLOR_JITTER = (0.4, 0.4, 0.4, 0.1)
+FACE_ROTATION = 10.0        # 'face': degrees either way
+FACE_SCALE = (0.9, 1.1)     # 'face': zoom factors (> 1 zooms in)
 EVAL_CROP_FRACTION = 0.875  # timm / torchvision: resize to 256 for a 224 centre crop
 CROP_TRIES = 10             # torchvision's RandomResizedCrop
 
@@ -63,11 +69,35 @@ def _resize_short_side(image: np.ndarray, size: int) -> np.ndarray:
   return np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
 
 
+def shifted_crops(image, size: int, shift: int):
+  """(5, size, size, C): the centre crop and the four crops moved diagonally by `shift` pixels."""
+  _check_size(image, size)
+  h, w = image.shape[:2]
+  top, left = (h - size) // 2, (w - size) // 2
+  if shift < 1 or top < shift or left < shift:
+    raise ValueError(f"config.data.eval_view_shift={shift}: expected 1 to {min(top, left)} pixels "
+                     f"(the margin between load_size {h} and image_size {size})")
+  return np.stack([image[top + dy:top + dy + size, left + dx:left + dx + size]
+                   for dy, dx in ((0, 0), (-shift, -shift), (-shift, shift), (shift, -shift), (shift, shift))])
+
+
+EVAL_VIEWS = (1, 5)
+
+
 def eval_transform(image_size: int, preset: str = "xing",
-                   eval_crop_fraction: float = EVAL_CROP_FRACTION) -> Callable[[np.ndarray], np.ndarray]:
-  """The deterministic evaluation view of a preset: centre crop ('xing', 'none'), or
-  resize the short side to image_size / eval_crop_fraction then centre crop ('lae')."""
+                   eval_crop_fraction: float = EVAL_CROP_FRACTION, eval_views: int = 1,
+                   eval_view_shift: int = 2) -> Callable[[np.ndarray], np.ndarray]:
+  """The deterministic evaluation view of a preset: centre crop ('xing', 'face', 'none'), or
+  resize the short side to image_size / eval_crop_fraction then centre crop ('lae').
+  eval_views=5 (centre-crop presets): a (5, size, size, 3) stack, the centre crop and four crops
+  moved by eval_view_shift pixels (shifted_crops), whose predictions evaluation averages."""
   _check_preset(preset)
+  if eval_views not in EVAL_VIEWS:
+    raise ValueError(f"config.data.eval_views={eval_views}; expected one of {list(EVAL_VIEWS)}")
+  if eval_views == 5:
+    if preset == "lae":
+      raise ValueError("config.data.eval_views=5 shifts centre crops; the 'lae' preset resizes instead: use 1")
+    return lambda image: shifted_crops(image, image_size, eval_view_shift).astype(np.float32)
   if preset == "lae":
     if not 0 < eval_crop_fraction <= 1:
       raise ValueError(f"config.data.eval_crop_fraction must be in (0, 1], got {eval_crop_fraction}")
@@ -98,6 +128,42 @@ def _xing(image_size):
     left = jax.random.randint(k_left, (), 0, w - image_size + 1)
     out = jax.lax.dynamic_slice(image, (top, left, 0), (image_size, image_size, image.shape[2]))
     return _mirror(out, k_flip).astype(jnp.float32)
+  return transform
+
+
+def warp(image, size: int, angle, zoom, shift, mirror):
+  """The size x size view of a float (H, W, C) image rotated by `angle` (radians) about its centre,
+  zoomed by `zoom`, moved by `shift` (dy, dx) pixels of the image and mirrored where `mirror`:
+  bilinear, edge pixels repeated outside (jax.scipy.ndimage.map_coordinates)."""
+  height, width = image.shape[:2]
+  offsets = jnp.arange(size, dtype=jnp.float32) - (size - 1) / 2
+  dy, dx = jnp.meshgrid(offsets, offsets, indexing="ij")
+  dx = jnp.where(mirror, -dx, dx)
+  cos, sin = jnp.cos(angle) / zoom, jnp.sin(angle) / zoom
+  rows = (height - 1) / 2 + shift[0] + cos * dy - sin * dx
+  cols = (width - 1) / 2 + shift[1] + sin * dy + cos * dx
+  channel = lambda c: jax.scipy.ndimage.map_coordinates(c, [rows, cols], order=1, mode="nearest")
+  return jax.vmap(channel, in_axes=-1, out_axes=-1)(image)
+
+
+def _face(image_size, face_rotation, face_scale, color_jitter_strengths):
+  if not 0 < face_scale[0] <= face_scale[1]:
+    raise ValueError(f"config.data.face_scale={tuple(face_scale)}: expected 0 < low <= high")
+  if not 0 <= face_rotation <= 180:
+    raise ValueError(f"config.data.face_rotation={face_rotation}: expected degrees in [0, 180]")
+  _check_jitter(color_jitter_strengths)
+  jitter, max_angle = tuple(color_jitter_strengths), math.radians(face_rotation)
+
+  def transform(image, key):
+    _check_size(image, image_size)
+    k_angle, k_zoom, k_shift, k_flip, k_jitter = jax.random.split(key, 5)
+    margin = (np.array(image.shape[:2], np.float32) - image_size) / 2  # the 'xing' crop's range
+    angle = jax.random.uniform(k_angle, (), minval=-max_angle, maxval=max_angle)
+    zoom = jnp.exp(jax.random.uniform(k_zoom, (), minval=math.log(face_scale[0]), maxval=math.log(face_scale[1])))
+    shift = jax.random.uniform(k_shift, (2,), minval=-margin, maxval=margin)
+    out = warp(image.astype(jnp.float32), image_size, angle, zoom, shift, jax.random.bernoulli(k_flip))
+    out = jnp.clip(jnp.round(out), 0, 255)
+    return color_jitter(out, k_jitter, jitter) if any(jitter) else out
   return transform
 
 
@@ -226,12 +292,15 @@ def train_transform(preset: str, image_size: int, *, crop_scale: Sequence[float]
                     crop_ratio: Sequence[float] = CROP_RATIO,
                     color_jitter: Sequence[float] = COLOR_JITTER, randaugment_num_ops: int = 2,
                     randaugment_magnitude: float = 9,
-                    randaugment_op_prob: float = 0.5) -> Callable[[jax.Array, jax.Array], jax.Array]:
+                    randaugment_op_prob: float = 0.5, face_rotation: float = FACE_ROTATION,
+                    face_scale: Sequence[float] = FACE_SCALE) -> Callable[[jax.Array, jax.Array], jax.Array]:
   """The random training view (uint8 image, key) -> float32 image of a preset; the keyword
-  options are used by 'lae' only."""
+  options are used by 'lae' and 'face' (color_jitter, face_*)."""
   _check_preset(preset)
   if preset == "xing":
     return _xing(image_size)
+  if preset == "face":
+    return _face(image_size, face_rotation, tuple(face_scale), tuple(color_jitter))
   if preset == "lae":
     return _lae(image_size, tuple(crop_scale), tuple(crop_ratio), tuple(color_jitter),
                 randaugment_num_ops, randaugment_magnitude, randaugment_op_prob)
@@ -247,8 +316,9 @@ def batch_transform(preset: str, image_size: int, seed: int, **options) -> Calla
 
 # The config.data fields (and defaults) behind the keyword options above.
 TRAIN_OPTIONS = {"crop_scale": CROP_SCALE, "crop_ratio": CROP_RATIO, "color_jitter": COLOR_JITTER,
-                 "randaugment_num_ops": 2, "randaugment_magnitude": 9, "randaugment_op_prob": 0.5}
-EVAL_OPTIONS = {"eval_crop_fraction": EVAL_CROP_FRACTION}
+                 "randaugment_num_ops": 2, "randaugment_magnitude": 9, "randaugment_op_prob": 0.5,
+                 "face_rotation": FACE_ROTATION, "face_scale": FACE_SCALE}
+EVAL_OPTIONS = {"eval_crop_fraction": EVAL_CROP_FRACTION, "eval_views": 1, "eval_view_shift": 2}
 
 
 def options_from_config(data_cfg, names: dict) -> dict:

@@ -111,9 +111,12 @@ class Normalizer:
     return (image - self.mean) * self.scale
 
 
-def eval_transform(data_cfg):
-  return augment.eval_transform(data_cfg.image_size, data_cfg.augment,
-                                **augment.options_from_config(data_cfg, augment.EVAL_OPTIONS))
+def eval_transform(data_cfg, single_view: bool = False):
+  """The evaluation view(s) of config.data; single_view: the centre view alone (eval_views ignored)."""
+  options = augment.options_from_config(data_cfg, augment.EVAL_OPTIONS)
+  if single_view:
+    options["eval_views"] = 1
+  return augment.eval_transform(data_cfg.image_size, data_cfg.augment, **options)
 
 
 def mean_image(source: LoadedSource, data_cfg, max_images: int = 0) -> np.ndarray:
@@ -124,7 +127,7 @@ def mean_image(source: LoadedSource, data_cfg, max_images: int = 0) -> np.ndarra
   """
   n = len(source)
   indices = np.arange(n) if not max_images or max_images >= n else np.linspace(0, n - 1, max_images).astype(int)
-  to_input = eval_transform(data_cfg)
+  to_input = eval_transform(data_cfg, single_view=True)
   size = data_cfg.image_size
   total = np.zeros((size, size, 3), np.float64)
   for i in indices:

@@ -4,7 +4,7 @@ wait, then they read what it made."""
 import jax
 from jax.experimental import multihost_utils
 
-from age_jax import storage
+from age_jax import metrics, storage
 from age_jax.data import datasets, pipeline
 
 MEAN_IMAGE_FILE = "mean_image.npy"
@@ -31,6 +31,11 @@ def prepare_dataset(cfg) -> dict:
 def load_split(cfg, split: str):
   return datasets.load_split(cfg.data.name, data_dir(cfg), split, fingerprint=cfg.data.fingerprint,
                              **dict(cfg.data.builder_options))
+
+
+def training_age_counts(cfg):
+  """Training images per whole-year age of the run's training split (metrics.training_age_counts)."""
+  return metrics.training_age_counts(load_split(cfg, cfg.data.train_split).labels()["age"])
 
 
 def loaded_source(cfg, records) -> pipeline.LoadedSource:

@@ -5,15 +5,17 @@ import numpy as np
 
 from age_jax import conformal, metrics, report as report_lib
 from age_jax.data import pipeline, run_data
-from age_jax.train import sharding
+from age_jax.train import sharding, state as state_lib
 
 
 class Evaluator:
   """Predicts every example of a record source exactly once, across all processes."""
 
-  def __init__(self, exp, cfg, normalizer, split: str | None = None, records=None):
+  def __init__(self, exp, cfg, normalizer, split: str | None = None, records=None, train_counts=None):
+    """train_counts: the run's training images per whole-year age, for the report's
+    many/medium/few-shot MAEs (run_data.training_age_counts)."""
     records = run_data.load_split(cfg, split) if records is None else records
-    self.exp, self.cfg, self.normalizer = exp, cfg, normalizer
+    self.exp, self.cfg, self.normalizer, self.train_counts = exp, cfg, normalizer, train_counts
     self.source = run_data.loaded_source(cfg, records)
     self.file_names = [_str(records[i].get("file_name", "")) for i in range(len(records))]
     self._predict = exp.jit_predict_step()
@@ -31,17 +33,20 @@ class Evaluator:
     known = lambda key: p[key] if key in p and np.any(p[key] >= 0) else None
     result = report_lib.evaluation_report(
         p["pred_age"], p["age"], gender=known("gender"), race=known("race"),
-        pred_gender=p.get("pred_gender"), pred_race=p.get("pred_race"), file_names=self.file_names)
+        pred_gender=p.get("pred_gender"), pred_race=p.get("pred_race"), file_names=self.file_names,
+        train_counts=self.train_counts)
     if calibration is not None:
       result["intervals"] = conformal.report_section(calibration, p, gender=known("gender"), race=known("race"))
     return result
 
 
 def summarize(p: dict) -> dict:
-  """MAE and AAR; for face-identity pre-training, top-1 identity accuracy."""
+  """MAE, group-balanced MAE and AAR; for face-identity pre-training, top-1 identity accuracy."""
   if "pred_identity" in p:
     return {"accuracy": float(np.mean(p["pred_identity"] == p["identity"]))}
-  return {"mae": metrics.mae(p["pred_age"], p["age"]), "aar": metrics.aar(p["pred_age"], p["age"])["aar"]}
+  return {"mae": metrics.mae(p["pred_age"], p["age"]),
+          "group_balanced_mae": metrics.balanced(p["pred_age"], p["age"])["group_balanced_mae"],
+          "aar": metrics.aar(p["pred_age"], p["age"])["aar"]}
 
 
 def calibrate(exp, cfg, normalizer, state, workdir: str, split: str | None = None) -> dict:
@@ -65,7 +70,7 @@ def predict_source(exp, cfg, normalizer, predict_fn, state, source) -> dict[str,
   collected = []
   for local in batches:
     batch = sharding.to_global(local, exp.mesh)
-    collected.append(jax.device_get(predict_fn(state.params, state.batch_stats, batch)))
+    collected.append(jax.device_get(predict_fn(*state_lib.eval_variables(state), batch)))
   out = {}
   for key in collected[0]:
     out[key] = np.concatenate([c[key] for c in collected])

@@ -45,20 +45,23 @@ class Experiment:
   def jit_train_step(self, prepare=None):
     """The jitted, sharded train step (state, batch, rng) -> (state, metrics); prepare(batch)
     runs first, inside it (the input's device half: pipeline.train_view)."""
-    train_step = step_lib.make_train_step(self.model, self.tx, self.objective, prepare)
+    train_step = step_lib.make_train_step(self.model, self.tx, self.objective, prepare,
+                                          self.cfg.train.ema_decay)
     return step_lib.jit_train_step(train_step, self.state_sharding, self.batch_sharding, self.replicated,
                                    self.compiler_options)
 
-  def jit_predict_step(self, mirror: bool | None = None):
+  def jit_predict_step(self, mirror: bool | None = None, view_log_probs: bool = False):
     """The jitted, sharded (params, batch_stats, batch) -> predictions; mirror (default
-    config.eval.mirror) averages each image's prediction with its mirror image's."""
+    config.eval.mirror) averages each image's prediction with its mirror image's;
+    view_log_probs: see objective.predictions."""
     mirror = self.cfg.eval.mirror if mirror is None else mirror
-    predict_step = step_lib.make_predict_step(self.model, self.objective, mirror)
+    predict_step = step_lib.make_predict_step(self.model, self.objective, mirror, view_log_probs)
     return step_lib.jit_predict_step(predict_step, self.state_sharding.params, self.state_sharding.batch_stats,
                                      self.batch_sharding, self.replicated, self.compiler_options)
 
   def init_state(self, rng) -> state_lib.TrainState:
-    create = jax.jit(lambda r: state_lib.create(self.model, self.tx, r, self.cfg.data.image_size),
+    create = jax.jit(lambda r: state_lib.create(self.model, self.tx, r, self.cfg.data.image_size,
+                                                ema=self.cfg.train.ema_decay > 0),
                      out_shardings=self.state_sharding)
     return create(rng)
 
@@ -80,7 +83,8 @@ def build(cfg: ml_collections.ConfigDict, devices=None, inference: bool = False)
   else:
     params = jax.eval_shape(lambda r: state_lib.init_variables(model, r, image_size)[0], jax.random.key(0))
     tx = optim.make_optimizer(cfg.optim, cfg.train.num_steps, objective.trainable_mask(params), cfg.train.batch_size)
-    shapes = jax.eval_shape(lambda r: state_lib.create(model, tx, r, image_size), jax.random.key(0))
+    shapes = jax.eval_shape(lambda r: state_lib.create(model, tx, r, image_size, ema=cfg.train.ema_decay > 0),
+                            jax.random.key(0))
   shardings = sharding.state_sharding(mesh, shapes, cfg.mesh.fsdp_min_size)
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
   return Experiment(cfg, mesh, model, objective, tx, abstract, shardings)

@@ -65,6 +65,8 @@ def _checkpoint_variables(workdir: str) -> dict:
   # No target: the saved arrays come back as numpy, whatever model or mesh wrote them.
   state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
   manager.close()
+  if state.get("ema"):  # the moving average, which the run evaluates with (train/state.py)
+    return {"params": state["ema"]["params"], "batch_stats": state["ema"].get("batch_stats", {})}
   return {"params": state["params"], "batch_stats": state.get("batch_stats", {})}
 
 

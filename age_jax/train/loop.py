@@ -10,7 +10,7 @@ from age_jax import checkpoint, config as config_lib, formulations, objective
 from age_jax import stages as stages_lib
 from age_jax.data import datasets, pipeline, run_data
 from age_jax.train import evaluator as evaluator_lib, experiment as experiment_lib
-from age_jax.train import init_from, optim, preemption, sharding, step as step_lib
+from age_jax.train import init_from, optim, posthoc, preemption, sharding, state as state_lib, step as step_lib
 from age_jax.train import workdir as workdir_lib
 from age_jax.train.logger import MetricLogger
 
@@ -116,6 +116,11 @@ def _train(cfg, workdir: str, stop) -> dict:
     ckpt.wait()
   if state is not None and cfg.data.val_split:  # this call trained: report the final validation
     if exp.formulation.task == "age":
+      if posthoc.needs_choice(exp.cfg):  # tau of the logit adjustment, before the intervals use it
+        record = posthoc.choose_on_validation(exp, exp.cfg, normalizer, state, workdir)
+        _log(f"logit adjustment: tau={record['tau']:g} chosen on {record['chosen_on']} (validation MAE "
+             f"within {record['budget']:g} y of tau=0's, lowest group-balanced MAE)")
+        exp = experiment_lib.build(posthoc.with_tau(exp.cfg, record["tau"]))
       # Also calibrates the conformal age intervals on the validation split (age_jax/conformal.py).
       summary = evaluator_lib.calibrate(exp, exp.cfg, normalizer, state, workdir)
     else:  # face-identity pre-training: top-1 identity accuracy, no ages to calibrate
@@ -199,7 +204,8 @@ def _with_variables(exp, state, variables: dict):
   params = place(variables["params"], exp.state_sharding.params)
   batch_stats = place(variables["batch_stats"], exp.state_sharding.batch_stats)
   opt_state = jax.jit(exp.tx.init, out_shardings=exp.state_sharding.opt_state)(params)
-  return state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state)
+  ema = state.ema and jax.jit(state_lib.fresh_ema, out_shardings=exp.state_sharding.ema)(params, batch_stats)
+  return state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state, ema=ema or {})
 
 
 def _run_stage(exp, stage, state, ckpt, logger, train_source, labels, normalizer, stop, *, start: int,

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from age_jax.train import state as state_lib
+
 
 def _variables(params, batch_stats):
   return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
@@ -25,10 +27,11 @@ def all_finite(loss, grad_norm, params):
   return jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(params))
 
 
-def make_train_step(model, tx, objective, prepare=None):
+def make_train_step(model, tx, objective, prepare=None, ema_decay: float = 0.0):
   """objective: objective.Objective (loss, metrics, which parameters train: the others get no
   gradient, and so no backward pass); prepare: batch -> batch, traced at the start of the step
-  (augmentation on the devices)."""
+  (augmentation on the devices); ema_decay > 0: the state's moving average of the weights is
+  updated after each step (state.ema)."""
   # A frozen backbone (LAE 2.4: only the classifier learns) runs as at inference: BatchNorm on
   # its running statistics, which stay as they are, and no dropout, so the head learns on the
   # features it will be evaluated on, whatever the sampler does to a batch's statistics.
@@ -61,21 +64,25 @@ def make_train_step(model, tx, objective, prepare=None):
     metrics[FINITE] = all_finite(loss, grad_norm, params)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state)
+    if ema_decay:
+      decay = state_lib.ema_decay_at(ema_decay, state.step.astype(jnp.float32))
+      new_state = new_state.replace(ema=state_lib.update_ema(state.ema, params, batch_stats, decay))
     return new_state, metrics
 
   return train_step
 
 
-def make_predict_step(model, objective, mirror: bool = False):
+def make_predict_step(model, objective, mirror: bool = False, view_log_probs: bool = False):
   """(params, batch_stats, batch) -> {'pred_age': years, 'pred_spread' (softmax heads),
+  'pred_age_log_probs' (with view_log_probs, softmax heads: see Objective.predictions),
   'pred_gender'/'pred_race'/'pred_identity': argmax where the model has them, and the batch's other fields
   (labels, mask, index) passed through}; mirror: see Objective.predictions."""
   def predict_step(params, batch_stats, batch):
     apply = lambda images: model.apply(_variables(params, batch_stats), images, train=False)
-    found = objective.predictions(apply, batch["image"], mirror)
+    found = objective.predictions(apply, batch["image"], mirror, view_log_probs)
     result = {k: v for k, v in batch.items() if k != "image"}
     for key, value in found.items():
-      result[f"pred_{key}"] = value if key in ("age", "spread") else jnp.argmax(value, axis=-1).astype(jnp.int32)
+      result[f"pred_{key}"] = value if key in ("age", "spread", "age_log_probs") else jnp.argmax(value, axis=-1).astype(jnp.int32)
     return result
   return predict_step
 

@@ -253,3 +253,46 @@ def test_contact_sheet_shows_the_training_path():
   expected = _views("xing", np.stack(images)[1], 20, 8)[4:]
   for v in range(4):
     np.testing.assert_array_equal(sheet[step:step + 20, (v + 1) * step:(v + 1) * step + 20], expected[v])
+
+
+def test_face_warp_at_rest_is_the_centre_crop_and_turns_and_zooms_about_the_centre():
+  image = _face_like(72).astype(np.float32)
+  crop = augment.center_crop(image, 64)
+  at_rest = lambda **kw: np.asarray(augment.warp(image, 64, **{"angle": 0.0, "zoom": 1.0, "shift": (0.0, 0.0),
+                                                               "mirror": False, **kw}))
+  np.testing.assert_allclose(at_rest(), crop, atol=1e-3)
+  np.testing.assert_allclose(at_rest(mirror=True), crop[:, ::-1], atol=1e-3)
+  np.testing.assert_allclose(at_rest(shift=(2.0, -3.0)), image[6:70, 1:65], atol=1e-3)
+  # A quarter turn about the centre moves whole pixels: the crop turned clockwise.
+  np.testing.assert_allclose(at_rest(angle=np.pi / 2), np.rot90(crop, k=-1), atol=1e-3)
+  # Zoom 2: output pixel 32 reads input 35.5 + (32 - 31.5) / 2 = 35.75, bilinear between 35 and 36.
+  rows = 0.25 * image[35] + 0.75 * image[36]
+  np.testing.assert_allclose(at_rest(zoom=2.0)[32, 32], 0.25 * rows[35] + 0.75 * rows[36], atol=1e-3)
+
+
+def test_face_preset_views_vary_within_their_ranges():
+  image = _face_like(72)
+  views = _views("face", image, 64, 32, face_rotation=10.0, face_scale=(0.9, 1.1), color_jitter=(0, 0, 0, 0))
+  crop = augment.center_crop(image, 64).astype(np.float32)
+  assert views.shape == (32, 64, 64, 3) and views.min() >= 0 and views.max() <= 255
+  assert np.all(views == np.round(views))
+  distances = np.minimum(np.abs(views - crop).mean(axis=(1, 2, 3)), np.abs(views - crop[:, ::-1]).mean(axis=(1, 2, 3)))
+  assert np.all(distances > 0.5) and np.all(distances < 25)   # every view moved, none beyond recognition
+  # No rotation, no zoom, no jitter: each view is a shifted crop (or its mirror) of the image.
+  plain = _views("face", image, 64, 8, face_rotation=0.0, face_scale=(1.0, 1.0), color_jitter=(0, 0, 0, 0))
+  assert np.all((plain >= image.min()) & (plain <= image.max()))
+  with pytest.raises(ValueError, match="face_scale"):
+    augment.train_transform("face", 64, face_scale=(1.2, 1.1))
+
+
+def test_five_eval_views_are_the_centre_and_diagonal_shifts():
+  image = _face_like(72)
+  views = augment.eval_transform(64, "face", eval_views=5, eval_view_shift=2)(image)
+  assert views.shape == (5, 64, 64, 3) and views.dtype == np.float32
+  np.testing.assert_array_equal(views[0], augment.eval_transform(64, "xing")(image))
+  np.testing.assert_array_equal(views[1], image[2:66, 2:66])
+  np.testing.assert_array_equal(views[4], image[6:70, 6:70])
+  with pytest.raises(ValueError, match="eval_view_shift"):
+    augment.eval_transform(64, "xing", eval_views=5, eval_view_shift=5)(image)
+  with pytest.raises(ValueError, match="eval_views"):
+    augment.eval_transform(64, "lae", eval_views=5)
