@@ -95,7 +95,7 @@ def _weight_grad_by_matmul() -> bool:
 
 
 # The output map area from which oneDNN's kernels beat XLA's, per direction; on smaller maps
-# its NHWC kernels lose (`launch.bench_conv`; BUILD_NOTES.md, "Speed").
+# its NHWC kernels lose (`launch.bench.bench_conv`; BUILD_NOTES.md, "Speed").
 _ONEDNN_MIN_AREA = {"forward": 20 * 20, "weight_grad": 12 * 12}
 
 

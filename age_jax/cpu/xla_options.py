@@ -1,5 +1,5 @@
 """The XLA compiler options the CPU lowerings need, passed by every jit that runs a model built
-with them (Experiment.jit_train_step / jit_predict_step, launch.benchmark, launch.bench_conv;
+with them (Experiment.jit_train_step / jit_predict_step, launch.bench.benchmark, launch.bench.bench_conv;
 they read them off models.get_lowering(...).compiler_options).
 
 On CPU, XLA hands convolutions and elementwise fusions to its YNNPACK library by default, whose

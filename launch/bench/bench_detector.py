@@ -1,7 +1,7 @@
 """The face detector on real UTKFace chips: detection rate, the canonical template, how far the
 chips are from it, landmark parity with RetinaFace, and speed.
 
-  python -m launch.bench_detector --utkface=../shared/data/utkface/UTKFace [--chips=2000]
+  python -m launch.bench.bench_detector --utkface=../shared/data/utkface/UTKFace [--chips=2000]
       [--parity=500] [--photos=40] [--seed=0]
 
 Prints one block per measurement (BUILD_NOTES.md, "Faces"):
@@ -78,7 +78,7 @@ def _summary(errors):
 
 def main(argv):
   del argv
-  from launch.retinaface_reference import retinaface_faces
+  from launch.bench.retinaface_reference import retinaface_faces
   rng = np.random.default_rng(_SEED.value)
   names = sorted(os.listdir(_UTKFACE.value))
   names = [names[i] for i in rng.permutation(len(names))[:_CHIPS.value]]
