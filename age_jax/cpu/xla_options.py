@@ -4,9 +4,9 @@ they read them off models.get_lowering(...).compiler_options).
 
 On CPU, XLA hands convolutions and elementwise fusions to its YNNPACK library by default, whose
 convolutions are slower than XLA's own (Eigen) on large maps, so under 'hybrid' and 'onednn'
-YNNPACK is kept for single matmuls and reductions only (figures: BUILD_NOTES.md, "Speed"). Per-jit
-options, not XLA_FLAGS: a library user gets them without touching the environment, and 'xla'
-keeps XLA's defaults for comparison.
+YNNPACK is kept for single matmuls and reductions only (figures: BENCHMARK_RECORDS.md, "Training
+speed on the CPU"). Per-jit options, not XLA_FLAGS: a library user gets them without touching the
+environment, and 'xla' keeps XLA's defaults for comparison.
 """
 import functools
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Accelerator figures for BUILD_NOTES.md ("Training speed on one H100"): the LAE recipe's backbone
+# Accelerator figures for BENCHMARK_RECORDS.md ("Training speed on one H100"): the LAE recipe's backbone
 # (EfficientNetV2-M, 384 px, 32 images/device) and ResNet-18 / the Xing baseline, float32 and
 # bfloat16, on whatever accelerator JAX finds. Usage, from the repository root:
 #   bash launch/bench/bench_accelerator.sh [OUTPUT_DIR] [STEPS]

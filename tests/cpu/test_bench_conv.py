@@ -1,4 +1,4 @@
-"""launch/bench_conv reads a model's convolutions off the model itself: check them against
+"""launch/bench/bench_conv reads a model's convolutions off the model itself: check them against
 torchvision's ResNet-18 (He et al. 2016, Table 1) and the Xing baseline (Fig. 2)."""
 from launch.bench import bench_conv
 from launch.bench.bench_conv import ConvShape
