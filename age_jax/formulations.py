@@ -317,7 +317,7 @@ def coral_bias_init(cfg) -> np.ndarray:
   deviation regression_scale, b_k = (offset - t_k) / (scale * sqrt(3) / pi) for the thresholds
   t_k = min_age + k + 0.5. The shared logit starts near 0, so a fresh model predicts about the
   mean age; with zero biases every threshold starts tied and, at lr 1e-3, the biases take
-  thousands of steps to spread over the +-5 logits the age range needs (BUILD_NOTES.md, the
+  thousands of steps to spread over the +-5 logits the age range needs (BENCHMARK_RECORDS.md, the
   formulations table)."""
   thresholds = cfg.min_age + np.arange(cfg.num_classes - 1) + 0.5
   return ((cfg.regression_offset - thresholds) / (cfg.regression_scale * np.sqrt(3) / np.pi)).astype(np.float32)

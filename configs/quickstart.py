@@ -3,7 +3,7 @@
 
 Faces are decoded once at 72 px and kept in RAM; the network sees random 64 px crops and
 mirrors, and every age it reports averages the face and its mirror image. Each choice is an
-ablation row at equal wall time (BUILD_NOTES.md, `bash launch/quickstart_ablation.sh`).
+ablation row at equal wall time (BENCHMARK_RECORDS.md, `bash launch/bench/quickstart_ablation.sh`).
 """
 from age_jax import config as config_lib
 

@@ -3,7 +3,7 @@
   python -m launch.export --workdir=DIR --out=age.onnx --format=onnx             # onnxruntime alone
 
 See age_jax/export.py (and export_onnx.py: the Xing baseline) for what the file holds and
-README.md for running it from a bare Python.
+docs/intervals_and_export.md for running it from a bare Python.
 """
 from absl import app, flags
 

@@ -1,7 +1,9 @@
 """The package's import structure: no cycles among module-level imports, the lower layers
 never import the upper ones (faces < data < training; models, losses, metrics below training),
-and the CPU corner (age_jax/cpu) stays in its corner: only the model registry's get_lowering
-imports it, for a CPU lowering, and it imports nothing of the package but models.layers."""
+every top-level module has a rule saying what it may import (MAY_IMPORT; config.py only the
+registries it validates names against), and the CPU corner (age_jax/cpu) stays in its corner: only
+the model registry's get_lowering imports it, for a CPU lowering, and it imports nothing of the
+package but models.layers."""
 import ast
 import os
 import subprocess
@@ -147,3 +149,77 @@ def test_the_checker_sees_imports():
   assert "age_jax.losses" in graph["age_jax.formulations"]
   assert "age_jax.cpu.onednn" in graph["age_jax.cpu.lowerings"]
   assert CPU in _graph(top_level_only=False)[CPU_GATE] - graph[CPU_GATE]  # a function-level import
+
+
+# Every top-level module or package of age_jax and the top-level modules it may import (function-level
+# imports included). A module missing here fails test_every_top_level_module_has_a_rule: a new module
+# states where it sits. The inference modules (evaluate .. pasted_faces) sit on top and may use any
+# lower layer, not each other's callers (the train layer never imports them: FORBIDDEN above).
+BELOW_TRAIN = {"ages", "losses", "metrics", "formulations", "storage", "locks", "distributed", "stages",
+               "checkpoint", "faces", "models", "cpu", "data", "config", "objective", "conformal", "report"}
+MAY_IMPORT = {
+    "ages": set(),
+    "losses": {"ages"},
+    "metrics": {"ages"},
+    "formulations": {"ages", "losses"},
+    "storage": set(), "locks": set(), "distributed": set(), "stages": set(),
+    "checkpoint": {"storage"},
+    "faces": set(),
+    "models": {"ages", "losses", "cpu"},   # cpu only through get_lowering (tests above)
+    "cpu": {"models"},                     # models.layers only (tests above)
+    "data": {"ages", "faces", "locks", "storage"},
+    "config": {"data", "formulations", "models", "stages", "storage"},   # see CONFIG_MAY_IMPORT
+    "objective": {"formulations", "models"},
+    "conformal": {"ages", "metrics", "storage"},
+    "report": {"metrics", "storage"},
+    "train": BELOW_TRAIN,
+    "evaluate": BELOW_TRAIN | {"train"},
+    "predict": BELOW_TRAIN | {"train", "evaluate"},
+    "export": BELOW_TRAIN | {"train", "evaluate"},
+    "export_onnx": BELOW_TRAIN | {"train", "evaluate", "export"},
+    "webapp": BELOW_TRAIN | {"train", "evaluate", "predict"},
+    "pasted_faces": BELOW_TRAIN | {"train", "evaluate", "predict"},
+}
+
+# config.py names things and validates the names against the registries that resolve them; it never
+# imports what runs them (builders, pipeline, objective, training, inference). Today it looks names up
+# in these registries directly; once each registry validates its own names, this list should shrink.
+CONFIG_MAY_IMPORT = ("age_jax.formulations", "age_jax.storage", "age_jax.stages", "age_jax.models",
+                     "age_jax.models.layers", "age_jax.models.multitask", "age_jax.data.augment",
+                     "age_jax.data.samplers")
+
+
+def _top(module):
+  return module.split(".")[1] if module.count(".") else None
+
+
+def test_every_top_level_module_has_a_rule():
+  tops = {_top(m) for m in dict(_modules()) if _top(m)}
+  assert tops <= set(MAY_IMPORT), f"top-level modules without a rule in MAY_IMPORT: {sorted(tops - set(MAY_IMPORT))}"
+
+
+def test_top_level_modules_import_only_what_their_rule_allows():
+  bad = []
+  for module, imported in _graph(top_level_only=False).items():
+    here = _top(module)
+    for m in imported:
+      there = _top(m)
+      if there and there != here and there not in MAY_IMPORT.get(here, set()):
+        bad.append(f"{module} imports {m}")
+  assert not bad, "\n".join(sorted(bad))
+
+
+def test_config_imports_only_the_registries_it_validates_names_against():
+  config = _graph(top_level_only=False)["age_jax.config"]
+  assert config, "the checker found no imports in config.py"
+  bad = sorted(m for m in config if m not in CONFIG_MAY_IMPORT)
+  assert not bad, f"config.py imports {bad}: config names things, the registries resolve them"
+
+
+def test_the_rules_catch_an_upward_import(tmp_path):
+  # The checker on a made-up module: a loss importing the train layer is reported.
+  fake = tmp_path / "losses.py"
+  fake.write_text("from age_jax.train import loop\n")
+  modules = {**dict(_modules()), "age_jax.train.loop": ""}
+  imported = _imports(str(fake), "age_jax.losses", modules, top_level_only=False)
+  assert "age_jax.train.loop" in imported and _top("age_jax.train.loop") not in MAY_IMPORT["losses"]

@@ -10,7 +10,7 @@ detection, must miss the chips' ages by far more than the bound, so misplaced fa
 Bounds: >= 99% of faces found (both ways); the pasted faces' MAE against the true ages within 0.5
 of the chips'; per face, the pasted age within 2.5 years of the chip's on average. The issue asks
 1.0 for that last one: not reached, the models' ages move with any change of the input by about
-as much (a face and its mirror image differ by years; BUILD_NOTES.md, "Faces").
+as much (a face and its mirror image differ by years; BENCHMARK_RECORDS.md, "Pasted faces").
 """
 import os
 

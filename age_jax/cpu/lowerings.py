@@ -1,5 +1,5 @@
 """The CPU lowerings of `config.model.conv_lowering`: convolutions and max pooling that XLA's CPU
-backend runs faster than its own (figures: BUILD_NOTES.md, "Speed").
+backend runs faster than its own (figures: BENCHMARK_RECORDS.md, "Training speed on the CPU").
   'patches'  im2col: strided slices of the input + one matmul; autodiff gives the
              gradients (col2im for the input, patches^T @ dy for the weights);
   'hybrid'   a custom VJP that picks, per convolution and per direction, what XLA's CPU
@@ -95,7 +95,7 @@ def _weight_grad_by_matmul() -> bool:
 
 
 # The output map area from which oneDNN's kernels beat XLA's, per direction; on smaller maps
-# its NHWC kernels lose (`launch.bench_conv`; BUILD_NOTES.md, "Speed").
+# its NHWC kernels lose (`launch.bench.bench_conv`; BUILD_NOTES.md, "Speed").
 _ONEDNN_MIN_AREA = {"forward": 20 * 20, "weight_grad": 12 * 12}
 
 

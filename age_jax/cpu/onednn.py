@@ -3,7 +3,7 @@
 
 XLA's CPU backend has no fast convolution weight gradient on AVX2 CPUs; oneDNN's direct kernels
 (the library PyTorch uses on CPU) do, and its forward and input-gradient kernels match or beat
-XLA's (figures: BUILD_NOTES.md, "Speed"). The C++ handlers are compiled
+XLA's (figures: BENCHMARK_RECORDS.md, "Training speed on the CPU"). The C++ handlers are compiled
 once per machine with the system C++ compiler against jaxlib's FFI headers and the oneDNN wheels
 (`onednn-cpu-gomp`, `onednn-devel-cpu-gomp`; a dependency on Linux x86-64), cached under
 $AGE_JAX_KERNEL_CACHE (default ~/.cache/age_jax/kernels), and registered as XLA CPU custom calls.

@@ -1,12 +1,12 @@
 """The XLA compiler options the CPU lowerings need, passed by every jit that runs a model built
-with them (Experiment.jit_train_step / jit_predict_step, launch.benchmark, launch.bench_conv;
+with them (Experiment.jit_train_step / jit_predict_step, launch.bench.benchmark, launch.bench.bench_conv;
 they read them off models.get_lowering(...).compiler_options).
 
 On CPU, XLA hands convolutions and elementwise fusions to its YNNPACK library by default, whose
 convolutions are slower than XLA's own (Eigen) on large maps, so under 'hybrid' and 'onednn'
-YNNPACK is kept for single matmuls and reductions only (figures: BUILD_NOTES.md, "Speed"). Per-jit
-options, not XLA_FLAGS: a library user gets them without touching the environment, and 'xla'
-keeps XLA's defaults for comparison.
+YNNPACK is kept for single matmuls and reductions only (figures: BENCHMARK_RECORDS.md, "Training
+speed on the CPU"). Per-jit options, not XLA_FLAGS: a library user gets them without touching the
+environment, and 'xla' keeps XLA's defaults for comparison.
 """
 import functools
 

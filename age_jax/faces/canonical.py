@@ -2,7 +2,7 @@
 
 A face is warped by the least-squares similarity that takes its five landmarks onto
 CANONICAL_TEMPLATE. The template is the UTKFace chip frame: the mean position of the detector's
-landmarks on UTKFace's aligned 200x200 chips (BUILD_NOTES.md, "Faces"), so a chip, detected and
+landmarks on UTKFace's aligned 200x200 chips (BENCHMARK_RECORDS.md, "Face detector and faces"), so a chip, detected and
 re-aligned, comes back nearly as it was, and its forehead and chin margins are kept.
 
 Size rule: the crop is square and any side works. The template is given as fractions of the

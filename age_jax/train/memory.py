@@ -1,4 +1,4 @@
-"""Compile-only memory and FLOP analysis of a train step (see launch/memory_check.py)."""
+"""Compile-only memory and FLOP analysis of a train step (see launch/bench/memory_check.py)."""
 import os
 
 

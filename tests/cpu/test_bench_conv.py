@@ -1,7 +1,7 @@
-"""launch/bench_conv reads a model's convolutions off the model itself: check them against
+"""launch/bench/bench_conv reads a model's convolutions off the model itself: check them against
 torchvision's ResNet-18 (He et al. 2016, Table 1) and the Xing baseline (Fig. 2)."""
-from launch import bench_conv
-from launch.bench_conv import ConvShape
+from launch.bench import bench_conv
+from launch.bench.bench_conv import ConvShape
 
 
 def test_resnet18_convolutions_at_224_px_are_the_reference_architecture():

@@ -1,4 +1,4 @@
-"""launch/memory_check.py compiles without running: per-device state bytes follow the mesh."""
+"""launch/bench/memory_check.py compiles without running: per-device state bytes follow the mesh."""
 import jax
 
 from age_jax.train import memory as memory_check

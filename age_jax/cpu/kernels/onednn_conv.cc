@@ -2,7 +2,7 @@
 // (jax.ffi.ffi_call; age_jax/models/onednn.py).
 //
 // Why: XLA's own CPU convolution computes the weight gradient at 8-9 GFLOP/s on large maps of
-// an AVX2 CPU (BUILD_NOTES.md), oneDNN's direct kernels at 40-50; XLA's max-pooling gradient
+// an AVX2 CPU (BENCHMARK_RECORDS.md), oneDNN's direct kernels at 40-50; XLA's max-pooling gradient
 // (select-and-scatter, or the fusions autodiff makes of strided views) is several times slower
 // than oneDNN's. Layouts are JAX's: NHWC activations, HWIO kernels, float32. Each handler builds
 // (once per shape, then cached) a oneDNN primitive over the XLA buffers themselves; only the

@@ -1,4 +1,4 @@
-"""PyTorch twins of our models, for `launch.benchmark --torch` speed comparisons only.
+"""PyTorch twins of our models, for `launch.bench.benchmark --torch` speed comparisons only.
 
 Same layers, widths, strides, paddings, pooling arithmetic and head size as the flax
 models (age_jax/models/), so both frameworks do the same FLOPs; weights are not shared

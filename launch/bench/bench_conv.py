@@ -3,7 +3,7 @@ above 1x1; 1x1s are matmuls in every lowering) timed alone, forward, input gradi
 gradient separately, per lowering and optionally in PyTorch (its oneDNN kernels: conv2d, and
 convolution_backward for one gradient at a time).
 
-  python -m launch.bench_conv --model=resnet18 --image_size=224 [--lowering=auto,xla] [--torch]
+  python -m launch.bench.bench_conv --model=resnet18 --image_size=224 [--lowering=auto,xla] [--torch]
 
 Prints per distinct convolution the milliseconds and GFLOP/s of each direction (each costs the
 forward's FLOPs), then the sums over the model's convolutions (repeats counted). The input

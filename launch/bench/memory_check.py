@@ -1,8 +1,8 @@
 """Compile the train step for a model, image size and per-device batch without running it, and
 report what one device needs (XLA's memory analysis) and the step's FLOPs (XLA's cost analysis).
 
-  python -m launch.memory_check --model=efficientnetv2_m --image_size=384 --batch_per_device=32
-  python -m launch.memory_check --model=efficientnetv2_m --image_size=384 --batch_per_device=32 \\
+  python -m launch.bench.memory_check --model=efficientnetv2_m --image_size=384 --batch_per_device=32
+  python -m launch.bench.memory_check --model=efficientnetv2_m --image_size=384 --batch_per_device=32 \\
       --devices=8 --fsdp=8        # on a CPU machine: 8 fake devices, state sharded 8 ways
 
 On a CPU machine the figures are the CPU backend's buffer assignment: a guide to the size of

@@ -2,10 +2,10 @@
 # LAE Table 2 at the quickstart's scale (UTKFace test split): the representation stage
 # (configs/quickstart.py, trained here unless STAGE1_WORKDIR holds a finished run) and stage-2
 # variants from its weights (configs/quickstart_lae.py:classifier with each row's overrides).
-#   bash launch/lae_table.sh /path/to/UTKFace OUT_DIR [STAGE1_WORKDIR]
+#   bash launch/bench/lae_table.sh /path/to/UTKFace OUT_DIR [STAGE1_WORKDIR]
 set -euo pipefail
-cd "$(dirname "$0")/.."
-usage="usage: bash launch/lae_table.sh /path/to/UTKFace OUT_DIR [STAGE1_WORKDIR]"
+cd "$(dirname "$0")/../.."
+usage="usage: bash launch/bench/lae_table.sh /path/to/UTKFace OUT_DIR [STAGE1_WORKDIR]"
 folder=${1:?$usage}
 out=${2:?$usage}
 stage1=${3:-$out/stage1_dldl_v2}

@@ -1,6 +1,6 @@
 """The exported artifact against its checkpoint on this machine's CPU: file size, load time,
 images/s (interleaved rounds, same batch of real faces) and parity:
-  python -m launch.bench_export --workdir=DIR --artifact=FILE [--onnx=FILE] [--batch_size=64 --rounds=5]
+  python -m launch.bench.bench_export --workdir=DIR --artifact=FILE [--onnx=FILE] [--batch_size=64 --rounds=5]
 """
 import os
 import time

@@ -1,7 +1,7 @@
 """Device augmentation throughput per preset and its share of the train step, on whatever
 accelerator JAX finds (random uint8 images: no dataset needed).
 
-  python -m launch.bench_augment [--rows=xing,lae,none,quickstart] [--steps=5] [--rounds=3]
+  python -m launch.bench.bench_augment [--rows=xing,lae,none,quickstart] [--steps=5] [--rounds=3]
 
 Per row: images/s of the augmentation alone (pipeline.train_view: preset + normalisation,
 jitted, batch-sharded over all devices), the train step's images/s with it inside (uint8

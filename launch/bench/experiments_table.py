@@ -1,9 +1,9 @@
 """Train several variants of one config with the same data, network and step budget, evaluate
 each on the test split, and print a table in the style of Xing 2017 Tables 3 and 5.
 
-  python -m launch.experiments_table --table=formulations --config=configs/quickstart.py \
+  python -m launch.bench.experiments_table --table=formulations --config=configs/quickstart.py \
       --workdir=workdirs/formulations --config.data.manual_dir=/path/to/UTKFace [--steps=3000]
-  python -m launch.experiments_table --table=multitask ...
+  python -m launch.bench.experiments_table --table=multitask ...
 
 Each variant trains in WORKDIR/<variant> (re-running resumes or reuses finished runs).
 """

@@ -1,10 +1,10 @@
 """The face detector on real UTKFace chips: detection rate, the canonical template, how far the
 chips are from it, landmark parity with RetinaFace, and speed.
 
-  python -m launch.bench_detector --utkface=../shared/data/utkface/UTKFace [--chips=2000]
+  python -m launch.bench.bench_detector --utkface=../shared/data/utkface/UTKFace [--chips=2000]
       [--parity=500] [--photos=40] [--seed=0]
 
-Prints one block per measurement (BUILD_NOTES.md, "Faces"):
+Prints one block per measurement (BENCHMARK_RECORDS.md, "Face detector and faces"):
   chips    detection rate on --chips randomly drawn chips, how many needed the retry border,
            seconds per chip (batches of 32) and the 20k-chip build time it implies;
   template mean landmark positions on the chips as fractions of the chip (chip coordinates, no
@@ -78,7 +78,7 @@ def _summary(errors):
 
 def main(argv):
   del argv
-  from launch.retinaface_reference import retinaface_faces
+  from launch.bench.retinaface_reference import retinaface_faces
   rng = np.random.default_rng(_SEED.value)
   names = sorted(os.listdir(_UTKFACE.value))
   names = [names[i] for i in rng.permutation(len(names))[:_CHIPS.value]]

@@ -1,8 +1,8 @@
 """Host cost of the input pipeline: images/s and host CPU time per training image of the grain
 reader (sampler -> decoded uint8 images -> local batches); then the quickstart's training loop
-against its train step alone. Augmentation runs on the devices: launch.bench_augment times it.
+against its train step alone. Augmentation runs on the devices: launch.bench.bench_augment times it.
 
-  python -m launch.bench_pipeline --manual_dir=/path/to/UTKFace [--batches=40] [--threads=1] [--workers=0] \
+  python -m launch.bench.bench_pipeline --manual_dir=/path/to/UTKFace [--batches=40] [--threads=1] [--workers=0] \
       [--steps=50] [--rounds=3]
 """
 import os
@@ -50,7 +50,7 @@ def _rates(batches, batch_size, count):
 def _loop_vs_step(cfg, source, labels, steps, rounds):
   """Images/s of the quickstart training loop (this pipeline, prefetch to the devices, the train
   step with its device augmentation) and of the same train step alone on one float batch already
-  on the devices (what launch.benchmark times), in alternating rounds; medians."""
+  on the devices (what launch.bench.benchmark times), in alternating rounds; medians."""
   import jax
   import numpy as np
   from age_jax.data import pipeline

@@ -1,5 +1,5 @@
 """The pasted-face check on a split of a run's dataset (age_jax/pasted_faces.py):
-  python -m launch.pasted_faces --workdir=DIR [--split=test] [--limit=1000] [--out=pasted.json]
+  python -m launch.bench.pasted_faces --workdir=DIR [--split=test] [--limit=1000] [--out=pasted.json]
 Prints MAE against the true ages for the chips as trained, the chips detected and aligned, the
 chips pasted into larger photos then detected and aligned, and those photos resized whole.
 """

@@ -1,8 +1,8 @@
 """Training and inference speed of a model on this machine, optionally against PyTorch.
 
-  python -m launch.benchmark --model=xing_baseline --image_size=227 --batch_size=32 \
+  python -m launch.bench.benchmark --model=xing_baseline --image_size=227 --batch_size=32 \
       [--lowering=auto[,xla,patches,...]] [--dtype=float32|bfloat16] [--steps=N] [--rounds=R] [--torch]
-  python -m launch.benchmark --all [--torch]   # the issue's table: Xing @227, ResNet-18 @64/112/224
+  python -m launch.bench.benchmark --all [--torch]   # the issue's table: Xing @227, ResNet-18 @64/112/224
 
 One training step = forward + MAE loss + backward + SGD with momentum 0.9 (no weight decay), on
 random images; self-contained (not age_jax/train) so it measures the model, not the pipeline.
@@ -28,7 +28,7 @@ _LOWERING = flags.DEFINE_string("lowering", "auto", "Conv lowering(s), comma-sep
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype (params stay float32).")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed train steps per round (eval: the same count).")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Interleaved rounds; the median round is reported.")
-_TORCH = flags.DEFINE_bool("torch", False, "Also time the PyTorch eager twin (launch/benchmark_torch.py).")
+_TORCH = flags.DEFINE_bool("torch", False, "Also time the PyTorch eager twin (launch/bench/benchmark_torch.py).")
 _TORCH_DEVICE = flags.DEFINE_enum("torch_device", "cpu", ["cpu", "cuda"], "Where the PyTorch twin runs "
                                   "(cuda: channels-last, autocast for bfloat16).")
 _EVAL = flags.DEFINE_bool("eval", True, "Also time inference (train=False forward).")
@@ -67,7 +67,7 @@ def measure_peak_gflops(dtype_name="float32", size=None, repeats=3):
 
 def measure_torch_peak_gflops(dtype_name="float32", device="cpu", repeats=3):
   import torch
-  from launch import benchmark_torch
+  from launch.bench import benchmark_torch
   size = PEAK_SIZE if device == "cpu" else ACCELERATOR_PEAK_SIZE
   a = torch.randn(size, size, device=device).to(benchmark_torch.torch_dtype(dtype_name))
   def matmul():
@@ -185,7 +185,7 @@ class TorchContestant:
 
   def __init__(self, model_cfg, image_size, batch_size, dtype_name, num_outputs, device="cpu"):
     import torch
-    from launch import benchmark_torch
+    from launch.bench import benchmark_torch
     torch.manual_seed(0)
     where = f"{torch.get_num_threads()} threads" if device == "cpu" else device
     self.name = f"torch[{torch.__version__},{dtype_name},{where}]"

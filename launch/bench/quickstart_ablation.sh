@@ -2,11 +2,11 @@
 # The quickstart's ablations at equal wall time: each row trains from scratch for about the same
 # minutes (steps chosen from each row's training speed on a 2-core CPU), then is scored on the
 # validation split without and with mirror averaging. The test split is left for the final runs.
-#   bash launch/quickstart_ablation.sh /path/to/UTKFace OUT_DIR [MINUTES]
+#   bash launch/bench/quickstart_ablation.sh /path/to/UTKFace OUT_DIR [MINUTES]
 set -euo pipefail
-cd "$(dirname "$0")/.."
-folder=${1:?usage: bash launch/quickstart_ablation.sh /path/to/UTKFace OUT_DIR [MINUTES]}
-out=${2:?usage: bash launch/quickstart_ablation.sh /path/to/UTKFace OUT_DIR [MINUTES]}
+cd "$(dirname "$0")/../.."
+folder=${1:?usage: bash launch/bench/quickstart_ablation.sh /path/to/UTKFace OUT_DIR [MINUTES]}
+out=${2:?usage: bash launch/bench/quickstart_ablation.sh /path/to/UTKFace OUT_DIR [MINUTES]}
 minutes=${3:-4}
 py=.venv/bin/python
 mkdir -p "$out"

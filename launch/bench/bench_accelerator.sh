@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Accelerator figures for BUILD_NOTES.md ("Training speed on one H100"): the LAE recipe's backbone
+# Accelerator figures for BENCHMARK_RECORDS.md ("Training speed on one H100"): the LAE recipe's backbone
 # (EfficientNetV2-M, 384 px, 32 images/device) and ResNet-18 / the Xing baseline, float32 and
 # bfloat16, on whatever accelerator JAX finds. Usage, from the repository root:
-#   bash launch/bench_accelerator.sh [OUTPUT_DIR] [STEPS]
-# Each row is `python -m launch.benchmark` (see its docstring), then `python -m launch.bench_augment`
+#   bash launch/bench/bench_accelerator.sh [OUTPUT_DIR] [STEPS]
+# Each row is `python -m launch.bench.benchmark` (see its docstring), then `python -m launch.bench.bench_augment`
 # (device augmentation per preset); the log goes to OUTPUT_DIR/benchmark.txt.
 set -u
 out=${1:-/tmp/age_jax_accelerator}
@@ -15,7 +15,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,clo
 "$python" -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())" 2>&1 | tee -a "$log"
 
 bench() {  # quiet absl/XLA info lines; keep the figures
-  "$python" -m launch.benchmark --steps="$steps" --rounds=3 "$@" 2>&1 | grep -v '^[IW][0-9]\{4\}' | tee -a "$log"
+  "$python" -m launch.bench.benchmark --steps="$steps" --rounds=3 "$@" 2>&1 | grep -v '^[IW][0-9]\{4\}' | tee -a "$log"
 }
 for dtype in ${EFFICIENTNET_DTYPES-bfloat16 float32}; do
   bench --model=efficientnetv2_m --image_size=384 --batch_size=32 --dtype=$dtype
@@ -26,5 +26,5 @@ for dtype in bfloat16 float32; do
   bench --model=resnet18 --image_size=224 --batch_size=256 --dtype=$dtype $torch_twin
   bench --model=xing_baseline --image_size=227 --batch_size=256 --dtype=$dtype --lowering=xla,patches $torch_twin
 done
-# Device augmentation per preset at its paper size, and its share of the train step (launch/bench_augment.py).
-"$python" -m launch.bench_augment --steps="$steps" --rounds=3 --dtype=bfloat16 2>&1 | grep -v '^[IW][0-9]\{4\}' | tee -a "$log"
+# Device augmentation per preset at its paper size, and its share of the train step (launch/bench/bench_augment.py).
+"$python" -m launch.bench.bench_augment --steps="$steps" --rounds=3 --dtype=bfloat16 2>&1 | grep -v '^[IW][0-9]\{4\}' | tee -a "$log"
