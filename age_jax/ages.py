@@ -26,6 +26,12 @@ def whole_years(ages, xp=np):
   return xp.floor(xp.asarray(ages) + 0.5)
 
 
+def per_year_counts(ages) -> np.ndarray:
+  """Images per whole-year age (index = age in years); unknown ages (< 0) are left out."""
+  known = np.asarray(ages, np.float64).reshape(-1)
+  return np.bincount(whole_years(known[known >= 0]).astype(np.int64), minlength=1)
+
+
 def group_index(ages, xp=np):
   """LAE Table 1 group (0..7) of each age: <= 10 -> 0, (10, 20] -> 1, ..., > 70 -> 7 (int32)."""
   return xp.clip(xp.ceil(xp.asarray(ages) / 10.0) - 1, 0, len(GROUPS) - 1).astype(xp.int32)

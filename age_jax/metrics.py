@@ -98,13 +98,6 @@ MANY_SHOT_ABOVE, FEW_SHOT_BELOW = 100, 20
 SHOTS = ("many", "medium", "few")
 
 
-def training_age_counts(train_ages) -> np.ndarray:
-  """Training images per whole-year age (index = age in years), unknown ages (< 0) left out."""
-  train = np.asarray(train_ages, np.float64).reshape(-1)
-  years = ages.whole_years(train[train >= 0]).astype(np.int64)
-  return np.bincount(years, minlength=1)
-
-
 def shot_of(true_age, train_counts) -> np.ndarray:
   """0 (many), 1 (medium) or 2 (few) per example, from its whole-year age's training count."""
   years = ages.whole_years(np.asarray(true_age, np.float64).reshape(-1)).astype(np.int64)
@@ -115,7 +108,7 @@ def shot_of(true_age, train_counts) -> np.ndarray:
 
 def balanced(pred_age, true_age, train_counts=None) -> dict:
   """{'group_balanced_mae', 'age_balanced_mae'} and, given the training counts per whole-year
-  age (training_age_counts), {'shot': {'many'|'medium'|'few': {'mae' (None if empty), 'count'}}}."""
+  age (ages.per_year_counts), {'shot': {'many'|'medium'|'few': {'mae' (None if empty), 'count'}}}."""
   errors = absolute_errors(pred_age, true_age)
   group_maes = [m for m in aar(pred_age, true_age)["group_mae"] if m is not None]
   result = {"group_balanced_mae": float(np.mean(group_maes)),

@@ -43,7 +43,7 @@ def evaluation_report(pred_age, true_age, gender=None, race=None, pred_gender=No
   """All metrics of Xing 2017 and LAE, and the balanced MAEs, for one set of predictions;
   JSON-serialisable (no NaN).
 
-  train_counts: training images per whole-year age (metrics.training_age_counts) for the
+  train_counts: training images per whole-year age (ages.per_year_counts) for the
   many/medium/few-shot MAEs; without it the report has the group- and age-balanced MAEs only.
   gender / race: true labels (-1 = unknown), pred_gender / pred_race: predicted labels. A section
   appears for a label when some true values are known; accuracy when predictions exist too.

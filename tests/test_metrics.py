@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from age_jax import metrics
+from age_jax import ages, metrics
 
 PRED = np.array([20.4, 22.6, 30.0, 41.5])
 TRUE = np.array([20.0, 20.0, 33.0, 40.0])
@@ -99,7 +99,7 @@ def test_shots_follow_the_training_count_of_the_true_age():
   # training counts by whole year: age 20 -> 150 (many), 33 -> 100 (medium: not over 100),
   # 40 -> 19 (few); halves round up, unknown (-1) ages are left out
   train = np.concatenate([np.full(150, 19.5), np.full(100, 33.0), np.full(19, 40.2), [-1.0] * 5])
-  counts = metrics.training_age_counts(train)
+  counts = ages.per_year_counts(train)
   assert counts[20] == 150 and counts[33] == 100 and counts[40] == 19 and counts.sum() == 269
   np.testing.assert_array_equal(metrics.shot_of([20, 33, 40, 20.0, 99.0], counts), [0, 1, 2, 0, 2])
   shot = metrics.balanced(PRED, TRUE, counts)["shot"]

@@ -4,7 +4,7 @@ wait, then they read what it made."""
 import jax
 from jax.experimental import multihost_utils
 
-from age_jax import metrics, storage
+from age_jax import ages, storage
 from age_jax.data import datasets, pipeline
 
 MEAN_IMAGE_FILE = "mean_image.npy"
@@ -34,8 +34,8 @@ def load_split(cfg, split: str):
 
 
 def training_age_counts(cfg):
-  """Training images per whole-year age of the run's training split (metrics.training_age_counts)."""
-  return metrics.training_age_counts(load_split(cfg, cfg.data.train_split).labels()["age"])
+  """Training images per whole-year age of the run's training split (ages.per_year_counts)."""
+  return ages.per_year_counts(load_split(cfg, cfg.data.train_split).labels()["age"])
 
 
 def loaded_source(cfg, records) -> pipeline.LoadedSource:
