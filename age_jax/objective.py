@@ -120,6 +120,7 @@ def per_example_loss(outputs: dict, batch: dict, formulation, mt, stage: str | N
 
 
 def _task_loss(outputs, batch, formulation, mt, stage, terms):
+  """per_example_loss without RankSim: the kind's (and hybrid step's) terms, BMC in each age term."""
   if mt.kind == "none" and formulation.task != "age":   # 'identity_loss': face-identity pre-training
     task = formulation.task
     task_loss = formulation.loss(outputs[task], batch[task])
