@@ -167,6 +167,11 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
                          "there is neither or no config.data.val_split; set lae_mae (LAE eq. 5)")
       stage = stages.with_lae_mae(stage, 0.0)
     _validate_stage(stage.cfg)
+    # Training fills age_counts when the top-level formulation needs them (train/loop.py).
+    if formulations.needs_age_counts(stage.cfg.formulation) and not formulations.needs_age_counts(cfg.formulation):
+      raise ValueError(f"stage {stage.name!r} needs config.formulation.age_counts (e.g. lds_reweight="
+                       f"{stage.cfg.formulation.lds_reweight!r}), which training fills only when the top-level "
+                       "config.formulation needs them; run that stage alone (config.model.init_from)")
   return cfg
 
 
@@ -220,6 +225,12 @@ def _validate_stage(cfg):
   else:                                            # the training data's counts are in
     formulations.check_fields(cfg.formulation)
   multitask.validate(cfg.multitask)
+  if cfg.formulation.ranksim_weight > 0 and cfg.multitask.kind == "hybrid":
+    raise ValueError("config.formulation.ranksim_weight > 0 with config.multitask.kind='hybrid': RankSim reads "
+                     "the model's one feature vector, and the hybrid net has one per group; set it to 0")
+  if cfg.formulation.ranksim_weight > 0 and cfg.train.trainable == "head":
+    raise ValueError("config.formulation.ranksim_weight > 0 with config.train.trainable='head': RankSim "
+                     "shapes the backbone's features, which a head-only run freezes; set it to 0 or train 'all'")
   if cfg.formulation.name in formulations.IDENTITY and cfg.multitask.kind != "none":
     raise ValueError(f"config.multitask.kind={cfg.multitask.kind!r} with config.formulation.name="
                      f"{cfg.formulation.name!r}: face-identity pre-training has no age heads; set "

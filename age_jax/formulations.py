@@ -46,6 +46,16 @@ bin stays finite):
                     chosen on the validation split when training ends (train/posthoc.py).
   balanced_softmax  the loss reads logits + log pi (training time; predictions read the logits).
 
+Long-tail terms (imbalanced regression), off by default, for every age formulation:
+  lds_reweight  LDS (Yang et al. 2021, DIR): each example's loss is multiplied by its age bin's
+                weight, 1 / (the training density, sqrt'ed for 'sqrt_inv', smoothed by the
+                lds_kernel window), mean 1 over the training set (losses.lds_bin_weights; needs
+                age_counts). Applied here, to the formulation's loss, so every multi-task kind and
+                the head-only stage see it; Balanced MSE and RankSim are not weighted.
+  bmse_weight   Balanced MSE (Ren et al. 2022, BMC) on the decoded age, added to the age loss by
+                age_jax/objective.py (a batch-level loss: it needs the batch's mask).
+  ranksim_*     RankSim (Gong et al. 2022) on the model's 'features', added by objective.py.
+
 Hybrid multi-task nets (Xing eq. 13) fuse their groups' head outputs with `Formulation.fuse`
 before decoding: regression outputs by their probability-weighted mean, softmax heads as the
 mixture of the groups' distributions (its expectation is exactly sum_g p_g E_g), ordinal heads
@@ -104,6 +114,8 @@ OR_TASK_WEIGHTS = ("uniform", "sqrt_count")
 OR_CLASS_BALANCE = ("none", "batch", "dataset")
 LAE_READINGS = ("per_example", "batch_mean")
 CHOOSE_ON_VALIDATION = -1   # config.formulation.logit_adjustment: tau chosen when training ends
+LDS_REWEIGHTS = losses.LDS_REWEIGHTS
+LDS_KERNELS = losses.LDS_KERNELS
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -129,6 +141,15 @@ def default_config() -> ml_collections.ConfigDict:
       "num_identities": 0,          # 'am_softmax': classes; 0 = the identity build's count (filled by training)
       "am_scale": 64.0,             # 'am_softmax': s of CosFace eq. 4 (CosFace: 64; LAE gives none)
       "am_margin": 0.35,            # 'am_softmax': m of CosFace eq. 4 (CosFace: 0.35)
+      # Imbalanced regression (module docstring, "Long-tail terms"); all off by default.
+      "lds_reweight": "none",       # LDS (DIR) loss weights: 'none' | 'sqrt_inv' (DIR's default) | 'inverse'
+      "lds_kernel": "gaussian",     # LDS smoothing: 'gaussian' | 'triang' | 'laplace' | 'none' (plain re-weighting)
+      "lds_ks": 5,                  # LDS kernel size, odd (DIR: 5)
+      "lds_sigma": 2.0,             # LDS kernel sigma, in bins (DIR: 2)
+      "bmse_weight": 0.0,           # Balanced MSE (BMC, Ren et al. 2022) on the decoded age: weight; 0 = off
+      "bmse_sigma": 1.0,            # its noise sigma s, years, fixed (the paper's initial value; it also learns s)
+      "ranksim_weight": 0.0,        # RankSim (Gong et al. 2022) on the features: gamma; 0 = off
+      "ranksim_lambda": 2.0,        # RankSim's blackbox interpolation lambda (paper: 2)
   })
 
 
@@ -184,6 +205,7 @@ def _validate(cfg, need_mae: bool = True):
   _check_choice(cfg, "or_task_weights", OR_TASK_WEIGHTS)
   _check_choice(cfg, "or_class_balance", OR_CLASS_BALANCE)
   _check_choice(cfg, "lae_reading", LAE_READINGS)
+  _validate_long_tail(cfg)
   if cfg.name not in SOFTMAX and cfg.decode != "default":
     _fail("decode", cfg.decode, f"'default' for formulation {cfg.name!r} (argmax / expectation need a softmax head)")
   if cfg.name in ("ldl", "dldl_v2", "lae_stage2") and not cfg.sigma > 0:
@@ -209,6 +231,26 @@ def _validate(cfg, need_mae: bool = True):
       _fail("am_scale", cfg.am_scale, "a positive number (CosFace: 64)")
     if not 0 <= cfg.am_margin < 1:
       _fail("am_margin", cfg.am_margin, "a cosine margin in [0, 1) (CosFace: 0.35)")
+
+
+def _validate_long_tail(cfg):
+  _check_choice(cfg, "lds_reweight", LDS_REWEIGHTS)
+  _check_choice(cfg, "lds_kernel", LDS_KERNELS)
+  if not (isinstance(cfg.lds_ks, int) and cfg.lds_ks >= 1 and cfg.lds_ks % 2 == 1):
+    _fail("lds_ks", cfg.lds_ks, "an odd integer >= 1 (DIR: 5)")
+  if not cfg.lds_sigma > 0:
+    _fail("lds_sigma", cfg.lds_sigma, "a positive number of bins (DIR: 2)")
+  for field in ("bmse_weight", "ranksim_weight"):
+    if not cfg[field] >= 0:
+      _fail(field, cfg[field], "a number >= 0 (0: off)")
+  if not cfg.bmse_sigma > 0:
+    _fail("bmse_sigma", cfg.bmse_sigma, "a positive number of years")
+  if not cfg.ranksim_lambda > 0:
+    _fail("ranksim_lambda", cfg.ranksim_lambda, "a positive number (RankSim: 2)")
+  if cfg.name in IDENTITY:
+    for field, off in (("lds_reweight", "none"), ("bmse_weight", 0), ("ranksim_weight", 0)):
+      if cfg[field] != off:
+        _fail(field, cfg[field], f"{off!r}: formulation {cfg.name!r} trains on identities, not ages")
 
 
 def check_fields(cfg) -> None:
@@ -242,9 +284,23 @@ def _softmax_decoder(how, num_classes, min_age):
   return lambda out: losses.softmax_expectation(out, ages)
 
 
+def _with_lds(formulation: Formulation, cfg) -> Formulation:
+  """The formulation whose loss weighs each example by its age bin's LDS weight (DIR)."""
+  weights = losses.lds_bin_weights(_age_counts(cfg, f"lds_reweight={cfg.lds_reweight!r}"), cfg.lds_reweight,
+                                   cfg.lds_kernel, int(cfg.lds_ks), float(cfg.lds_sigma))
+  k, min_age, unweighted = int(cfg.num_classes), float(cfg.min_age), formulation.loss
+  loss = lambda out, ages: jnp.asarray(weights)[losses.age_to_class(ages, k, min_age)] * unweighted(out, ages)
+  return dataclasses.replace(formulation, loss=loss)
+
+
 def get_formulation(cfg) -> Formulation:
   """cfg: config.formulation. Raises ValueError naming the field when a value is invalid."""
   _validate(cfg)
+  formulation = _get_formulation(cfg)
+  return formulation if cfg.lds_reweight == "none" else _with_lds(formulation, cfg)
+
+
+def _get_formulation(cfg) -> Formulation:
   name, k, min_age = cfg.name, int(cfg.num_classes), float(cfg.min_age)
 
   if name in IDENTITY:
@@ -382,12 +438,13 @@ def needs_age_counts(cfg) -> bool:
   """Whether get_formulation(cfg) needs config.formulation.age_counts (and it is still empty)."""
   uses = cfg.name in ORDINAL and (cfg.or_task_weights == "sqrt_count" or cfg.or_class_balance == "dataset")
   uses = uses or (cfg.name in SOFTMAX and bool(cfg.logit_adjustment or cfg.balanced_softmax))
+  uses = uses or cfg.lds_reweight != "none"
   return uses and len(cfg.age_counts) == 0
 
 
 def with_age_counts(cfg, ages: np.ndarray) -> ml_collections.ConfigDict:
   """A copy of config.formulation with age_counts filled from the training ages (needed by
-  or_task_weights='sqrt_count' and or_class_balance='dataset'; stored in the run's config so a
+  or_task_weights='sqrt_count', or_class_balance='dataset' and lds_reweight; stored in the run's config so a
   resume rebuilds the same loss)."""
   out = ml_collections.ConfigDict(cfg.to_dict())
   out.age_counts = age_counts(ages, cfg.num_classes, cfg.min_age)

@@ -1,9 +1,12 @@
 """Pure per-example loss functions of Xing 2017 (3.2) and LAE (Bao 2021, 2.4), and their targets.
 
 Every function maps (B, ...) arrays to a (B,) float32 loss; masking, weighting by the batch and
-averaging belong to the train step. No framework state: safe under jit, grad and vmap.
+averaging belong to the train step. Exceptions, at the end: LDS's per-bin weights (numpy, built
+once from the training counts) and RankSim's batch-level scalar. No framework state: safe under jit, grad and vmap.
 Bins: a classification / ordinal head covers the ages `bin_ages` = min_age + 0..K-1.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -196,3 +199,130 @@ def am_softmax_loss(features, class_weights, labels, scale: float = 64.0, margin
   formulation computes the cosines in the model (models/heads.py: IdentityHead) and applies
   cosine_margin_loss to them: the same function, split where the parameters live."""
   return cosine_margin_loss(cosine_similarity(features, class_weights), labels, scale, margin)
+
+
+# --- imbalanced regression: LDS (Yang et al. 2021, DIR), Balanced MSE (Ren et al. 2022), RankSim
+# (Gong et al. 2022). LDS gives constant per-bin weights (numpy, built once); the other two are
+# batch-level: every example's value depends on the whole batch, `valid` marks the real examples. ---
+
+LDS_REWEIGHTS = ("none", "inverse", "sqrt_inv")
+LDS_KERNELS = ("gaussian", "triang", "laplace", "none")
+
+
+def lds_kernel_window(kernel: str, ks: int, sigma: float) -> np.ndarray:
+  """DIR's symmetric smoothing window (utils.get_lds_kernel_window), peak 1, ks taps (odd).
+
+  'gaussian' is DIR's gaussian_filter1d of a ks-tap delta (scipy's 'reflect' border, truncate 4),
+  not a sampled Gaussian: with ks 5 and sigma 2 it is [0.858, 0.946, 1, 0.946, 0.858], flatter
+  than exp(-x^2 / 8) = [0.607, 0.882, 1, ...]; kept as DIR ran it. 'triang': scipy's triang(ks);
+  'laplace': exp(-|x| / sigma)."""
+  from scipy import ndimage, signal   # jax's own dependency; imported only when LDS is used
+  half = (ks - 1) // 2
+  if kernel == "gaussian":
+    window = ndimage.gaussian_filter1d(np.eye(1, ks, half)[0], sigma=sigma)
+  elif kernel == "triang":
+    window = signal.windows.triang(ks)
+  elif kernel == "laplace":
+    window = np.exp(-np.abs(np.arange(-half, half + 1)) / sigma)
+  else:
+    raise ValueError(f"LDS kernel {kernel!r}; expected one of {list(LDS_KERNELS[:3])}")
+  return np.asarray(window, np.float64) / np.max(window)
+
+
+def lds_bin_weights(counts, reweight: str = "sqrt_inv", kernel: str = "gaussian", ks: int = 5,
+                    sigma: float = 2.0) -> np.ndarray:
+  """Per-bin loss weights (K,) of DIR's re-weighting with label distribution smoothing
+  (AgeDB/IMDB-WIKI datasets' _prepare_weights), from the K training counts per bin:
+    'sqrt_inv'  density sqrt(count);   'inverse'  density count clipped to [5, 1000] (DIR's clip);
+  the density is convolved with the kernel window (zeros beyond the bins; kernel 'none': plain
+  re-weighting) and each bin weighs 1 / smoothed density, scaled so that the mean weight over the
+  training examples is 1 (the loss keeps its scale). A bin with no smoothed mass holds no training
+  age; it gets the largest weight rather than infinity."""
+  if reweight not in ("sqrt_inv", "inverse"):
+    raise ValueError(f"LDS re-weighting {reweight!r}; expected 'inverse' or 'sqrt_inv'")
+  counts = np.asarray(counts, np.float64)
+  density = np.sqrt(counts) if reweight == "sqrt_inv" else np.clip(counts, 5, 1000)
+  if kernel != "none":
+    # The window is symmetric, so convolution and correlation agree; zeros beyond the bins.
+    density = np.convolve(np.pad(density, (ks - 1) // 2), lds_kernel_window(kernel, ks, sigma), mode="valid")
+  positive = density > 0
+  inverse = 1.0 / np.where(positive, density, 1.0)
+  inverse = np.where(positive, inverse, inverse[positive].max())
+  scale = counts.sum() / np.sum(counts * inverse)
+  return (inverse * scale).astype(np.float32)
+
+
+def balanced_mse_bmc(predicted_ages, ages, sigma: float, valid=None) -> jnp.ndarray:
+  """Balanced MSE, batch-based Monte-Carlo form (Ren et al. 2022, BMC, Alg. 1), per example:
+    L_i = -log softmax_j(-(yhat_i - y_j)^2 / 2 s^2)[j = i] * 2 s^2,
+  the batch's targets y_j standing in for the training label distribution; s the (fixed) noise
+  sigma in years. The 2 s^2 factor restores MSE's scale (as the paper's code). valid (B,): only
+  real examples count as targets j; an invalid row i returns 0."""
+  pred, y = _f32(predicted_ages), _f32(ages)
+  batch = y.shape[0]
+  valid = jnp.ones((batch,), bool) if valid is None else jnp.asarray(valid) > 0
+  logits = -((pred[:, None] - y[None, :]) ** 2) / (2.0 * sigma ** 2)
+  # Row i always keeps its own target, so it stays finite even when i itself is padding.
+  columns = valid[None, :] | jnp.eye(batch, dtype=bool)
+  log_p = jax.nn.log_softmax(jnp.where(columns, logits, -jnp.inf), axis=-1)
+  return jnp.where(valid, -jnp.diagonal(log_p) * (2.0 * sigma ** 2), 0.0)
+
+
+def _descending_rank(seq) -> jnp.ndarray:
+  """0-based rank of each entry along the last axis, largest first; ties: the later index first
+  (RankSim's rank(): argsort(argsort(seq).flip)), -inf entries last."""
+  order = jnp.argsort(seq, axis=-1, stable=True)[..., ::-1]
+  return jnp.argsort(order, axis=-1, stable=True)
+
+
+def normalised_rank(seq, count) -> jnp.ndarray:
+  """RankSim's rank_normalised: (descending rank + 1) / count, count the entries that rank
+  (the rest are -inf and rank after them)."""
+  return (_descending_rank(seq) + 1).astype(jnp.float32) / count
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def blackbox_rank(seq, count, lambda_val: float) -> jnp.ndarray:
+  """normalised_rank, differentiable by blackbox differentiation (Vlastelica et al. 2020, as
+  RankSim's TrueRanker): for the incoming gradient g, d/dseq = -(rank(seq) - rank(seq + lambda g))
+  / lambda, the gradient of a piecewise-linear interpolation of the rank; lambda sets its width."""
+  return normalised_rank(seq, count)
+
+
+def _blackbox_rank_fwd(seq, count, lambda_val):
+  ranks = normalised_rank(seq, count)
+  return ranks, (seq, count, ranks)
+
+
+def _blackbox_rank_bwd(lambda_val, saved, g):
+  seq, count, ranks = saved
+  perturbed = normalised_rank(seq + lambda_val * g, count)
+  return -(ranks - perturbed) / (lambda_val + 1e-8), jnp.zeros_like(count)
+
+
+blackbox_rank.defvjp(_blackbox_rank_fwd, _blackbox_rank_bwd)
+
+
+def ranksim_regularizer(features, ages, lambda_val: float = 2.0, valid=None) -> jnp.ndarray:
+  """RankSim (Gong et al. 2022, eq. 2 and its code's batchwise_ranking_regularizer), a scalar:
+  over a subset of the batch holding each age once, sum over anchors i of the mean over j of
+  (rank_j(cos(z_i, z_j)) - rank_j(-|y_i - y_j|))^2, normalised ranks, the feature ranks
+  differentiated by blackbox_rank with interpolation lambda. The paper draws one example per
+  age at random; here the first valid one of each age (batches come shuffled, so that is a
+  random draw too). valid (B,): padding never enters."""
+  f = _f32(features).reshape(features.shape[0], -1)
+  y = _f32(ages)
+  batch = y.shape[0]
+  valid = jnp.ones((batch,), bool) if valid is None else jnp.asarray(valid) > 0
+  earlier = jnp.tril(jnp.ones((batch, batch), bool), k=-1)   # [i, j]: j comes before i
+  repeated = jnp.any((y[:, None] == y[None, :]) & earlier & valid[None, :], axis=1)
+  keep = valid & ~repeated
+  count = jnp.sum(keep).astype(jnp.float32)
+  unit = f / jnp.maximum(jnp.linalg.norm(f, axis=-1, keepdims=True), 1e-12)
+  similarity = jnp.where(keep[None, :], unit @ unit.T, -jnp.inf)
+  label_similarity = jnp.where(keep[None, :], -jnp.abs(y[:, None] - y[None, :]), -jnp.inf)
+  feature_ranks = blackbox_rank(similarity, count, float(lambda_val))
+  label_ranks = normalised_rank(label_similarity, count)
+  pairs = keep[:, None] & keep[None, :]
+  squared = jnp.where(pairs, (feature_ranks - label_ranks) ** 2, 0.0)
+  return jnp.sum(squared) / jnp.maximum(count, 1.0)

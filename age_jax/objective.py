@@ -16,6 +16,13 @@ same fused output for every formulation.
 A face-identity formulation (formulation.task == 'identity', LAE 2.2 pre-training) reads the
 model's 'identity' output and the batch's 'identity' labels instead of the ages; its training
 metric is top-1 identity accuracy instead of MAE.
+Long-tail batch terms (config.formulation.bmse_* / ranksim_*, see `BatchTerms`) join every
+kind's loss here, because they need the whole batch and its mask (padding is neither a target
+nor a neighbour): Balanced MSE (BMC) is added to each age term, on the decoded age of the same
+outputs (the hybrid's own-group estimator in 'group_age', the fusion end to end; none in
+'group'); RankSim is added once per batch on outputs['features'], as the same value for every
+example (the masked mean is then the regulariser itself). LDS weights live in the formulation's
+loss (formulations.py).
 `Objective.trainable_mask` gives the parameters a run trains (the age head alone for LAE's
 classifier stage, each hybrid step its own parts): freeze the rest with
 optax.multi_transform({'train': tx, 'freeze': optax.set_to_zero()}, labels) (optax.masked
@@ -28,7 +35,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from age_jax import formulations
+from age_jax import formulations, losses
 from age_jax.models import multitask as multitask_lib
 
 # Hybrid step -> top-level parameter subtrees it trains (None: all of them).
@@ -59,23 +66,75 @@ def _group_ids(batch, mt):
   return multitask_lib.group_ids(jnp.asarray(gender), jnp.asarray(race), mt.groups, mt.num_races)
 
 
-def per_example_loss(outputs: dict, batch: dict, formulation, mt, stage: str | None = None
-                     ) -> tuple[jnp.ndarray, dict]:
+@dataclasses.dataclass(frozen=True)
+class BatchTerms:
+  """The batch-level long-tail terms (config.formulation; 0 weights: off)."""
+  bmse_weight: float = 0.0      # Balanced MSE (BMC) on the decoded age
+  bmse_sigma: float = 1.0       # its fixed noise sigma, years
+  age_range: tuple | None = None  # the head's (lowest, highest) age: BMC's targets are clipped into it
+  ranksim_weight: float = 0.0   # RankSim's gamma
+  ranksim_lambda: float = 2.0   # its blackbox interpolation lambda
+
+  @classmethod
+  def from_config(cls, fcfg) -> "BatchTerms":
+    """fcfg: config.formulation."""
+    return cls(float(fcfg.bmse_weight), float(fcfg.bmse_sigma), formulations.head_range(fcfg),
+               float(fcfg.ranksim_weight), float(fcfg.ranksim_lambda))
+
+
+NO_TERMS = BatchTerms()
+
+
+def _valid(batch) -> jnp.ndarray:
+  """(B,) bools: the batch's real examples (padding has mask 0)."""
+  mask = batch.get("mask")
+  return jnp.ones(batch["age"].shape, bool) if mask is None else jnp.asarray(mask) > 0
+
+
+def _age_term(formulation, terms: BatchTerms, out, ages, valid) -> tuple[jnp.ndarray, dict]:
+  """The formulation's age loss on `out` (B, num_outputs), plus Balanced MSE on its decoded age."""
+  loss = formulation.loss(out, ages)
+  if not terms.bmse_weight:
+    return loss, {}
+  targets = ages if terms.age_range is None else jnp.clip(jnp.asarray(ages, jnp.float32), *terms.age_range)
+  bmse = losses.balanced_mse_bmc(formulation.decode(out), targets, terms.bmse_sigma, valid)
+  return loss + terms.bmse_weight * bmse, {"bmse_loss": bmse}
+
+
+def per_example_loss(outputs: dict, batch: dict, formulation, mt, stage: str | None = None,
+                     terms: BatchTerms = NO_TERMS) -> tuple[jnp.ndarray, dict]:
   """Returns (loss (B,), {term name: (B,) values}) for one batch; mt: config.multitask.
 
-  stage: a hybrid training step; None reads mt.stage.
+  stage: a hybrid training step; None reads mt.stage. terms: the batch-level long-tail terms.
   """
-  stage = mt.stage if stage is None else stage
-  if mt.kind == "none":   # 'age_loss', or 'identity_loss' for face-identity pre-training
+  loss, named = _task_loss(outputs, batch, formulation, mt, mt.stage if stage is None else stage, terms)
+  if terms.ranksim_weight:
+    if "features" not in outputs:
+      raise ValueError("config.formulation.ranksim_weight > 0 needs the model's 'features' output; this "
+                       f"model gives only {sorted(outputs)} (the hybrid multi-task net has none)")
+    value = losses.ranksim_regularizer(outputs["features"], batch["age"], terms.ranksim_lambda, _valid(batch))
+    ranksim = jnp.full(loss.shape, value)   # the same for all: the masked mean is the regulariser
+    loss = loss + terms.ranksim_weight * ranksim
+    named = {**named, "ranksim_loss": ranksim}
+  return loss, named
+
+
+def _task_loss(outputs, batch, formulation, mt, stage, terms):
+  """per_example_loss without RankSim: the kind's (and hybrid step's) terms, BMC in each age term."""
+  if mt.kind == "none" and formulation.task != "age":   # 'identity_loss': face-identity pre-training
     task = formulation.task
     task_loss = formulation.loss(outputs[task], batch[task])
     return task_loss, {f"{task}_loss": task_loss}
+  valid = _valid(batch)
+  if mt.kind == "none":
+    age_loss, named = _age_term(formulation, terms, outputs["age"], batch["age"], valid)
+    return age_loss, {"age_loss": age_loss, **named}
   if mt.kind in ("parallel", "deep"):
-    age_loss = formulation.loss(outputs["age"], batch["age"])
+    age_loss, named = _age_term(formulation, terms, outputs["age"], batch["age"], valid)
     gender_loss = cross_entropy(outputs["gender"], batch["gender"])
     race_loss = cross_entropy(outputs["race"], batch["race"])
     loss = age_loss + mt.alpha * gender_loss + mt.beta * race_loss   # eq. 12
-    return loss, {"age_loss": age_loss, "gender_loss": gender_loss, "race_loss": race_loss}
+    return loss, {"age_loss": age_loss, "gender_loss": gender_loss, "race_loss": race_loss, **named}
   if mt.kind != "hybrid":
     raise ValueError(f"config.multitask.kind={mt.kind!r}; expected one of {list(multitask_lib.KINDS)}")
   groups = _group_ids(batch, mt)
@@ -85,11 +144,12 @@ def per_example_loss(outputs: dict, batch: dict, formulation, mt, stage: str | N
   if stage == "group_age":
     # The true group's estimator only: group k's parameters see group k's examples alone.
     own = jnp.take_along_axis(outputs["group_age"], jnp.maximum(groups, 0)[:, None, None], axis=1)[:, 0]
-    own_loss = jnp.where(groups >= 0, formulation.loss(own, batch["age"]), 0.0)
-    return own_loss, {"group_age_loss": own_loss}
+    own_loss, named = _age_term(formulation, terms, own, batch["age"], valid & (groups >= 0))
+    own_loss = jnp.where(groups >= 0, own_loss, 0.0)
+    return own_loss, {"group_age_loss": own_loss, **named}
   if stage in ("end_to_end", "all"):
-    age_loss = formulation.loss(age_outputs(outputs, formulation), batch["age"])
-    return age_loss + mt.group_weight * group_loss, {"age_loss": age_loss, "group_loss": group_loss}
+    age_loss, named = _age_term(formulation, terms, age_outputs(outputs, formulation), batch["age"], valid)
+    return age_loss + mt.group_weight * group_loss, {"age_loss": age_loss, "group_loss": group_loss, **named}
   raise ValueError(f"config.multitask.stage={stage!r}; expected one of {list(multitask_lib.STAGES)}")
 
 
@@ -182,6 +242,7 @@ class Objective:
   formulation: formulations.Formulation
   multitask: ml_collections.ConfigDict
   trainable: str = "all"
+  terms: BatchTerms = NO_TERMS     # Balanced MSE / RankSim (config.formulation)
 
   @property
   def frozen_backbone(self) -> bool:
@@ -189,7 +250,7 @@ class Objective:
     return self.trainable == "head"
 
   def loss(self, outputs: dict, batch: dict, stage: str | None = None) -> tuple[jnp.ndarray, dict]:
-    return per_example_loss(outputs, batch, self.formulation, self.multitask, stage)
+    return per_example_loss(outputs, batch, self.formulation, self.multitask, stage, self.terms)
 
   def metrics(self, outputs: dict, batch: dict) -> dict:
     return per_example_metrics(outputs, batch, self.formulation)
@@ -213,7 +274,8 @@ class Objective:
 def build(cfg, formulation: formulations.Formulation | None = None) -> Objective:
   """cfg: a (stage) config; formulation: config.formulation's, when already built."""
   formulation = formulation or formulations.get_formulation(cfg.formulation)
-  return Objective(formulation, _multitask(cfg), cfg.train.trainable)
+  terms = NO_TERMS if formulation.task != "age" else BatchTerms.from_config(cfg.formulation)
+  return Objective(formulation, _multitask(cfg), cfg.train.trainable, terms)
 
 
 def _required_labels(mt) -> tuple[str, ...]:

@@ -169,7 +169,7 @@ MAY_IMPORT = {
     "cpu": {"models"},                     # models.layers only (tests above)
     "data": {"ages", "faces", "locks", "storage"},
     "config": {"data", "formulations", "models", "stages", "storage"},   # see CONFIG_MAY_IMPORT
-    "objective": {"formulations", "models"},
+    "objective": {"formulations", "losses", "models"},
     "conformal": {"ages", "metrics", "storage"},
     "report": {"metrics", "storage"},
     "train": BELOW_TRAIN,
