@@ -19,12 +19,20 @@ if [ ! -f "$stage1/eval/utkface_test/report.json" ]; then
   echo "stage1 train_s=$(( $(date +%s) - start ))" | tee -a "$out/times.txt"
   $py -m launch.evaluate --workdir="$stage1" > /dev/null
 fi
-# name | overrides of configs/quickstart_lae.py:classifier
+# name | overrides of configs/quickstart_lae.py:classifier (each row with logit_adjustment=0, so a
+# row measures its method alone)
+fine_tune="--config.train.trainable=all --config.formulation.name=dldl_v2 --config.data.sampler=shuffle \
+--config.optim.name=adamw --config.optim.learning_rate=1e-4 --config.optim.lr_reference_batch=0 \
+--config.optim.schedule=cosine --config.optim.weight_decay=1e-4"
 all_rows=(
   "LAE stage 2, eq. 4 per example, class-balanced|"
   "LAE stage 2, eq. 4 on the batch mean|--config.formulation.lae_reading=batch_mean"
   "stage 2 with the stage-1 loss, class-balanced|--config.formulation.name=dldl_v2"
   "balanced softmax, head only|--config.formulation.name=dldl_v2 --config.formulation.balanced_softmax=True --config.data.sampler=shuffle"
+  "LDS (sqrt_inv), head only|--config.formulation.name=dldl_v2 --config.formulation.lds_reweight=sqrt_inv --config.data.sampler=shuffle"
+  "Balanced MSE (BMC, s=3, weight 0.1), head only|--config.formulation.name=dldl_v2 --config.formulation.dldl_lambda=0 --config.formulation.bmse_weight=0.1 --config.formulation.bmse_sigma=3 --config.data.sampler=shuffle"
+  "fine-tune, all layers (control)|$fine_tune"
+  "RankSim (gamma 1), fine-tune all layers|$fine_tune --config.formulation.ranksim_weight=1"
 )
 rows=("${all_rows[@]}")
 [ $# -gt 0 ] && rows=("$@")   # ROW arguments: 'NAME|OVERRIDES' of other rows
@@ -37,7 +45,8 @@ for row in "${rows[@]}"; do
   start=$(date +%s)
   # shellcheck disable=SC2086
   $py -m launch.train --config=configs/quickstart_lae.py:classifier --workdir="$workdir" \
-    --config.data.manual_dir="$folder" --config.model.init_from="$stage1" $overrides > "$workdir.log" 2>&1
+    --config.data.manual_dir="$folder" --config.model.init_from="$stage1" \
+    --config.formulation.logit_adjustment=0 $overrides > "$workdir.log" 2>&1
   echo "$name train_s=$(( $(date +%s) - start ))" | tee -a "$out/times.txt"
   $py -m launch.evaluate --workdir="$workdir" > /dev/null 2>&1
 done
