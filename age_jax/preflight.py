@@ -96,6 +96,8 @@ def _describe(name, error, workdir, who) -> str:
   permission, why = PROBES[name]
   prefix = f"{who}: " if who else ""
   first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+  if is_permission_denied(error) and not storage.is_uri(workdir):
+    return f"{prefix}{name} on {workdir} denied: {first} (this user needs write access there: {why})"
   if is_permission_denied(error):
     named = _PERMISSION.findall(str(error))
     permission = named[0] if named else permission
