@@ -51,6 +51,15 @@ if args[:4] == ["compute", "tpus", "tpu-vm", "ssh"]:
 if args[:4] == ["compute", "tpus", "tpu-vm", "scp"]:
   paths = [a for a in args[4:] if not a.startswith("--")]
   *sources, target = paths
+  if all(":" in src for src in sources):  # from the (one) host to here
+    (home,) = hosts()
+    for src in sources:
+      origin = remote(home, src)
+      if not os.path.exists(origin):
+        sys.exit(f"scp: {src.split(':', 1)[1]}: No such file or directory")
+      to = os.path.join(target, os.path.basename(origin)) if os.path.isdir(target) else target
+      (shutil.copytree if os.path.isdir(origin) else shutil.copy)(origin, to)
+    sys.exit(0)
   for home in hosts():
     dest = remote(home, target)
     for src in sources:
@@ -98,16 +107,38 @@ if args[0] == "venv":
   os.chmod(python, 0o755)
 """
 
-# A virtual environment's python: reports its version, records every other call (launch.train).
+# A virtual environment's python: reports its version, records every other call (launch.*) and
+# says what it ran; on the host whose home ends with $FAKE_FAIL_HOME it fails (status 3).
 VENV_PYTHON = _LOGGER + r"""
 if sys.argv[1:] == ["--version"]:
   print("Python @VERSION@"); sys.exit(0)
 log("venv-python", version="@VERSION@")
+print("ran", *sys.argv[1:3], "on", os.path.basename(os.environ["HOME"]), flush=True)
+if os.environ.get("FAKE_FAIL_HOME") and os.environ["HOME"].endswith(os.environ["FAKE_FAIL_HOME"]):
+  print("fake failure", flush=True); sys.exit(3)
 """
 
-# srun: records what each task would see (argv and environment).
+# srun: records what each task would see (argv and environment). $FAKE_SRUN=wait: then runs like
+# a training step until SIGTERM, which it answers as launch.train does after saving (status 143);
+# $FAKE_SRUN=exit:N: ends with status N.
 SRUN = _LOGGER + r"""
+import signal, time
 log("srun")
+mode = os.environ.get("FAKE_SRUN", "")
+if mode == "wait":
+  def stop(signum, frame):
+    log("srun-signal", signal=signal.Signals(signum).name)
+    sys.exit(143)
+  signal.signal(signal.SIGTERM, stop)
+  while True:
+    time.sleep(0.05)
+if mode.startswith("exit:"):
+  sys.exit(int(mode[5:]))
+"""
+
+# scontrol: records the call (scontrol requeue JOB).
+SCONTROL = _LOGGER + r"""
+log("scontrol")
 """
 
 
@@ -130,6 +161,7 @@ class FakeCloud:
       os.makedirs(d, exist_ok=True)
     _write(os.path.join(self.bin, "gcloud"), GCLOUD)
     _write(os.path.join(self.bin, "srun"), SRUN)
+    _write(os.path.join(self.bin, "scontrol"), SCONTROL)
     _write(os.path.join(self.host_bin, "python3"), HOST_PYTHON3)
     _write(os.path.join(self.root, "uv.template"), UV)
     _write(os.path.join(self.root, "venv_python.template"), VENV_PYTHON)
