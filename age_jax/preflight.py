@@ -95,7 +95,9 @@ def _expect(got, want, where):
 def _describe(name, error, workdir, who) -> str:
   permission, why = PROBES[name]
   prefix = f"{who}: " if who else ""
-  first = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+  lines = str(error).strip().splitlines() or [type(error).__name__]
+  first = next((line for line in lines if "does not have" in line), lines[0]).strip()  # GCS's own sentence
+  first = first if len(first) <= 240 else first[:237] + "..."
   if is_permission_denied(error) and not storage.is_uri(workdir):
     return f"{prefix}{name} on {workdir} denied: {first} (this user needs write access there: {why})"
   if is_permission_denied(error):

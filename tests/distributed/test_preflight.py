@@ -94,8 +94,16 @@ def _doc_pairs():
   and trains or checks a config on it."""
   pairs = []
   for path in [os.path.join(REPO, "README.md"), *sorted(glob.glob(os.path.join(REPO, "docs", "*.md")))]:
-    text = open(path).read()
-    for block in re.findall(r"```(?:bash|sh)?\n(.*?)```", text, flags=re.S):
+    blocks, current = [], None
+    for line in open(path):
+      if line.lstrip().startswith("```") and current is None:  # a fence opens a block, whatever its language
+        current = []
+      elif line.lstrip().startswith("```"):
+        blocks.append("".join(current))
+        current = None
+      elif current is not None:
+        current.append(line)
+    for block in blocks:
       types = re.findall(r"tpu_pod\.sh create (\S+)", block) + re.findall(r"--accelerator=(\S+)", block)
       configs = re.findall(r"--config=(configs/\S+\.py)", block)
       pairs += [(os.path.relpath(path, REPO), t, c) for t in types for c in configs]
