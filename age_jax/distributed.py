@@ -42,11 +42,9 @@ def _env_int(name: str):
 
 
 def _has_tpu_chips() -> bool:
-  try:  # JAX's own list knows the newest TPU generations
-    from jax._src import hardware_utils
-    return hardware_utils.num_available_tpu_chips_and_device_id()[0] > 0
-  except (ImportError, AttributeError):
-    return pci_has_tpu("/sys/bus/pci/devices")
+  # Our own PCI scan (JAX's list is private API): a TPU generation newer than _TPU_PCI_DEVICES is
+  # not detected, and --distributed=on (what the pod script passes) then stops saying so.
+  return pci_has_tpu("/sys/bus/pci/devices")
 
 
 def pci_has_tpu(pci_devices_dir: str) -> bool:
@@ -162,11 +160,11 @@ def _check_explicit(address, num_processes, process_id):
                      "0 <= process_id < num_processes")
 
 
+_TOO_LATE = ("age_jax.distributed.initialize() must run before anything touches JAX devices "
+             "(jax.devices(), computations, device_put); call it first in the launcher")
+
+
 def _connect(address, process_id, num_processes, timeout_s, kwargs):
-  from jax._src import xla_bridge  # the only way to ask without initialising a backend
-  if xla_bridge.backends_are_initialized():
-    raise RuntimeError("age_jax.distributed.initialize() must run before anything touches JAX devices "
-                       "(jax.devices(), computations, device_put); call it first in the launcher")
   deadline = time.monotonic() + timeout_s
   if kwargs.get("coordinator_address") and process_id != 0:
     _wait_for_coordinator(address, process_id, num_processes, timeout_s)
@@ -180,6 +178,8 @@ def _connect(address, process_id, num_processes, timeout_s, kwargs):
   try:
     jax.distributed.initialize(initialization_timeout=remaining, **kwargs)
   except Exception as e:  # argument and set-up errors surface as exceptions
+    if "must be called before" in str(e):  # JAX's own check that no backend is up yet
+      raise RuntimeError(f"{_TOO_LATE} ({e})") from e
     raise RuntimeError(f"{who} could not join the JAX distributed runtime at {address}: {e}") from e
   atexit.register(_shutdown_at_exit)
 

@@ -3,6 +3,8 @@
 The kernel releases a flock when its holder dies, however it dies, so a lock left behind by a
 killed process is never stale: the next taker simply gets it and rewrites the holder line.
 """
+import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -58,6 +60,34 @@ class FileLock:
 
   def __exit__(self, *exc):
     self.release()
+
+
+# What flock raises where the filesystem has no locks: Lustre mounted without -o flock (ENOSYS),
+# NFS without a lock daemon (ENOLCK), some FUSE mounts (EOPNOTSUPP, EINVAL).
+NO_LOCKS_ERRNOS = (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL)
+_warned = set()
+
+
+@contextlib.contextmanager
+def held_where_supported(path: str, unprotected: str):
+  """Holds FileLock(path) (blocking) for the block. On a filesystem without flock the block runs
+  unlocked after one warning line per path (`unprotected`: what then is not protected), as the
+  workdir lock does; any other OSError is raised."""
+  lock = FileLock(path)
+  try:
+    lock.acquire()
+  except OSError as e:
+    if e.errno not in NO_LOCKS_ERRNOS:
+      raise
+    lock = None
+    if path not in _warned:
+      _warned.add(path)
+      print(f"warning: {path}: this filesystem has no file locks ({e}); {unprotected}", flush=True)
+  try:
+    yield
+  finally:
+    if lock is not None:
+      lock.release()
 
 
 def _read_holder(fd) -> dict:

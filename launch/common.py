@@ -1,5 +1,6 @@
 """Start-up shared by the launchers: compilation cache, and the distributed runtime when asked."""
 import os
+import sys
 
 import jax
 from absl import app, flags, logging
@@ -35,6 +36,38 @@ def setup_distributed() -> None:
   if distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                             mode=_DISTRIBUTED.value, timeout_s=_DISTRIBUTED_TIMEOUT.value):
     print(distributed.describe(), flush=True)
+
+
+def share_compilation_cache(workdir: str) -> None:
+  """In a multi-process run JAX writes the persistent compilation cache from process 0 only, so a
+  folder per host leaves every other host recompiling on each resume: the cache goes into the
+  workdir (shared by every host, checked at start-up) unless $AGE_JAX_COMPILATION_CACHE names one."""
+  if jax.process_count() == 1 or os.environ.get("AGE_JAX_COMPILATION_CACHE"):
+    return
+  from age_jax import storage
+  jax.config.update("jax_compilation_cache_dir", str(storage.path(workdir) / "jax_compilation_cache"))
+
+
+def require_workdir_access(workdir: str) -> None:
+  """Before any long work, every process makes the calls orbax and age_jax.storage will make on an
+  object-store workdir (age_jax/preflight.py); a missing permission on any host stops all of them,
+  each naming its own problems. (A local workdir fails at once by itself, naming the path.)"""
+  from age_jax import preflight, storage
+  if not storage.is_uri(workdir):
+    return
+  who = f"process {jax.process_index()}/{jax.process_count()}" if jax.process_count() > 1 else ""
+  problems = preflight.workdir_problems(workdir, who)
+  for line in problems:
+    print(f"workdir check: {line}", file=sys.stderr, flush=True)
+  failed = bool(problems)
+  if jax.process_count() > 1:
+    import numpy as np
+    from jax.experimental import multihost_utils
+    failed = bool(np.asarray(multihost_utils.process_allgather(np.int32(failed))).any())
+  if failed:
+    print(f"--workdir={workdir}: the calls training makes there fail (see above, or on another process); "
+          "`python -m launch.preflight --workdir=...` checks again", file=sys.stderr, flush=True)
+    sys.exit(1)
 
 
 def setup_jax(cache_dir: str = "") -> None:

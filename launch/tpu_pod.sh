@@ -1,23 +1,35 @@
 #!/usr/bin/env bash
-# Train on a Cloud TPU VM pod slice (e.g. v5litepod-256: 64 hosts x 4 chips): one process per
-# host, the same command on every host. jax.distributed.initialize() needs no arguments there:
-# JAX reads the worker list and this host's index from the TPU VM metadata server.
+# Train, evaluate, predict and export on a Cloud TPU VM pod slice (e.g. v5litepod-16: 4 hosts x 4
+# chips): one process per host, the same command on every host. jax.distributed.initialize() needs
+# no arguments there: JAX reads the worker list and this host's index from the TPU VM metadata server.
 #
 #   export TPU_NAME=age-pod ZONE=us-west4-a PROJECT=my-project
-#   launch/tpu_pod.sh create v5litepod-256              # queued resource; SPOT=1 for Spot capacity
+#   .venv/bin/python -m launch.preflight --config=configs/x.py --accelerator=v5litepod-16   # here: batch fits?
+#   launch/tpu_pod.sh create v5litepod-16               # queued resource; SPOT=1 for Spot capacity
 #   launch/tpu_pod.sh status                            # until the request is ACTIVE
 #   launch/tpu_pod.sh setup                             # copy this checkout to every host, install
-#   launch/tpu_pod.sh data /local/UTKFace               # copy the image folder to ~/data/ on every host
+#   launch/tpu_pod.sh data /local/UTKFace               # copy a folder (or a file) to ~/data/ on every host
+#   launch/tpu_pod.sh preflight --config=configs/x.py --workdir=gs://bucket/runs/x   # every host: bucket
+#                                                       # permissions, coordinator, batch, JAX version
 #   launch/tpu_pod.sh train --config=configs/x.py --workdir=gs://bucket/runs/x \
 #       --config.data.manual_dir=~/data/UTKFace         # ~/ here is each host's home
 #   launch/tpu_pod.sh logs                              # follow process 0's output
 #   launch/tpu_pod.sh stop                              # SIGTERM (save, exit), SIGKILL after STOP_TIMEOUT s
+#   launch/tpu_pod.sh evaluate --workdir=gs://bucket/runs/x          # every host; report in the workdir
+#   launch/tpu_pod.sh predict --workdir=gs://bucket/runs/x --folder=~/data/photos --out=~/predictions.csv
+#   launch/tpu_pod.sh export --workdir=gs://bucket/runs/x --out=~/age.jaxexport   # worker 0, on its CPU
+#   launch/tpu_pod.sh fetch '~/age.jaxexport' ./age.jaxexport        # copy a file from worker 0
 #   launch/tpu_pod.sh delete                            # release the TPU and its queued resource
 #
 # --workdir must be one directory every host sees: a gs:// bucket path (written directly, see
 # age_jax/storage.py), or a Filestore NFS / gcsfuse mount at the same path on every host. The
 # dataset is prepared by each host from its own copy of the folder (the build is deterministic,
-# so every host gets the same splits) unless --config.data.data_dir is shared.
+# so every host gets the same splits) unless --config.data.data_dir is shared. Pretrained weights
+# (--config.model.init_from=FILE) are read by every host: ship them with `data FILE`, or use gs://.
+#
+# evaluate and predict run on every host, as training does: on a pod slice one host alone cannot
+# use its TPU chips while the others are idle (the slice's runtime waits for all hosts). export
+# needs no accelerator: worker 0 alone with --distributed=off and JAX on its CPU, on purpose.
 set -euo pipefail
 
 : "${TPU_NAME:?set TPU_NAME to the TPU VM name}"
@@ -89,16 +101,21 @@ case "${command}" in
     on_all "set -e; mkdir -p ~/${REMOTE_DIR} && tar -xzf ~/age_jax.tar.gz -C ~/${REMOTE_DIR} && cd ~/${REMOTE_DIR}
       python3 -m pip install -q --user -U uv
       ~/.local/bin/uv venv --allow-existing --python ${PYTHON_VERSION} .venv
-      ~/.local/bin/uv pip install -q --python .venv/bin/python -e '.[gcs]' 'jax[tpu]'
+      ~/.local/bin/uv pip install -q --python .venv/bin/python -e '.[gcs,tpu]'
       .venv/bin/python --version"
     ;;
   data)
-    folder="${1:?give the local image folder to copy}"
-    folder="${folder%/}"
+    source="${1:?give the local folder (images) or file (e.g. pretrained .safetensors) to copy}"
+    source="${source%/}"
     # scp into a missing directory would copy the folder *as* that directory: make it first.
     on_all "mkdir -p ~/data"
-    gcloud_tpu tpu-vm scp --recurse "${folder}" "${TPU_NAME}:data/" --worker=all
-    echo "copied to ~/data/$(basename "${folder}") on every host: pass --config.data.manual_dir=~/data/$(basename "${folder}")"
+    gcloud_tpu tpu-vm scp --recurse "${source}" "${TPU_NAME}:data/" --worker=all
+    name="$(basename "${source}")"
+    if [[ -d "${source}" ]]; then
+      echo "copied to ~/data/${name} on every host: pass --config.data.manual_dir=~/data/${name}"
+    else
+      echo "copied to ~/data/${name} on every host: pass e.g. --config.model.init_from=~/data/${name}"
+    fi
     ;;
   train)
     [[ $# -gt 0 ]] || { echo "give launch.train's flags (--config=... --workdir=...)" >&2; exit 2; }
@@ -114,6 +131,36 @@ case "${command}" in
   logs)
     gcloud_tpu tpu-vm ssh "${TPU_NAME}" --worker=0 --command="tail -n 100 -f ~/${LOG}"
     ;;
+  preflight|evaluate|predict)
+    # Every host at once, in the foreground (ssh waits for all); each host's output in
+    # ~/age_jax_<command>.log, worker 0's printed after, every host's tail when one failed.
+    [[ $# -gt 0 ]] || { echo "give launch.${command}'s flags (--workdir=... ...)" >&2; exit 2; }
+    args=""
+    for a in "$@"; do args+=" $(remote_quote "${a}")"; done
+    log="age_jax_${command}.log"
+    status=0
+    on_all "cd ~/${REMOTE_DIR} && .venv/bin/python -m launch.${command} --distributed=on${args} > ~/${log} 2>&1" \
+      || status=$?
+    gcloud_tpu tpu-vm ssh "${TPU_NAME}" --worker=0 --command="cat ~/${log}"
+    if [[ ${status} -ne 0 ]]; then
+      echo "${command} failed on some host (status ${status}); the end of each host's ~/${log}:" >&2
+      on_all "echo \"== \$(hostname)\"; tail -n 5 ~/${log}" >&2 || true
+    fi
+    exit ${status}
+    ;;
+  export)
+    # Worker 0 alone, on purpose: --distributed=off and JAX on the CPU (the TPU chips of one host
+    # of a slice are not usable without the others); the artifact is the same for any backend.
+    [[ $# -gt 0 ]] || { echo "give launch.export's flags (--workdir=... --out=...)" >&2; exit 2; }
+    args=""
+    for a in "$@"; do args+=" $(remote_quote "${a}")"; done
+    gcloud_tpu tpu-vm ssh "${TPU_NAME}" --worker=0 \
+      --command="cd ~/${REMOTE_DIR} && JAX_PLATFORMS=cpu .venv/bin/python -m launch.export --distributed=off${args}"
+    ;;
+  fetch)
+    remote="${1:?give the file on worker 0 (e.g. '~/age.jaxexport') and optionally where to put it}"
+    gcloud_tpu tpu-vm scp "${TPU_NAME}:${remote}" "${2:-.}" --worker=0
+    ;;
   stop)
     # SIGTERM first: the trainer saves at JAX's preemption sync point and exits. SIGKILL if it is
     # still there after STOP_TIMEOUT seconds (a hung collective, a host that never got the signal).
@@ -123,7 +170,8 @@ case "${command}" in
       rm -f ~/age_jax_train.pid; fi"
     ;;
   *)
-    echo "usage: $0 create ACCELERATOR | status | delete | setup | data FOLDER | train FLAGS... | logs | stop" >&2
+    echo "usage: $0 create ACCELERATOR | status | delete | setup | data FOLDER_OR_FILE | preflight FLAGS... |" \
+         "train FLAGS... | logs | stop | evaluate FLAGS... | predict FLAGS... | export FLAGS... | fetch FILE [DEST]" >&2
     exit 2
     ;;
 esac

@@ -22,6 +22,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   common.refuse_repeated_flags(sys.argv[1:])
   common.setup_jax()
+  common.share_compilation_cache(_WORKDIR.value)
+  common.require_workdir_access(_WORKDIR.value)
   from age_jax.train import loop, preemption, workdir  # after the JAX set-up
   try:
     result = loop.train(_CONFIG.value, _WORKDIR.value)

@@ -18,47 +18,22 @@ import ml_collections
 import numpy as np
 import pytest
 from etils.epath import backend as epath_backend
-from fsspec.implementations.memory import MemoryFileSystem
-from fsspec.registry import _registry
 from orbax.checkpoint._src.path import gcs_utils
 
 from age_jax import checkpoint, config as config_lib, report, storage
 from age_jax.data import run_data
 from age_jax.train.logger import MetricLogger
 from launch import local_cluster
+from tests.distributed import fake_cloud
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-class FakeBucket(MemoryFileSystem):
-  """gs://bucket/key as the key /bucket/key of a private in-memory store."""
-  protocol = ("gs", "gcs")
-  store = {}
-  pseudo_dirs = [""]
-
-  def __init__(self, *args, finalize_on_close=True, **kwargs):  # gcsfs's argument, as epath passes it
-    super().__init__(*args, **kwargs)
-
-  @classmethod
-  def _strip_protocol(cls, path):
-    path = str(path)
-    for prefix in ("gs://", "gcs://"):
-      path = path.removeprefix(prefix)
-    return "/" + path.strip("/")
-
-  def unstrip_protocol(self, name):
-    return "gs://" + name.lstrip("/")
-
-
 @pytest.fixture
 def bucket(monkeypatch, tmp_path):
-  FakeBucket.store.clear()
-  FakeBucket.pseudo_dirs[:] = [""]
-  monkeypatch.setitem(_registry, "gcs", FakeBucket)
-  monkeypatch.setitem(_registry, "gs", FakeBucket)
-  epath_backend.fsspec_backend._get_filesystem.cache_clear()
+  """The in-memory gs:// bucket of tests/distributed/fake_cloud.py (every permission granted)."""
   monkeypatch.chdir(tmp_path)  # a gs:// path made local would appear here as ./gs:/...
-  yield FakeBucket
+  yield fake_cloud.install_fake_bucket(monkeypatch=monkeypatch)
   epath_backend.fsspec_backend._get_filesystem.cache_clear()
   assert not os.path.exists(tmp_path / "gs:")
 

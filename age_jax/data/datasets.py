@@ -115,7 +115,7 @@ def prepare(name: str, manual_dir: str, data_dir: str, *, fingerprint: str = "",
           f"{b.data_dir}")
     return {**_read_report(b), "reused": True}
   root = source_root(data_dir, manual_dir, listed)
-  with locks.FileLock(root + ".lock"):
+  with locks.held_where_supported(root + ".lock", "two runs preparing this source at once would collide"):
     b = builder(name, root, **options)
     _clean_crashed_builds(b)
     if _is_prepared(b):

@@ -19,11 +19,13 @@ Names: torchvision for every family; timm's tf_efficientnetv2_* names are recogn
 (timm's ResNet names equal torchvision's). timm's tf_ weights were trained with TF 'SAME'
 padding; our convolutions pad symmetrically like torchvision, so they fit less exactly.
 """
+import io
 import re
 
 import jax
 import numpy as np
 
+from age_jax import storage
 from age_jax.models.efficientnetv2 import FUSED, STAGES as EFFICIENTNETV2_STAGES
 from age_jax.models.resnet import RESNETS
 from age_jax.models.vgg import VGG16_BLOCKS
@@ -198,11 +200,12 @@ def _is_vgg_fc6(model_name, path):
 
 
 def _read(path: str) -> dict:
+  """Through the storage layer, so a gs:// file reads as a local one does."""
   if path.endswith(".safetensors"):
-    from safetensors.numpy import load_file
-    return load_file(path)
+    from safetensors.numpy import load
+    return load(storage.path(path).read_bytes())
   if path.endswith(".npz"):
-    with np.load(path) as data:
+    with np.load(io.BytesIO(storage.path(path).read_bytes())) as data:
       return {k: data[k] for k in data.files}
   raise ValueError(f"pretrained weights {path!r}: expected a .safetensors or .npz state dict")
 

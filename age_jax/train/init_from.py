@@ -10,8 +10,9 @@
 What was and wasn't loaded is logged by path. The same leaf matching carries parameters across
 stages whose heads differ (train/loop.py).
 """
-import os
+import socket
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
@@ -96,7 +97,12 @@ def load_variables(path: str, variables: dict, model_name: str) -> tuple[dict, s
     fresh = f" ({', '.join(p for p, _ in kept[:6])}{', ...' if len(kept) > 6 else ''})" if kept else ""
     extra = f", unused from the source: {', '.join(unused[:6])}{', ...' if len(unused) > 6 else ''}" if unused else ""
     return out, f"init_from {path}: {count} arrays loaded, {len(kept)} parameters kept fresh{fresh}{extra}"
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"config.model.init_from={path!r} does not exist (a workdir or a .safetensors/.npz)")
+  if not storage.path(path).exists():  # a local file, or gs:// through the same layer as the workdir
+    where = ""
+    if jax.process_count() > 1:  # every process loads it: each host needs the file, or a bucket
+      where = (f" on process {jax.process_index()} (host {socket.gethostname()}); copy it to every host "
+               "(launch/tpu_pod.sh data FILE) or give a gs:// path")
+    raise FileNotFoundError(f"config.model.init_from={path!r} does not exist{where} (a workdir or a "
+                            ".safetensors/.npz)")
   new = pretrained.load_pretrained(path, variables, model_name)
   return new, f"init_from {path}: the {model_name} backbone loaded from the state dict, the head fresh"

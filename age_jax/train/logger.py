@@ -4,7 +4,6 @@ Only process 0 writes; every process may call it. A gs:// workdir gets metrics.j
 event files are appended to, which an object store cannot do).
 """
 import json
-import os
 import time
 
 import jax
@@ -25,7 +24,7 @@ class MetricLogger:
       self._jsonl = storage.LineLog(storage.path(workdir) / "metrics.jsonl")
       if not storage.is_uri(workdir):
         from tensorboardX import SummaryWriter
-        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self._tb = SummaryWriter(str(storage.path(workdir) / "tensorboard"))  # ~ expanded, as the workdir
 
   def write(self, step: int, scalars: dict, prefix: str = "train"):
     if not self.is_main:

@@ -12,7 +12,10 @@ import signal
 import sys
 import threading
 
+import jax
 from jax.experimental import multihost_utils
+
+from age_jax import versions
 
 EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}  # 128 + signal, what shells report
 
@@ -28,11 +31,24 @@ class Stopped(Exception):
 
 
 def _sync_manager_running() -> bool:
-  try:
-    from jax._src import distributed
-    return distributed.global_state.preemption_sync_manager is not None
-  except (ImportError, AttributeError):
+  """Whether stops go through JAX's preemption sync point: whenever the distributed runtime is up.
+  Public APIs only; one that is missing or switched off fails here, at start-up, instead of
+  falling back to per-process signals (the hosts would save different steps and hang)."""
+  if not jax.distributed.is_initialized():
     return False
+  if not callable(getattr(multihost_utils, "reached_preemption_sync_point", None)):
+    raise RuntimeError(f"jax {jax.__version__} has no jax.experimental.multihost_utils."
+                       "reached_preemption_sync_point, which multi-host stops rely on; install the tested "
+                       f"range jax>={versions.TESTED_JAX[0]},<{versions.TESTED_JAX[1]} (pip install -e '.[tpu]' "
+                       "or '.[cuda]')")
+  enabled = getattr(jax.config, "jax_enable_preemption_service", None)
+  if enabled is None:
+    raise RuntimeError(f"jax {jax.__version__} has no jax_enable_preemption_service option, which multi-host "
+                       f"stops rely on; install jax>={versions.TESTED_JAX[0]},<{versions.TESTED_JAX[1]}")
+  if not enabled:
+    raise RuntimeError("jax_enable_preemption_service is off, so a SIGTERM on one host would not reach the "
+                       "others and the hosts would save different steps: unset JAX_ENABLE_PREEMPTION_SERVICE")
+  return True
 
 
 class StopRequests:
