@@ -168,3 +168,37 @@ def test_faeb_crop_samples_the_extended_rotated_box():
   for row, col in [(0, 0), (0, side - 1), (side - 1, side - 1), (side - 1, 0), (21, 13), (30, 40)]:
     point = ea + (eb - ea) * col / (side - 1) + (ec - eb) * row / (side - 1)
     assert abs(float(crop[row, col, 0]) - value(*point)) <= 1.5, (row, col)
+
+
+def test_utkface_hash_folders_keep_identical_images_together(tmp_path):
+  from age_jax.data.builders import faeb_hash_folders
+  written = fd.make_utkface_folder(str(tmp_path / "UTKFace"), n=30, quirks=True)
+  entries, unparsed = faeb_hash_folders.utkface_database(str(tmp_path / "UTKFace"))
+  assert unparsed == written["unparsable"] and len(entries) == len(written["labels"])
+  folder = {e["img_path"].split("/", 1)[1]: e["folder"] for e in entries}
+  for name in written["labels"]:   # the stated rule, computed here independently
+    data = open(tmp_path / "UTKFace" / name, "rb").read()
+    assert folder[name] == int(__import__("hashlib").sha256(data).hexdigest()[:16], 16) % 10
+  for group in written["same_label_duplicates"] + written["conflicting_duplicates"]:
+    assert len({folder[n] for n in group}) == 1
+  path = str(tmp_path / "UTKFace.json")
+  faeb_hash_folders.write_database(path, entries)
+  report = datasets.prepare("faeb", str(tmp_path), str(tmp_path / "tfds"), json=path)
+  assert report["kept"] == len(entries) and report["identical_groups"] == 3   # every copy kept
+  records = datasets.load_split("faeb", str(tmp_path / "tfds"), "full", json=path)
+  labels = {r["file_name"].split("/", 1)[1]: (r["age"], r["gender"], r["race"]) for r in records}
+  assert labels == written["labels"]
+
+
+COMMITTED = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                         "splits", "faeb", "UTKFace.json")
+
+
+def test_committed_utkface_file_is_a_faeb_database_of_ten_folders():
+  from age_jax.data.builders import faeb
+  entries = faeb.read_database(COMMITTED)
+  counts = collections.Counter(e["folder"] for e in entries)
+  assert len(entries) == 20708 and sorted(counts) == list(range(10))
+  assert all(0.09 < c / len(entries) < 0.11 for c in counts.values())
+  assert len({e["img_path"] for e in entries}) == len(entries)
+  assert faeb_protocol.split_names(counts)[:3] == ["faeb0_train", "faeb0_val", "faeb0_test"]

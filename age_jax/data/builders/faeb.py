@@ -128,8 +128,10 @@ class Faeb(base.AgeDatasetBuilder):
     subject = next((str(entry[k]) for k in SUBJECT_KEYS if entry.get(k) not in (None, "")), "")
     gender = entry.get("gender")
     gender = UNKNOWN if gender is None else labels_csv.parse_gender(str(gender), where)
+    race = entry.get("race")   # not in FAEB's files; our UTKFace file keeps the name's code
+    race = UNKNOWN if race is None else labels_csv.parse_code(str(race), "race", range(5), where)
     extras = {"aligned_bbox": np.asarray(bbox, np.float64)} if bbox else {}
-    return SourceExample(path=image_path, file_name=name, age=age, gender=gender, subject=subject,
+    return SourceExample(path=image_path, file_name=name, age=age, gender=gender, race=race, subject=subject,
                          fold=folder, extras=extras)
 
   # ---- curation hooks ----
