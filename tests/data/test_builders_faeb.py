@@ -202,3 +202,23 @@ def test_committed_utkface_file_is_a_faeb_database_of_ten_folders():
   assert all(0.09 < c / len(entries) < 0.11 for c in counts.values())
   assert len({e["img_path"] for e in entries}) == len(entries)
   assert faeb_protocol.split_names(counts)[:3] == ["faeb0_train", "faeb0_val", "faeb0_test"]
+
+
+def test_canonical_crop_detects_instead_and_says_so(tmp_path, monkeypatch):
+  from age_jax.data.builders import face_crops
+  from age_jax.faces import align_to_canonical
+  from tests import fake_faces
+  fake = fake_faces.FakeDetector()
+  monkeypatch.setattr(face_crops, "default_detector", lambda: fake)
+  photos, chosen = fake_faces.faces_folder(str(tmp_path / "faces" / "DB"), fake)
+  entries = [{"img_path": f"DB/{name}", "age": 30, "folder": k, "id_num": k,
+              "aligned_bbox": [1, 1, 90, 1, 90, 90, 1, 90]} for k, name in enumerate(photos)]
+  path = _json(str(tmp_path / "DB_aligned.json"), entries)
+  report = datasets.prepare("faeb", str(tmp_path / "faces"), str(tmp_path / "tfds"), json=path,
+                            canonical_crop=True, crop_size=64)
+  assert report["crop"] == "canonical" and report["dropped"] == {"no_face": 1}
+  for r in datasets.load_split("faeb", str(tmp_path / "tfds"), "full", json=path, canonical_crop=True, crop_size=64):
+    name = r["file_name"].split("/")[1]
+    assert r["crop"] in (b"canonical", "canonical")
+    want = align_to_canonical(photos[name], chosen[name], 64)
+    assert np.abs(np.asarray(Image.open(io.BytesIO(r["image"]))).astype(int) - want).mean() < 2
