@@ -114,15 +114,17 @@ def evaluate_split(workdir: str, k: int, train_name: str, tests: dict[str, str],
   for name in todo:
     if name == train_name:
       records, split = run_data.load_split(cfg, f"faeb{k}_test"), f"faeb{k}_test"
+      built = datasets.build_report("faeb", run_data.data_dir(cfg), fingerprint=cfg.data.fingerprint,
+                                    **dict(cfg.data.builder_options))
     else:
       options = dict(cfg.data.builder_options, json=tests[name])
       options.pop("split_file", None)   # another database: its own files, every folder
-      _prepare_everywhere(lambda: datasets.prepare("faeb", img_root, run_data.data_dir(cfg), **options))
+      built = _prepare_everywhere(lambda: datasets.prepare("faeb", img_root, run_data.data_dir(cfg), **options))
       records, split = datasets.load_split("faeb", run_data.data_dir(cfg), "full", **options), "full"
     report = Evaluator(exp, cfg, normalizer, records=records).report(state)
     results[name] = {"database": name, "split": split, "faeb_split": k, "num_examples": report["num_examples"],
                      "mae": report["mae"], "cs5": report["ccs"]["fraction"][CS_THRESHOLD],
-                     "step": int(state.step), "workdir": os.path.abspath(workdir)}
+                     "crop": built.get("crop", ""), "step": int(state.step), "workdir": os.path.abspath(workdir)}
     print(f"[faeb] split {k}: {name} ({split}) MAE {results[name]['mae']:.3f}, CS(5) "
           f"{100 * results[name]['cs5']:.1f}% on {report['num_examples']} faces", flush=True)
     if jax.process_index() == 0:
@@ -140,6 +142,7 @@ def summarize(per_split: dict[int, dict[str, dict]], train_name: str, test_names
     cs5 = np.array([r["cs5"] for r in found.values()], np.float64)
     std = lambda x: float(np.std(x, ddof=1)) if x.size > 1 else None
     rows.append({"database": name, "own_test_folders": name == train_name, "splits": sorted(found),
+                 "crop": sorted({r.get("crop", "") for r in found.values()}),
                  "mae_mean": float(maes.mean()) if maes.size else None, "mae_std": std(maes),
                  "cs5_mean": float(cs5.mean()) if cs5.size else None, "cs5_std": std(cs5),
                  "mae_per_split": {str(k): r["mae"] for k, r in found.items()},
@@ -154,11 +157,12 @@ def markdown(table: dict) -> str:
       return "-"
     return f"{mean * scale:.{digits}f}" + (f" ± {std * scale:.{digits}f}" if std is not None else "")
   lines = [f"FAEB table: trained on {table['train_database']} (mean ± sample std over splits)", "",
-           "| test database | MAE | CS(5) % | splits |", "|---|---|---|---|"]
+           "| test database | MAE | CS(5) % | splits | face crop |", "|---|---|---|---|---|"]
   for row in table["rows"]:
     name = row["database"] + (" (own test folders)" if row["own_test_folders"] else "")
     lines.append(f"| {name} | {pm(row['mae_mean'], row['mae_std'])} | "
-                 f"{pm(row['cs5_mean'], row['cs5_std'], 100, 1)} | {','.join(map(str, row['splits']))} |")
+                 f"{pm(row['cs5_mean'], row['cs5_std'], 100, 1)} | {','.join(map(str, row['splits']))} | "
+                 f"{','.join(row['crop'])} |")
   return "\n".join(lines) + "\n"
 
 

@@ -45,6 +45,7 @@ def test_two_splits_give_the_table_and_a_rerun_resumes(databases, tmp_path, monk
   table = faeb_benchmark.run(cfg, root, "Tiny", [0, 1], ["Clap"], img_root, json_dir)
   rows = {r["database"]: r for r in table["rows"]}
   assert set(rows) == {"Tiny", "Clap"} and rows["Tiny"]["own_test_folders"]
+  assert rows["Tiny"]["crop"] == ["faeb"] and rows["Clap"]["crop"] == ["original"]   # aligned vs plain JSON
   for k in (0, 1):
     workdir = os.path.join(root, "Tiny", f"split{k}")
     own = evaluate.evaluate_workdir(workdir, split=f"faeb{k}_test", out_dir=str(tmp_path / f"ev{k}"))
