@@ -74,7 +74,8 @@ def default_config() -> ml_collections.ConfigDict:
       "resnet_width": 64,           # ResNets: channels of the first stage, doubled per stage (He et al.: 64)
       "dropout_rate": 0.5,
       "stochastic_depth_rate": 0.2,  # EfficientNetV2 only
-      "init_from": "",              # a workdir or a .safetensors/.npz: start from its weights (train/init_from.py)
+      "init_from": "",              # a workdir or a .safetensors/.npz/.pth: start from its weights (train/init_from.py)
+      "pretrained": "",             # official weights by name, e.g. 'torchvision:resnet50' (models/weights_hub.py)
   })
 
   c.multitask = multitask.default_config()
@@ -161,7 +162,8 @@ def validate(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
       raise ValueError(f"stage {stage.name!r} turns config.train.ema_decay {'on' if stage.cfg.train.ema_decay else 'off'} "
                        "while the run's is not: a run keeps a moving average in every stage or in none")
     if stages.needs_previous_mae(stage):
-      if (stage.index == 0 and not stage.cfg.model.init_from) or not stage.cfg.data.val_split:
+      if (stage.index == 0 and not (stage.cfg.model.init_from or stage.cfg.model.get("pretrained"))) or \
+          not stage.cfg.data.val_split:
         raise ValueError(f"stage {stage.name!r}: config.formulation.lae_mae < 0 takes the validation "
                          "MAE of the previous stage (or of the weights of config.model.init_from), but "
                          "there is neither or no config.data.val_split; set lae_mae (LAE eq. 5)")
@@ -220,6 +222,15 @@ def _validate_stage(cfg):
   from age_jax import models  # the registry lists what exists
   if cfg.model.name not in models.names():
     raise ValueError(f"config.model.name={cfg.model.name!r}; known models: {models.names()}")
+  if cfg.model.get("pretrained"):
+    from age_jax.models import weights_hub
+    if cfg.model.init_from:
+      raise ValueError(f"config.model.pretrained={cfg.model.pretrained!r} and config.model.init_from="
+                       f"{cfg.model.init_from!r}: give one start")
+    fits = weights_hub.model_name(cfg.model.pretrained)
+    if fits != cfg.model.name:
+      raise ValueError(f"config.model.pretrained={cfg.model.pretrained!r} holds {fits} weights, but "
+                       f"config.model.name={cfg.model.name!r}; set --config.model.name={fits}")
   if not (formulations.needs_age_counts(cfg.formulation) or formulations.needs_num_identities(cfg.formulation)):
     formulations.get_formulation(cfg.formulation)  # raises with the known names; else checked once
   else:                                            # the training data's counts are in

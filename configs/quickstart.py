@@ -16,9 +16,8 @@ def get_config():
   c.data.load_size = 72
   c.data.image_size = 64
   c.data.cache = "memory"
-  c.data.augment = "face"
-  c.data.color_jitter = (0.3, 0.3, 0.3, 0.0)
   c.train.ema_decay = 0.999
+  c.formulation.logit_adjustment = -1.0
   c.eval.mirror = True
   c.train.batch_size = 64
   c.train.num_steps = 9000

@@ -156,16 +156,18 @@ def test_the_checker_sees_imports():
 # states where it sits. The inference modules (evaluate .. pasted_faces) sit on top and may use any
 # lower layer, not each other's callers (the train layer never imports them: FORBIDDEN above).
 BELOW_TRAIN = {"ages", "losses", "metrics", "formulations", "storage", "locks", "distributed", "stages",
-               "checkpoint", "faces", "models", "cpu", "data", "config", "objective", "conformal", "report"}
+               "checkpoint", "faces", "models", "cpu", "data", "config", "objective", "conformal", "report",
+               "versions", "pod_types"}
 MAY_IMPORT = {
     "ages": set(),
     "losses": {"ages"},
     "metrics": {"ages"},
     "formulations": {"ages", "losses"},
     "storage": set(), "locks": set(), "distributed": set(), "stages": set(),
+    "versions": set(), "pod_types": set(),   # the tested JAX range; TPU pod types and their device counts
     "checkpoint": {"storage"},
     "faces": set(),
-    "models": {"ages", "losses", "cpu"},   # cpu only through get_lowering (tests above)
+    "models": {"ages", "losses", "cpu", "storage"},   # cpu only through get_lowering (tests above)
     "cpu": {"models"},                     # models.layers only (tests above)
     "data": {"ages", "faces", "locks", "storage"},
     "config": {"data", "formulations", "models", "stages", "storage"},   # see CONFIG_MAY_IMPORT
@@ -179,13 +181,16 @@ MAY_IMPORT = {
     "export_onnx": BELOW_TRAIN | {"train", "evaluate", "export"},
     "webapp": BELOW_TRAIN | {"train", "evaluate", "predict"},
     "pasted_faces": BELOW_TRAIN | {"train", "evaluate", "predict"},
+    "preflight": BELOW_TRAIN | {"train"},                  # checks before a cluster run
+    "faeb_benchmark": BELOW_TRAIN | {"train", "evaluate"},  # FAEB's protocol: trains and evaluates
 }
 
 # config.py names things and validates the names against the registries that resolve them; it never
 # imports what runs them (builders, pipeline, objective, training, inference). Today it looks names up
 # in these registries directly; once each registry validates its own names, this list should shrink.
 CONFIG_MAY_IMPORT = ("age_jax.formulations", "age_jax.storage", "age_jax.stages", "age_jax.models",
-                     "age_jax.models.layers", "age_jax.models.multitask", "age_jax.data.augment",
+                     "age_jax.models.layers", "age_jax.models.multitask", "age_jax.models.weights_hub",
+                     "age_jax.data.augment",
                      "age_jax.data.samplers")
 
 

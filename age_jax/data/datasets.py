@@ -9,7 +9,8 @@ Records are dicts {'image': original file bytes, 'age': float, 'gender': int, 'r
 integer class of the subject, for identity datasets, whose ages are -1). Split names are the
 stored ones ('train', 'validation', 'test'; MORPH 'S1', 'S2', 'S3'; 'full' for k-fold datasets,
 as TFDS reserves 'all') with TFDS slicing and joining ('train[:10%]', 'S2+S3'), and for datasets with folds the virtual
-splits 'fold{k}_train' (every fold but k) and 'fold{k}_test' (fold k).
+splits 'fold{k}_train' (every fold but k) and 'fold{k}_test' (fold k), and FAEB's
+'faeb{k}_train' / 'faeb{k}_val' / 'faeb{k}_test' (builders/faeb_protocol.py).
 
 Each source folder has its own build, data_dir/by_source/<folder>-<hash of its path and contents>;
 a run records the build's fingerprint (config.data.fingerprint) and reads only that build.
@@ -28,7 +29,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from age_jax import locks
-from age_jax.data.builders import records as records_lib
+from age_jax.data.builders import faeb_protocol, records as records_lib
 
 REPORT_FILE = "build_report.json"
 SOURCES_DIR = "by_source"
@@ -39,6 +40,7 @@ _BUILDERS = {
     "webface": "age_jax.data.builders.webface:Webface",
     "mivia": "age_jax.data.builders.mivia:Mivia",
     "fgnet": "age_jax.data.builders.fgnet:Fgnet",
+    "faeb": "age_jax.data.builders.faeb:Faeb",
     "all_age_faces": "age_jax.data.builders.all_age_faces:AllAgeFaces",
     "labelled_folder": "age_jax.data.builders.labelled_folder:LabelledFolder",
     "identity_folder": "age_jax.data.builders.identity_folder:IdentityFolder",
@@ -196,6 +198,14 @@ def load_split(name: str, data_dir: str, split: str, *, fingerprint: str = "", *
   b = find_build(name, data_dir, fingerprint=fingerprint, **options)
   stored = sorted(b.info.splits.keys())
   fold_split = _FOLD_SPLIT.fullmatch(split)
+  if faeb_protocol.SPLIT_NAME.fullmatch(split):
+    whole = RecordSource(b.as_data_source("+".join(stored)), "+".join(stored), _labels_dir(b))
+    folds = whole.labels()["fold"]
+    try:
+      chosen = faeb_protocol.folders_of(split, set(folds.tolist()) - {-1})
+    except ValueError as e:
+      raise ValueError(f"dataset {name!r}: {e}") from None
+    return RecordSource(whole.source, whole.split, whole.labels_dir, np.flatnonzero(np.isin(folds, chosen)), name=split)
   if fold_split:
     k, part = int(fold_split[1]), fold_split[2]
     whole = RecordSource(b.as_data_source("+".join(stored)), "+".join(stored), _labels_dir(b))

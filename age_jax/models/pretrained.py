@@ -2,8 +2,8 @@
 
     variables = load_pretrained("resnet18.safetensors", variables, "resnet18")
 
-The file is a state dict in `.safetensors` or `.npz` form (convert a `.pth` once with
-`safetensors.torch.save_file(torch.load(p), out)`). Tensors are moved to flax layout:
+The file is a state dict in `.safetensors`, `.npz` or `.pth` form (a `.pth` is read without torch,
+models/torch_files.py; config.model.pretrained fetches official files, models/weights_hub.py). Tensors are moved to flax layout:
   conv weight  (O, I/groups, kh, kw) -> kernel (kh, kw, I/groups, O)
   linear weight (out, in)            -> kernel (in, out); VGG's FC6 also reorders its inputs
                                         from torch's (c, h, w) flattening to our (h, w, c)
@@ -207,7 +207,10 @@ def _read(path: str) -> dict:
   if path.endswith(".npz"):
     with np.load(io.BytesIO(storage.path(path).read_bytes())) as data:
       return {k: data[k] for k in data.files}
-  raise ValueError(f"pretrained weights {path!r}: expected a .safetensors or .npz state dict")
+  if path.endswith((".pth", ".pt")):   # torch.save'd, read without torch
+    from age_jax.models import torch_files
+    return torch_files.read_state_dict(path)
+  raise ValueError(f"pretrained weights {path!r}: expected a .safetensors, .npz or .pth state dict")
 
 
 # --- public API ------------------------------------------------------------------------------

@@ -5,8 +5,10 @@
                                                shape match is copied from its latest checkpoint
                                                (e.g. a face-identity pre-training run: the
                                                backbone transfers, a head of another size does not);
-  a .safetensors / .npz state dict             torchvision / timm names (models/pretrained.py),
+  a .safetensors / .npz / .pth state dict      torchvision / timm names (models/pretrained.py),
                                                the 1000-way classifier skipped.
+`config.model.pretrained` ('torchvision:resnet50'): the official file, fetched, hash-checked and
+converted once (models/weights_hub.py), then loaded as a state dict.
 What was and wasn't loaded is logged by path. The same leaf matching carries parameters across
 stages whose heads differ (train/loop.py).
 """
@@ -18,7 +20,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from age_jax import storage
-from age_jax.models import pretrained
+from age_jax.models import pretrained, weights_hub
 
 
 def _flatten(tree, prefix=()):
@@ -83,6 +85,14 @@ def copy_variables(target: dict, source: dict):
   return out, count, params_kept, params_unused
 
 
+def start_source(model_cfg) -> str:
+  """Where a fresh run's weights come from: config.model.init_from, or the fetched file of
+  config.model.pretrained, or '' (random initialization)."""
+  if model_cfg.get("pretrained"):
+    return weights_hub.fetch(model_cfg.pretrained)
+  return model_cfg.init_from
+
+
 def load_variables(path: str, variables: dict, model_name: str) -> tuple[dict, str]:
   """(variables with the source's weights copied in, a one-line summary)."""
   if storage.path(path).is_dir():
@@ -103,6 +113,6 @@ def load_variables(path: str, variables: dict, model_name: str) -> tuple[dict, s
       where = (f" on process {jax.process_index()} (host {socket.gethostname()}); copy it to every host "
                "(launch/tpu_pod.sh data FILE) or give a gs:// path")
     raise FileNotFoundError(f"config.model.init_from={path!r} does not exist{where} (a workdir or a "
-                            ".safetensors/.npz)")
+                            ".safetensors/.npz/.pth)")
   new = pretrained.load_pretrained(path, variables, model_name)
   return new, f"init_from {path}: the {model_name} backbone loaded from the state dict, the head fresh"

@@ -167,10 +167,10 @@ def _initial_state(exp, stage, plan, ckpt, latest: int, previous_state):
     return ckpt.restore(exp.abstract_state, latest)
   if latest == 0:
     state = exp.init_state(jax.random.key(stage.cfg.seed))
-    if not stage.cfg.model.init_from:
+    source = init_from.start_source(stage.cfg.model)   # init_from, or the fetched pretrained file
+    if not source:
       return state
-    variables, summary = init_from.load_variables(stage.cfg.model.init_from, _host_variables(state),
-                                                  stage.cfg.model.name)
+    variables, summary = init_from.load_variables(source, _host_variables(state), stage.cfg.model.name)
     _log(summary)
     return _with_variables(exp, state, variables)
   if previous_state is None:  # resuming exactly at a stage boundary

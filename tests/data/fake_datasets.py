@@ -279,3 +279,39 @@ def make_identity_folder(path: str, identities: int = 4, per_identity: int = 6, 
       _write(os.path.join(path, name), buf.getvalue())
       written[name] = f"id{k:02d}"
   return written
+
+
+# ---------------- FAEB (Facial Age Estimation Benchmark) ----------------
+
+def write_faeb_images(root: str, entries: list, size: int = 8, upper_names: bool = False,
+                      skip: tuple = (), seed: int = 0) -> int:
+  """Writes a distinct image at every entry's img_path under root (its file name upper-cased
+  with upper_names, as the FG-NET release names '009A16b.jpg' '009A16B.JPG'), except the indices
+  in skip. Returns how many names differ in case from the entry's."""
+  differ = 0
+  for i, entry in enumerate(entries):
+    if i in skip:
+      continue
+    folder, name = os.path.split(entry["img_path"])
+    disk = name.upper() if upper_names else name
+    differ += disk != name
+    _write(os.path.join(root, folder, disk), jpeg_bytes(seed * 100_000 + i, size))
+  return differ
+
+
+def faeb_entries(n_per_folder: int = 3, folders=range(10), db: str = "TinyDB", seed: int = 0,
+                 aligned: bool = False) -> list:
+  """A FAEB-style database: AgeDB's fields (name = subject, number = image, gender M/F); one
+  subject per folder so folders stay subject-exclusive."""
+  rng = np.random.default_rng(seed)
+  entries = []
+  for folder in folders:
+    for j in range(n_per_folder):
+      number = f"{folder}{j:03d}"
+      age = int(rng.integers(1, 90))
+      entry = {"img_path": f"{db}/{db}/{number}_Person{folder}_{age}.jpg", "name": f"Person{folder}",
+               "age": age, "gender": "MF"[j % 2], "number": number, "database": db, "folder": folder}
+      if aligned:
+        entry["aligned_bbox"] = [1, 1, 8, 1, 8, 8, 1, 8]
+      entries.append(entry)
+  return entries

@@ -20,7 +20,7 @@ def prepared(tmp_path_factory):
 
 def test_names_lists_every_builder():
   assert datasets.names() == sorted(["utkface", "morph2", "webface", "mivia", "fgnet", "all_age_faces",
-                                     "labelled_folder", "identity_folder"])
+                                     "labelled_folder", "identity_folder", "faeb"])
   for name in datasets.names():
     assert datasets.builder_class(name).name == name
 

@@ -40,6 +40,8 @@ class AgeDatasetBuilder(tfds.core.GeneratorBasedBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = "Pass the dataset's release folder as manual_dir."
   BUILDER_CONFIGS = [AgeBuilderConfig(name="default")]
   OPTIONS: dict = {}          # dataset-specific option defaults, on top of COMMON_OPTIONS
+  FILE_OPTIONS = ("split_file",)  # options naming a file: made absolute, named by its content's digest
+  RESOLVE_DUPLICATES = True   # False: keep byte-identical copies (a published protocol lists them)
   DESCRIPTION = ""
   HOMEPAGE = ""
 
@@ -71,7 +73,7 @@ class AgeDatasetBuilder(tfds.core.GeneratorBasedBuilder):
     resolved = {}
     for key, default in defaults.items():
       value = options.get(key, default)
-      resolved[key] = _coerce(cls.name, key, value, default)
+      resolved[key] = _coerce(cls.name, key, value, default, is_file=key in cls.FILE_OPTIONS)
     if resolved["crop_size"] != defaults["crop_size"] and not resolved["canonical_crop"]:
       raise ValueError(f"builder option crop_size={resolved['crop_size']} for dataset {cls.name!r} needs "
                        "canonical_crop=True")
@@ -83,8 +85,8 @@ class AgeDatasetBuilder(tfds.core.GeneratorBasedBuilder):
       value = resolved[key]
       if value == defaults[key]:
         continue
-      if key == "split_file":
-        value = _file_digest(value)
+      if key in cls.FILE_OPTIONS:
+        value = _file_digest(value, key)
       parts.append(f"{key}-{_slug(value)}")
     return AgeBuilderConfig(name="_".join(parts) or "default", options=resolved,
                             description=f"options {resolved}")
@@ -159,9 +161,10 @@ class AgeDatasetBuilder(tfds.core.GeneratorBasedBuilder):
     listed = len(examples)
     options = self.options
     examples = curation.hash_and_verify(examples, report, skip_corrupt=options["skip_corrupt"])
-    examples = curation.resolve_duplicates(examples, report,
-                                           keep_conflicting=options["keep_conflicting_duplicates"],
-                                           label_of=self.duplicate_label)
+    if self.RESOLVE_DUPLICATES:
+      examples = curation.resolve_duplicates(examples, report,
+                                             keep_conflicting=options["keep_conflicting_duplicates"],
+                                             label_of=self.duplicate_label)
     if options["canonical_crop"]:
       examples = face_crops.locate_faces(examples, report, face_crops.default_detector, dataset=self.name)
     curation.assign_groups(examples)
@@ -218,7 +221,7 @@ def _fold_counts(planned) -> dict:
   return {str(k): counts[k] for k in sorted(counts)}
 
 
-def _coerce(dataset, key, value, default):
+def _coerce(dataset, key, value, default, is_file=False):
   kind = type(default)
   if kind is bool:
     if isinstance(value, bool) or value in (0, 1):
@@ -231,14 +234,14 @@ def _coerce(dataset, key, value, default):
       return float(value)
   elif kind is str:
     if isinstance(value, str):
-      return os.path.abspath(value) if key == "split_file" and value else value
+      return os.path.abspath(value) if is_file and value else value
   raise ValueError(f"builder option {key}={value!r} for dataset {dataset!r}: expected a {kind.__name__}")
 
 
-def _file_digest(path: str) -> str:
+def _file_digest(path: str, key: str = "split_file") -> str:
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"split_file {path} does not exist; expected a JSON object "
-                            "{split name: [file names]}")
+    what = "a JSON object {split name: [file names]}" if key == "split_file" else "a file"
+    raise FileNotFoundError(f"{key} {path} does not exist; expected {what}")
   with open(path, "rb") as f:
     return hashlib.sha256(f.read()).hexdigest()[:10]
 
