@@ -18,8 +18,7 @@ from tests.distributed import fake_cloud
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Every config / cluster pairing the docs give as an example. Keep in sync with README.md and
-# docs/cluster.md (the lead folds notes/issue31_h31.md in): test_the_docs_name_only_pairs_that_fit
-# scans them for `tpu_pod.sh create TYPE` ... `--config=FILE` and checks those too.
+# docs/cluster.md: test_the_docs_name_only_pairs_that_fit scans them for `tpu_pod.sh create TYPE` ... `--config=FILE` and checks those too.
 DOCUMENTED = [
     # (where, TPU type or (devices, processes) of a GPU job, config file, overrides)
     ("README TPU pod example", "v5litepod-16", "configs/xing_baseline_mse.py", {}),
@@ -110,12 +109,7 @@ def _doc_pairs():
   return pairs
 
 
-_README = open(os.path.join(REPO, "README.md")).read()
 
-
-@pytest.mark.xfail("create v5litepod-256" in _README and "--config=configs/xing_baseline_mse.py" in _README,
-                   strict=True, reason="README.md still has the v5litepod-256 example; the lead replaces it "
-                   "with notes/issue31_h31.md's (then this mark switches itself off)")
 def test_the_docs_name_only_pairs_that_fit():
   pairs = _doc_pairs()
   assert pairs, "no `tpu_pod.sh create TYPE` ... `--config=...` example found in README.md or docs/"
