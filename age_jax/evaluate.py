@@ -59,7 +59,7 @@ def _check_predicts_ages(cfg, workdir: str) -> None:
 def evaluate_workdir(workdir: str, *, split: str | None = None, folder: str | None = None,
                      dataset: str | None = None, manual_dir: str = "", faces: str = "detect",
                      out_dir: str | None = None, step: int | None = None, calibrate_first: bool = False,
-                     mirror: bool | None = None) -> dict:
+                     mirror: bool | None = None, calibration_method: str | None = None) -> dict:
   """Evaluates a checkpoint and writes report.json and plots to out_dir; returns the report.
 
   Sources: a split of the run's own dataset (default: config.data.eval_split), images as it
@@ -67,9 +67,12 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, folder: str | No
   'test', else all its splits) or a labelled folder. For those two, faces='detect' finds and
   aligns each image's face onto the canonical crop (data/builders/face_crops.py; images without
   a face are left out and counted), faces='crops' uses the images as they are.
-  With calibrate_first, first (re)calibrates the age intervals on the validation split; the
-  report has interval coverage whenever the workdir holds a calibration. mirror overrides the
-  run's config.eval.mirror (mirror-averaged predictions).
+  With calibrate_first, first (re)calibrates the age intervals of this step and mirror on the
+  validation split (calibration_method: conformal.METHODS, default by the head). The report has
+  interval coverage whenever the workdir holds a calibration of these weights (chips preferred
+  for the run's own splits, faces detected or pasted for faces='detect'); it refuses
+  (conformal.CalibrationMismatch) when the workdir holds calibrations of other weights only.
+  mirror overrides the run's config.eval.mirror (mirror-averaged predictions).
   """
   if faces not in ("detect", "crops"):
     raise ValueError(f"faces={faces!r}; expected 'detect' or 'crops'")
@@ -81,7 +84,10 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, folder: str | No
   if calibrate_first:
     if not cfg.data.val_split:
       raise ValueError("calibration needs a validation split, and config.data.val_split is empty")
-    calibrate(exp, cfg, normalizer, state, workdir)
+    calibrate(exp, cfg, normalizer, state, workdir, method=calibration_method)
+  detected = bool(folder or dataset) and faces == "detect"
+  calibration = conformal.load(workdir, int(state.step), bool(cfg.eval.mirror),
+                               ("detected", "pasted", "chips") if detected else ("chips", "detected", "pasted"))
   crop_size = face_crops.run_crop_size(cfg.data)
   face_counts = None
   if folder:
@@ -104,7 +110,7 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, folder: str | No
   if face_counts is not None:
     cfg.data.align = False  # the crops are aligned already
   evaluator = Evaluator(exp, cfg, normalizer, records=records)
-  result = evaluator.report(state, conformal.load(workdir))
+  result = evaluator.report(state, calibration)
   result["source"] = source_name
   if face_counts is not None:
     result["faces"] = face_counts

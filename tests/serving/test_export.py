@@ -59,7 +59,7 @@ def test_bare_python_gives_the_checkpoints_ages_and_intervals(trained_workdir, a
   exp, cfg, state, normalizer = restore(workdir)
   records = face_records(folder, 24)
   expected = Evaluator(exp, cfg, normalizer, records=records).predict(state)
-  low, high = conformal.load(workdir).intervals(expected["pred_age"], expected["pred_spread"], 0.9)
+  low, high = conformal.load(workdir, int(state.step), False).intervals(expected["pred_age"], expected["pred_spread"], 0.9)
   assert np.all(np.isfinite(high))
   from age_jax.data import pipeline
   faces = np.stack([pipeline.decode_image(r["image"], cfg.data.load_size) for r in records])
