@@ -130,7 +130,7 @@ class _Tensor:
     if key == (slice(None), None):
       return g.op("Unsqueeze", [self, g.const([1], np.int64)], self.ndim + 1)
     if key[0] is Ellipsis:
-      axes = [a - len(key) + 1 for a, k in enumerate(key[1:], 1) if k != slice(None)]
+      axes = [j - len(key[1:]) for j, k in enumerate(key[1:]) if k != slice(None)]  # counted from the end
       cuts = [k for k in key[1:] if k != slice(None)]
       return g.op("Slice", [self, g.const([k.start for k in cuts], np.int64), g.const([k.stop for k in cuts], np.int64),
                             g.const(axes, np.int64)], self.ndim)

@@ -12,7 +12,7 @@ stores it. Each age comes with its conformal interval [low, high] at the predict
 interval's coverage was measured on. The calibration must belong to the restored weights (step,
 mirror): one of other weights is refused at construction (conformal.CalibrationMismatch, with
 the command that fixes it), unless calibrate=True, which calibrates these weights on the spot
-(validation chips, conformal.save). In 'detect' mode a calibration on detected (or pasted)
+(validation chips, conformal.save); intervals=False reads none. In 'detect' mode a calibration on detected (or pasted)
 faces is preferred to one on chips; 'crops' prefers chips.
 """
 import csv
@@ -68,7 +68,7 @@ class Predictor:
   """A restored model with its input pipeline and a face detector (built on first use)."""
 
   def __init__(self, workdir: str, step: int | None = None, detector=None,
-               coverage: float = conformal.DEFAULT_COVERAGE, calibrate: bool = False):
+               coverage: float = conformal.DEFAULT_COVERAGE, calibrate: bool = False, intervals: bool = True):
     self.exp, self.cfg, self.state, self.normalizer = restore(workdir, step)
     self.workdir, self.step, self.coverage = workdir, int(self.state.step), coverage
     self._predict = {}  # mirror -> jitted predict step, built on first use
@@ -76,6 +76,10 @@ class Predictor:
     self._detector = detector
     self.crop_size = run_crop_size(self.cfg.data)
     mirror = bool(self.cfg.eval.mirror)
+    if not intervals:  # ages only (e.g. to calibrate these weights): no calibration is read
+      self.calibration = None
+      self._calibrations = {(m, mode): None for m in (False, True) for mode in ("detect", "crops")}
+      return
     try:
       self.calibration = self.calibration_for(mirror, "detect")
     except conformal.CalibrationMismatch:
