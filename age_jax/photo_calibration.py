@@ -87,7 +87,8 @@ def coverage_table(calibration: conformal.Calibration, predictions: dict, covera
     low, high = calibration.intervals(predictions["pred_age"], predictions.get("pred_spread"), c)
     report = conformal.interval_report(low, high, predictions["age"])
     out[f"{c:g}"] = {"coverage": report["coverage"], "mean_width": report["mean_width"], "count": report["count"],
-                     "per_age_group": {k: v["coverage"] for k, v in report["per_age_group"].items()}}
+                     "per_age_group": {k: {"coverage": v["coverage"], "count": v["count"]}
+                                       for k, v in report["per_age_group"].items()}}
   return out
 
 
@@ -121,10 +122,12 @@ def labelled_images(records, limit: int = 0) -> tuple[list[np.ndarray], np.ndarr
   return images, np.asarray(true)
 
 
-def group_gaps(table: dict, coverage: str = "0.9") -> dict:
-  """Nominal minus measured coverage per true age group (positive: under-covered)."""
+def group_gaps(table: dict, coverage: str = "0.9", min_count: int = 20) -> dict:
+  """Nominal minus measured coverage per true age group (positive: under-covered); groups with
+  fewer than min_count faces are left out (one face covers 0% or 100%)."""
   nominal = float(coverage)
-  return {g: None if v is None else round(nominal - v, 4) for g, v in table[coverage]["per_age_group"].items()}
+  return {g: round(nominal - v["coverage"], 4) for g, v in table[coverage]["per_age_group"].items()
+          if v["count"] >= min_count}
 
 
 

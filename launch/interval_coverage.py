@@ -17,8 +17,10 @@ from launch import common
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained workdir (read only: nothing is saved in it).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-_CAL_LIMIT = flags.DEFINE_integer("cal_limit", 1000, "Validation faces to calibrate on (even subsample; 0: all).")
-_TEST_LIMIT = flags.DEFINE_integer("test_limit", 1000, "Test faces to measure on (even subsample; 0: all).")
+_CAL_LIMIT = flags.DEFINE_integer("cal_limit", 1000, "Validation faces to calibrate on along the detector "
+                                  "paths (even subsample; 0: all); the chips path takes every one.")
+_TEST_LIMIT = flags.DEFINE_integer("test_limit", 1000, "Test faces to measure on along the detector paths "
+                                   "(even subsample; 0: all); the chips path takes every one.")
 _CAL_PATHS = flags.DEFINE_list("cal_paths", ["chips", "detected"], "Paths to calibrate along.")
 _TEST_PATHS = flags.DEFINE_list("test_paths", ["chips", "detected", "pasted"], "Paths to measure along.")
 _METHODS = flags.DEFINE_list("methods", ["normalized", "normalized_mondrian"], "Conformal methods.")
@@ -41,16 +43,22 @@ def main(argv):
   start = time.time()
   predictor = Predictor(_WORKDIR.value, _STEP.value, intervals=False)
   cfg = predictor.cfg
-  val_images, val_ages = pc.labelled_images(run_data.load_split(cfg, cfg.data.val_split), _CAL_LIMIT.value)
-  test_images, test_ages = pc.labelled_images(run_data.load_split(cfg, cfg.data.eval_split), _TEST_LIMIT.value)
+  val_images, val_ages = pc.labelled_images(run_data.load_split(cfg, cfg.data.val_split))
+  test_images, test_ages = pc.labelled_images(run_data.load_split(cfg, cfg.data.eval_split))
   predictions = {}
+
+  def subsample(images, true, limit):
+    if not limit or limit >= len(images):
+      return images, true
+    chosen = np.linspace(0, len(images) - 1, limit).astype(int)
+    return [images[i] for i in chosen], true[chosen]
 
   def predicted(which, path, shift="", limit=0):
     key = (which, path, shift, limit)
     if key not in predictions:
       images, true = (val_images, val_ages) if which == "val" else (test_images, test_ages)
-      if limit:
-        images, true = images[:limit], true[:limit]
+      if path != "chips" or shift:
+        images, true = subsample(images, true, limit or (_CAL_LIMIT.value if which == "val" else _TEST_LIMIT.value))
       predictions[key] = pc.path_predictions(predictor, images, true, path, shift=pc.parse_shift(shift),
                                              seed=1 if which == "val" else 2, label=f"{which} {path} {shift}")
       p = predictions[key]
@@ -60,7 +68,8 @@ def main(argv):
 
   source = f"{cfg.data.name}:{cfg.data.val_split}"
   result = {"workdir": _WORKDIR.value, "step": predictor.step, "mirror": bool(cfg.eval.mirror),
-            "cal_faces": len(val_images), "test_faces": len(test_images), "by_method": {}, "shifts": {},
+            "validation_faces": len(val_images), "test_faces": len(test_images), "cal_limit": _CAL_LIMIT.value,
+            "test_limit": _TEST_LIMIT.value, "recal_limit": _RECAL_LIMIT.value, "by_method": {}, "shifts": {},
             "found": {}, "mae": {}}
   for method in _METHODS.value:
     for cal_path in _CAL_PATHS.value:
