@@ -22,9 +22,12 @@ FORBIDDEN = {
     "age_jax.models": ("age_jax.data", "age_jax.train", "age_jax.faces", "age_jax.evaluate"),
     "age_jax.losses": ("age_jax.data", "age_jax.models", "age_jax.train"),
     "age_jax.metrics": ("age_jax.data", "age_jax.models", "age_jax.train"),
-    "age_jax.train": ("age_jax.evaluate", "age_jax.predict", "age_jax.export", "age_jax.webapp"),
     "age_jax.ages": ("age_jax",),   # the bottom layer: ages, groups, label codes
+    "age_jax.train": ("age_jax.evaluate", "age_jax.predict", "age_jax.export", "age_jax.webapp",
+                      "age_jax.photo_calibration"),
 }
+# The shared inference rules sit just above ages: training-side code and both exports import them.
+RULES, RULES_MAY_IMPORT = "age_jax.inference_rules", ("age_jax.ages",)
 
 
 def _modules(top=PACKAGE):
@@ -147,3 +150,11 @@ def test_the_checker_sees_imports():
   assert "age_jax.losses" in graph["age_jax.formulations"]
   assert "age_jax.cpu.onednn" in graph["age_jax.cpu.lowerings"]
   assert CPU in _graph(top_level_only=False)[CPU_GATE] - graph[CPU_GATE]  # a function-level import
+
+
+def test_the_inference_rules_import_nothing_above_ages():
+  graph = _graph(top_level_only=False)
+  assert graph[RULES] <= set(RULES_MAY_IMPORT), sorted(graph[RULES] - set(RULES_MAY_IMPORT))
+  users = {m for m, imported in graph.items() if RULES in imported}
+  assert {"age_jax.losses", "age_jax.formulations", "age_jax.conformal", "age_jax.export", "age_jax.export_onnx",
+          "age_jax.data.pipeline", "age_jax.data.augment"} <= users  # one implementation, used on both sides
