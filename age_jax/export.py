@@ -46,8 +46,9 @@ LANDMARK_ORDER = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right") 
 # size, then a bilinear resize to the input size; exactly age_jax's Predictor path.
 ALIGN_RECIPE = '''"""Align a face for the exported age model: numpy + PIL only.
 
-  crop = align(photo, points)   # photo: uint8 HxWx3 RGB; points: (5, 2) (x, y) pixel centres, in
-                                # meta['input']['landmark_order'] (image-left eye first)
+  model, meta = load("age.jaxexport")
+  crop = align(photo, points, meta["input"])  # photo: uint8 HxWx3 RGB; points: (5, 2) (x, y) pixel
+                                              # centres in meta['input']['landmark_order']
   ages = model.call(crop[None])["age"]
 """
 import json, zipfile
