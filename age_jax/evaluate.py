@@ -73,7 +73,7 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, folder: str | No
                      dataset: str | None = None, manual_dir: str = "", faces: str = "detect",
                      out_dir: str | None = None, step: int | None = None, calibrate_first: bool = False,
                      mirror: bool | None = None, views: int | None = None,
-                     choose_logit_adjustment: bool = False) -> dict:
+                     choose_logit_adjustment: bool = False, calibration_method: str | None = None) -> dict:
   """Evaluates a checkpoint and writes report.json and plots to out_dir; returns the report.
 
   Sources: a split of the run's own dataset (default: config.data.eval_split), images as it
@@ -81,10 +81,13 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, folder: str | No
   'test', else all its splits) or a labelled folder. For those two, faces='detect' finds and
   aligns each image's face onto the canonical crop (data/builders/face_crops.py; images without
   a face are left out and counted), faces='crops' uses the images as they are.
-  With calibrate_first, first (re)calibrates the age intervals on the validation split; the
-  report has interval coverage whenever the workdir holds a calibration. mirror overrides the
-  run's config.eval.mirror (mirror-averaged predictions), views its config.data.eval_views (1
-  or 5 shifted crops averaged). choose_logit_adjustment: first
+  With calibrate_first, first (re)calibrates the age intervals of this step and mirror on the
+  validation split (calibration_method: conformal.METHODS, default by the head). The report has
+  interval coverage whenever the workdir holds a calibration of these weights (chips preferred
+  for the run's own splits, faces detected or pasted for faces='detect'); it refuses
+  (conformal.CalibrationMismatch) when the workdir holds calibrations of other weights only.
+  mirror overrides the run's config.eval.mirror (mirror-averaged predictions), views its
+  config.data.eval_views (1 or 5 shifted crops averaged). choose_logit_adjustment: first
   (re)chooses the logit adjustment's tau on the validation split (train/posthoc.py), for a run
   with config.formulation.logit_adjustment=-1.
   """
@@ -107,7 +110,10 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, folder: str | No
   if calibrate_first:
     if not cfg.data.val_split:
       raise ValueError("calibration needs a validation split, and config.data.val_split is empty")
-    calibrate(exp, cfg, normalizer, state, workdir)
+    calibrate(exp, cfg, normalizer, state, workdir, method=calibration_method)
+  detected = bool(folder or dataset) and faces == "detect"
+  calibration = conformal.load(workdir, int(state.step), bool(cfg.eval.mirror),
+                               ("detected", "pasted", "chips") if detected else ("chips", "detected", "pasted"))
   crop_size = face_crops.run_crop_size(cfg.data)
   face_counts = None
   if folder:
@@ -130,7 +136,7 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, folder: str | No
   if face_counts is not None:
     cfg.data.align = False  # the crops are aligned already
   evaluator = Evaluator(exp, cfg, normalizer, records=records, train_counts=run_data.training_age_counts(cfg))
-  result = evaluator.report(state, conformal.load(workdir))
+  result = evaluator.report(state, calibration)
   result["source"] = source_name
   if face_counts is not None:
     result["faces"] = face_counts

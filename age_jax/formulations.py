@@ -77,6 +77,7 @@ import numpy as np
 from absl import logging
 
 from age_jax import ages as ages_lib
+from age_jax import inference_rules as rules
 from age_jax import losses
 
 
@@ -106,8 +107,8 @@ ORDINAL = ("or", "coral")
 IDENTITY = ("am_softmax",)
 AGE_NAMES = SOFTMAX + REGRESSION + ORDINAL
 NAMES = AGE_NAMES + IDENTITY
-_DEFAULT_DECODE = {"oh": "argmax", "oh_expectation": "expectation", "ldl": "argmax",
-                   "dldl_v2": "expectation", "lae_stage2": "expectation"}
+DEFAULT_DECODE = {"oh": "argmax", "oh_expectation": "expectation", "ldl": "argmax",
+                  "dldl_v2": "expectation", "lae_stage2": "expectation"}
 DECODES = ("default", "argmax", "expectation")
 OUT_OF_RANGE = ("clip", "error")
 OR_TASK_WEIGHTS = ("uniform", "sqrt_count")
@@ -277,11 +278,15 @@ def _fuse_ordinal(group_logits, group_outputs):
           - jax.nn.logsumexp(log_p + jax.nn.log_sigmoid(-group_outputs), axis=1))
 
 
+def softmax_decode(cfg) -> str:
+  """How a softmax head's outputs become an age: 'argmax' or 'expectation' (config.formulation.decode,
+  'default' being the formulation's own, DEFAULT_DECODE)."""
+  return DEFAULT_DECODE[cfg.name] if cfg.decode == "default" else cfg.decode
+
+
 def _softmax_decoder(how, num_classes, min_age):
-  if how == "argmax":
-    return lambda out: min_age + jnp.argmax(out, axis=-1).astype(jnp.float32)
-  ages = losses.bin_ages(num_classes, min_age)
-  return lambda out: losses.softmax_expectation(out, ages)
+  bins = losses.bin_ages(num_classes, min_age)
+  return lambda out: rules.softmax_age(out, bins, how, rules.jax_ops())
 
 
 def _with_lds(formulation: Formulation, cfg) -> Formulation:
@@ -314,7 +319,7 @@ def _get_formulation(cfg) -> Formulation:
 
   if name in REGRESSION:
     offset, scale = float(cfg.regression_offset), float(cfg.regression_scale)
-    decode = lambda out: offset + scale * jnp.asarray(out, jnp.float32)[:, 0]
+    decode = lambda out: rules.regression_age(jnp.asarray(out), offset, scale, rules.jax_ops())
     error = losses.squared_error if name == "mse" else losses.absolute_error
     return Formulation(name, 1, lambda out, ages: error(decode(out), ages), decode, _fuse_linear)
 
@@ -329,11 +334,11 @@ def _get_formulation(cfg) -> Formulation:
       return losses.ordinal_binary_cross_entropy(out, targets, task_weights, pos_w, neg_w)
 
     # Xing eq. 11: yhat = 1 + sum_k f_k(x) with ages from 1; here bin 0 is min_age. logit > 0 <=> p > 0.5.
-    decode = lambda out: min_age + jnp.sum(jnp.asarray(out) > 0, axis=-1).astype(jnp.float32)
+    decode = lambda out: rules.ordinal_age(jnp.asarray(out), min_age, rules.jax_ops())
     return Formulation(name, k - 1, ordinal_loss, decode, _fuse_ordinal,
                        head="coral" if name == "coral" else "dense")
 
-  decode = _softmax_decoder(_DEFAULT_DECODE[name] if cfg.decode == "default" else cfg.decode, k, min_age)
+  decode = _softmax_decoder(softmax_decode(cfg), k, min_age)
   spread = lambda out: losses.softmax_std(out, losses.bin_ages(k, min_age))
   sigma = float(cfg.sigma)
   if name in ("oh", "oh_expectation"):

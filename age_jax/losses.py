@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from age_jax import inference_rules
 from age_jax.ages import whole_years
 
 
@@ -72,14 +73,13 @@ def kl_divergence(logits, target) -> jnp.ndarray:
 
 def softmax_expectation(logits, ages_of_bins) -> jnp.ndarray:
   """Expected age under the softmax (DEX; LAE: yhat = sum_k k zhat_k)."""
-  return jnp.sum(jax.nn.softmax(_f32(logits), axis=-1) * _f32(ages_of_bins), axis=-1)
+  return inference_rules.softmax_age(logits, _f32(ages_of_bins), "expectation",
+                                     inference_rules.jax_ops())
 
 
 def softmax_std(logits, ages_of_bins) -> jnp.ndarray:
   """Standard deviation (years) of the age distribution the softmax predicts."""
-  p, ages = jax.nn.softmax(_f32(logits), axis=-1), _f32(ages_of_bins)
-  mean = jnp.sum(p * ages, axis=-1, keepdims=True)
-  return jnp.sqrt(jnp.sum(p * (ages - mean) ** 2, axis=-1))
+  return inference_rules.softmax_spread(logits, _f32(ages_of_bins), inference_rules.jax_ops())
 
 
 def dldl_v2_loss(logits, ages, sigma: float, lam: float, min_age: float = 0.0) -> jnp.ndarray:

@@ -8,7 +8,12 @@ In 'detect' mode every face the detector finds is aligned onto the canonical cro
 canonical-crop build stores it (data/builders/face_crops.py), then resized and cropped as
 evaluation does. In 'crops' mode each image is one face crop used as it is, as a plain build
 stores it. Each age comes with its conformal interval [low, high] at the predictor's coverage
-(age_jax/conformal.py) when the workdir holds a calibration.
+(age_jax/conformal.py) when the workdir holds a calibration, and `calibrated_on` says what the
+interval's coverage was measured on. The calibration must belong to the restored weights (step,
+mirror): one of other weights is refused at construction (conformal.CalibrationMismatch, with
+the command that fixes it), unless calibrate=True, which calibrates these weights on the spot
+(validation chips, conformal.save); intervals=False reads none. In 'detect' mode a calibration on detected (or pasted)
+faces is preferred to one on chips; 'crops' prefers chips.
 """
 import csv
 import dataclasses
@@ -44,11 +49,14 @@ class FaceAge:
   race: str | None = None
   low: float | None = None             # the conformal interval, with a calibration; an
   high: float | None = None            # unbounded side (too small a calibration) is None
+  calibrated_on: str | None = None     # what the interval's coverage was measured on, e.g.
+                                       # 'detected:utkface:validation' (conformal.FACES:source)
 
   def as_dict(self) -> dict:
     out = {"age": round(float(self.age), 2)}
     if self.low is not None:
-      out.update(low=round(self.low, 2), high=None if self.high is None else round(self.high, 2))
+      out.update(low=round(self.low, 2), high=None if self.high is None else round(self.high, 2),
+                 calibrated_on=self.calibrated_on)
     if self.box is not None:
       out.update(box=[round(float(v), 1) for v in self.box], score=round(float(self.score), 4),
                  landmarks=[[round(float(x), 1), round(float(y), 1)] for x, y in self.landmarks])
@@ -60,15 +68,49 @@ class Predictor:
   """A restored model with its input pipeline and a face detector (built on first use)."""
 
   def __init__(self, workdir: str, step: int | None = None, detector=None,
-               coverage: float = conformal.DEFAULT_COVERAGE):
+               coverage: float = conformal.DEFAULT_COVERAGE, calibrate: bool = False, intervals: bool = True):
     self.exp, self.cfg, self.state, self.normalizer = restore(workdir, step)
-    self.calibration, self.coverage = conformal.load(workdir), coverage
-    if self.calibration is None:
-      logging.warning("%s has no %s: ages come without intervals (run `python -m launch.evaluate "
-                      "--workdir=%s --calibrate`)", workdir, conformal.CALIBRATION_FILE, workdir)
+    self.workdir, self.step, self.coverage = workdir, int(self.state.step), coverage
     self._predict = {}  # mirror -> jitted predict step, built on first use
+    self._calibrations = {}  # (mirror, faces mode) -> Calibration | None
     self._detector = detector
     self.crop_size = run_crop_size(self.cfg.data)
+    mirror = bool(self.cfg.eval.mirror)
+    if not intervals:  # ages only (e.g. to calibrate these weights): no calibration is read
+      self.calibration = None
+      self._calibrations = {(m, mode): None for m in (False, True) for mode in ("detect", "crops")}
+      return
+    try:
+      self.calibration = self.calibration_for(mirror, "detect")
+    except conformal.CalibrationMismatch:
+      if not calibrate:
+        raise
+      self.calibration = None
+    if self.calibration is None and calibrate:  # these weights, on the spot: the validation chips
+      from age_jax.train.evaluator import calibrate as calibrate_chips
+      logging.info("calibrating step %d on the validation split", self.step)
+      calibrate_chips(self.exp, self.cfg, self.normalizer, self.state, workdir)
+      self._calibrations.clear()
+      self.calibration = self.calibration_for(mirror, "detect")
+    if self.calibration is None:
+      logging.warning("%s has no calibration: ages come without intervals (run `%s`)", workdir,
+                      conformal.fix_command(workdir, self.step, mirror))
+
+  def calibration_for(self, mirror: bool, mode: str = "detect"):
+    """The calibration of these weights with `mirror` for faces found in photos ('detect') or
+    given as crops ('crops'); None when the workdir has none. CalibrationMismatch for the
+    run's own mirror when only other weights are calibrated; for the other mirror (asked
+    explicitly by crop_ages) a missing calibration means no intervals."""
+    key = (bool(mirror), mode)
+    if key not in self._calibrations:
+      order = ("detected", "pasted", "chips") if mode == "detect" else ("chips", "detected", "pasted")
+      try:
+        self._calibrations[key] = conformal.load(self.workdir, self.step, bool(mirror), order)
+      except conformal.CalibrationMismatch:
+        if bool(mirror) == bool(self.cfg.eval.mirror):
+          raise
+        self._calibrations[key] = None
+    return self._calibrations[key]
 
   @property
   def detector(self):
@@ -83,23 +125,33 @@ class Predictor:
       self._predict[mirror] = self.exp.jit_predict_step(mirror)
     return self._predict[mirror]
 
-  def crop_ages(self, crops: list[np.ndarray], coverage: float | None = None, mirror: bool | None = None
-                ) -> list[FaceAge]:
-    """Ages (and intervals at `coverage`, default the predictor's) of face crops (uint8 HxWx3,
-    any size), each resized to the model's load size; mirror as in predict_fn."""
-    if not crops:
-      return []
+  def crop_predictions(self, crops: list[np.ndarray], mirror: bool | None = None) -> dict:
+    """The raw predictions ('pred_age', 'pred_spread' for softmax heads, ...) of face crops
+    (uint8 HxWx3, any size), each resized to the model's load size; mirror as in predict_fn."""
     size = self.cfg.data.load_size
     source = [{"image": _resize(c, size), "age": -1.0, "gender": -1, "race": -1} for c in crops]
-    p = predict_source(self.exp, self.cfg, self.normalizer, self.predict_fn(mirror), self.state, source)
+    return predict_source(self.exp, self.cfg, self.normalizer, self.predict_fn(mirror), self.state, source)
+
+  def crop_ages(self, crops: list[np.ndarray], coverage: float | None = None, mirror: bool | None = None,
+                mode: str = "crops") -> list[FaceAge]:
+    """Ages (and intervals at `coverage`, default the predictor's) of face crops (uint8 HxWx3,
+    any size), each resized to the model's load size; mirror as in predict_fn; mode: where the
+    crops come from ('detect': aligned from photos), which chooses the calibration."""
+    if not crops:
+      return []
+    p = self.crop_predictions(crops, mirror)
     n = len(crops)
     ages, spreads = p["pred_age"], p.get("pred_spread")
     low = high = [None] * n
-    if self.calibration is not None:
-      low, high = self.calibration.intervals(ages, spreads, coverage or self.coverage)
+    calibration = self.calibration_for(self.cfg.eval.mirror if mirror is None else mirror, mode)
+    on = None
+    if calibration is not None:
+      low, high = calibration.intervals(ages, spreads, coverage or self.coverage)
+      on = f"{calibration.faces}:{calibration.source}"
     out = []
     for i in range(n):
-      face = FaceAge(age=float(ages[i]), low=_finite(low[i]), high=_finite(high[i]))
+      face = FaceAge(age=float(ages[i]), low=_finite(low[i]), high=_finite(high[i]),
+                     calibrated_on=on if calibration is not None else None)
       if "pred_gender" in p:
         face.gender = GENDER_NAMES[int(p["pred_gender"][i])]
       if "pred_race" in p:
@@ -121,7 +173,7 @@ class Predictor:
         crops.append(align_to_canonical(image, np.asarray(face.landmarks, np.float64), self.crop_size))
         owners.append((k, face))
     results = [[] for _ in images]
-    for (k, face), aged in zip(owners, self.crop_ages(crops, coverage)):
+    for (k, face), aged in zip(owners, self.crop_ages(crops, coverage, mode="detect")):
       aged.box, aged.score = np.asarray(face.box, np.float32), float(face.score)
       aged.landmarks = np.asarray(face.landmarks, np.float32)
       results[k].append(aged)
@@ -210,7 +262,7 @@ def draw(image: np.ndarray, faces: list[FaceAge]) -> Image.Image:
   return picture
 
 
-CSV_COLUMNS = ("file", "status", "face", "age", "low", "high", "gender", "race", "score", "x0", "y0", "x1", "y1",
+CSV_COLUMNS = ("file", "status", "face", "age", "low", "high", "calibrated_on", "gender", "race", "score", "x0", "y0", "x1", "y1",
                *(f"{p}_{c}" for p in POINT_NAMES for c in "xy"), "error")
 
 
@@ -224,6 +276,8 @@ def csv_rows(results: list[dict]) -> list[dict]:
     for k, face in enumerate(result["faces"]):
       row = {**base, "face": k, "age": round(face.age, 2), "gender": face.gender or "", "race": face.race or ""}
       row.update({name: round(v, 2) for name, v in (("low", face.low), ("high", face.high)) if v is not None})
+      if face.calibrated_on:
+        row["calibrated_on"] = face.calibrated_on
       if face.box is not None:
         row.update(score=round(face.score, 4), **dict(zip(("x0", "y0", "x1", "y1"), np.round(face.box, 1).tolist())))
         for name, (x, y) in zip(POINT_NAMES, face.landmarks):

@@ -82,7 +82,9 @@ def create_app(predictor, faces: str = "detect", coverage: float = 0.9,
     return {"status": "ok", "model": cfg.model.name, "formulation": cfg.formulation.name,
             "faces": faces,
             "interval": None if calibration is None else {"method": calibration.method,
-                                                          "default_coverage": coverage}}
+                                                          "default_coverage": coverage,
+                                                          "calibration_step": calibration.step,
+                                                          "calibrated_on": f"{calibration.faces}:{calibration.source}"}}
 
   @app.post("/api/predict")
   async def predict(request: fastapi.Request, file: fastapi.UploadFile | None = None,

@@ -16,6 +16,9 @@ _COVERAGE = flags.DEFINE_float("coverage", 0.9, "Coverage of the age interval bu
 _PLATFORMS = flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"], "Platforms the artifact runs on.")
 _FORMAT = flags.DEFINE_enum("format", "jax", ["jax", "onnx"], "jax.export StableHLO (any network) or ONNX "
                             "(the Xing baseline; needs the `onnx` package).")
+_CALIBRATE = flags.DEFINE_bool("calibrate", False, "When the checkpoint's weights have no calibration (none, or "
+                                "only other steps'), calibrate them on the validation split first; without "
+                                "it a calibration of other weights is refused.")
 flags.mark_flags_as_required(["workdir", "out"])
 
 
@@ -25,11 +28,13 @@ def main(argv):
   common.setup_jax()
   if _FORMAT.value == "onnx":
     from age_jax import export_onnx
-    outputs = export_onnx.export_workdir(_WORKDIR.value, _OUT.value, _STEP.value, _COVERAGE.value)
+    outputs = export_onnx.export_workdir(_WORKDIR.value, _OUT.value, _STEP.value, _COVERAGE.value,
+                                         calibrate=_CALIBRATE.value)
     print(f"wrote {_OUT.value}: ONNX opset {export_onnx.OPSET}, input 'faces', outputs {outputs}")
     return
   from age_jax import export
-  meta = export.export_workdir(_WORKDIR.value, _OUT.value, _STEP.value, _COVERAGE.value, _PLATFORMS.value)
+  meta = export.export_workdir(_WORKDIR.value, _OUT.value, _STEP.value, _COVERAGE.value, _PLATFORMS.value,
+                              calibrate=_CALIBRATE.value)
   print(f"wrote {_OUT.value}: {meta['model']} / {meta['formulation']} step {meta['step']}, outputs "
         f"{meta['outputs']}, platforms {meta['platforms']}")
 

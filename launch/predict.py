@@ -23,6 +23,9 @@ _FACES = flags.DEFINE_enum("faces", "detect", ["detect", "crops"],
 _DRAW_DIR = flags.DEFINE_string("draw_dir", None, "Also write each photo with boxes and ages drawn here.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 _COVERAGE = flags.DEFINE_float("coverage", 0.9, "Coverage of each age's conformal interval (low, high).")
+_CALIBRATE = flags.DEFINE_bool("calibrate", False, "When the checkpoint's weights have no calibration (none, or "
+                                "only other steps'), calibrate them on the validation split first; without "
+                                "it a calibration of other weights is refused.")
 flags.mark_flags_as_required(["workdir", "folder"])
 
 
@@ -32,7 +35,7 @@ def main(argv):
   common.setup_jax()
   from age_jax import predict
   paths = predict.image_paths(_FOLDER.value)
-  predictor = predict.Predictor(_WORKDIR.value, _STEP.value, coverage=_COVERAGE.value)
+  predictor = predict.Predictor(_WORKDIR.value, _STEP.value, coverage=_COVERAGE.value, calibrate=_CALIBRATE.value)
   results = predict.predict_files(predictor, paths, faces=_FACES.value, draw_dir=_DRAW_DIR.value)
   out_json = os.path.splitext(_OUT.value)[0] + ".json"
   predict.write_results(results, _OUT.value, out_json)

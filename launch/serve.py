@@ -13,6 +13,9 @@ _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest
 _COVERAGE = flags.DEFINE_float("coverage", 0.9, "Default coverage of the age intervals.")
 _FACES = flags.DEFINE_enum("faces", "detect", ["detect", "crops"],
                            "Default for uploads: detect every face, or take the upload as one face crop.")
+_CALIBRATE = flags.DEFINE_bool("calibrate", False, "When the checkpoint's weights have no calibration (none, or "
+                                "only other steps'), calibrate them on the validation split first; without "
+                                "it a calibration of other weights is refused.")
 flags.mark_flag_as_required("workdir")
 
 
@@ -25,7 +28,7 @@ def main(argv):
     raise SystemExit(f"launch.serve needs the 'serve' extra (pip install -e '.[serve]'): {e}")
   common.setup_jax()
   from age_jax import predict, webapp
-  predictor = predict.Predictor(_WORKDIR.value, _STEP.value, coverage=_COVERAGE.value)
+  predictor = predict.Predictor(_WORKDIR.value, _STEP.value, coverage=_COVERAGE.value, calibrate=_CALIBRATE.value)
   print(f"serving {_WORKDIR.value} on http://{_HOST.value}:{_PORT.value}", flush=True)
   uvicorn.run(webapp.create_app(predictor, faces=_FACES.value, coverage=_COVERAGE.value), host=_HOST.value, port=_PORT.value,
               log_level="warning")

@@ -24,9 +24,12 @@ FORBIDDEN = {
     "age_jax.models": ("age_jax.data", "age_jax.train", "age_jax.faces", "age_jax.evaluate"),
     "age_jax.losses": ("age_jax.data", "age_jax.models", "age_jax.train"),
     "age_jax.metrics": ("age_jax.data", "age_jax.models", "age_jax.train"),
-    "age_jax.train": ("age_jax.evaluate", "age_jax.predict", "age_jax.export", "age_jax.webapp"),
     "age_jax.ages": ("age_jax",),   # the bottom layer: ages, groups, label codes
+    "age_jax.train": ("age_jax.evaluate", "age_jax.predict", "age_jax.export", "age_jax.webapp",
+                      "age_jax.photo_calibration"),
 }
+# The shared inference rules sit just above ages: training-side code and both exports import them.
+RULES, RULES_MAY_IMPORT = "age_jax.inference_rules", ("age_jax.ages",)
 
 
 def _modules(top=PACKAGE):
@@ -157,22 +160,23 @@ def test_the_checker_sees_imports():
 # lower layer, not each other's callers (the train layer never imports them: FORBIDDEN above).
 BELOW_TRAIN = {"ages", "losses", "metrics", "formulations", "storage", "locks", "distributed", "stages",
                "checkpoint", "faces", "models", "cpu", "data", "config", "objective", "conformal", "report",
-               "versions", "pod_types"}
+               "versions", "pod_types", "inference_rules"}
 MAY_IMPORT = {
     "ages": set(),
-    "losses": {"ages"},
+    "inference_rules": {"ages"},   # preprocessing, decoders, intervals: one implementation (test below)
+    "losses": {"ages", "inference_rules"},
     "metrics": {"ages"},
-    "formulations": {"ages", "losses"},
+    "formulations": {"ages", "losses", "inference_rules"},
     "storage": set(), "locks": set(), "distributed": set(), "stages": set(),
     "versions": set(), "pod_types": set(),   # the tested JAX range; TPU pod types and their device counts
     "checkpoint": {"storage"},
     "faces": set(),
     "models": {"ages", "losses", "cpu", "storage"},   # cpu only through get_lowering (tests above)
     "cpu": {"models"},                     # models.layers only (tests above)
-    "data": {"ages", "faces", "locks", "storage"},
+    "data": {"ages", "faces", "inference_rules", "locks", "storage"},
     "config": {"data", "formulations", "models", "stages", "storage"},   # see CONFIG_MAY_IMPORT
     "objective": {"formulations", "losses", "models"},
-    "conformal": {"ages", "metrics", "storage"},
+    "conformal": {"ages", "inference_rules", "metrics", "storage"},
     "report": {"metrics", "storage"},
     "train": BELOW_TRAIN,
     "evaluate": BELOW_TRAIN | {"train"},
@@ -183,6 +187,7 @@ MAY_IMPORT = {
     "pasted_faces": BELOW_TRAIN | {"train", "evaluate", "predict"},
     "preflight": BELOW_TRAIN | {"train"},                  # checks before a cluster run
     "faeb_benchmark": BELOW_TRAIN | {"train", "evaluate"},  # FAEB's protocol: trains and evaluates
+    "photo_calibration": BELOW_TRAIN | {"train", "evaluate", "predict", "pasted_faces"},  # intervals on photos
 }
 
 # config.py names things and validates the names against the registries that resolve them; it never
@@ -228,3 +233,11 @@ def test_the_rules_catch_an_upward_import(tmp_path):
   modules = {**dict(_modules()), "age_jax.train.loop": ""}
   imported = _imports(str(fake), "age_jax.losses", modules, top_level_only=False)
   assert "age_jax.train.loop" in imported and _top("age_jax.train.loop") not in MAY_IMPORT["losses"]
+
+
+def test_the_inference_rules_import_nothing_above_ages():
+  graph = _graph(top_level_only=False)
+  assert graph[RULES] <= set(RULES_MAY_IMPORT), sorted(graph[RULES] - set(RULES_MAY_IMPORT))
+  users = {m for m, imported in graph.items() if RULES in imported}
+  assert {"age_jax.losses", "age_jax.formulations", "age_jax.conformal", "age_jax.export", "age_jax.export_onnx",
+          "age_jax.data.pipeline", "age_jax.data.augment"} <= users  # one implementation, used on both sides

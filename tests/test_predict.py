@@ -107,3 +107,32 @@ def test_a_real_face_pasted_into_a_photo_is_found_with_the_real_detector(workdir
   x0, y0, x1, y1 = result["faces"][0].box
   assert x0 < where["centre"][0] < x1 and y0 < where["centre"][1] < y1
   assert 0.9 < result["faces"][0].score <= 1.0
+
+
+def test_a_calibration_on_detected_faces_is_kept_apart_and_used_for_photos(workdir, tmp_path):
+  # The path users take: photo -> detector -> canonical crop. Its calibration is stored beside the
+  # chips' one (same step), detect mode uses it, crops mode keeps the chips' one, and each face
+  # says what its interval's coverage was measured on.
+  import shutil
+  from age_jax import conformal, photo_calibration
+  from age_jax.faces import align_to_canonical
+  copy = str(tmp_path / "run")
+  shutil.copytree(workdir, copy)
+  detector = fake_faces.FakeDetector()
+  rng = np.random.default_rng(0)
+  points = [fake_faces.face_points(rng.uniform(40, 80, 2), rng.uniform(16, 26), rng.uniform(-20, 20)) for _ in range(24)]
+  photos = [detector.photo(120, [p]) for p in points]
+  true = rng.uniform(5, 70, len(photos))
+  predictor = predict.Predictor(copy, detector=detector, intervals=False)
+  cal, p = photo_calibration.calibrate_on_path(predictor, photos, true, "detected", "fake:photos")
+  assert p["found"].all() and cal.faces == "detected" and cal.step == predictor.step and cal.method == "mondrian"
+  by_hand = [predictor.crop_ages([align_to_canonical(im, pt, predictor.crop_size)])[0].age for im, pt in zip(photos, points)]
+  np.testing.assert_allclose(np.sort(cal.scores), np.sort(np.abs(np.asarray(by_hand) - true)), atol=1e-4)
+  assert sorted(os.listdir(os.path.join(copy, conformal.CALIBRATION_DIR))) == [
+      f"step_{predictor.step}_plain_chips.json", f"step_{predictor.step}_plain_detected.json"]
+  with_intervals = predict.Predictor(copy, detector=detector)
+  [face] = with_intervals.photo(photos[0])
+  assert face.calibrated_on == "detected:fake:photos" and face.low is not None
+  assert with_intervals.crop_ages([photos[0]])[0].calibrated_on.startswith("chips:")
+  with pytest.raises(ValueError, match="blur:RADIUS"):
+    photo_calibration.parse_shift("sharpen:3")

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from age_jax import inference_rules
 from age_jax.data import randaugment
 
 PRESETS = ("xing", "lae", "face", "none")
@@ -53,11 +54,9 @@ def _check_size(image, size):
 
 
 def center_crop(image, size: int):
-  """The centred size x size window (numpy or JAX)."""
+  """The centred size x size window (numpy or JAX; inference_rules.center_crop, as the exports)."""
   _check_size(image, size)
-  h, w = image.shape[:2]
-  top, left = (h - size) // 2, (w - size) // 2
-  return image[top:top + size, left:left + size]
+  return inference_rules.center_crop(image, size)
 
 
 def _resize_short_side(image: np.ndarray, size: int) -> np.ndarray:

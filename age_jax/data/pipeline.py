@@ -17,6 +17,7 @@ import grain
 import numpy as np
 from PIL import Image
 
+from age_jax import inference_rules
 from age_jax.data import augment, datasets, decoded, samplers
 from age_jax.faces import align_to_canonical
 
@@ -108,7 +109,7 @@ class Normalizer:
       raise ValueError(f"config.data.normalize={kind!r}; expected 'mean_image' or 'imagenet'")
 
   def __call__(self, image):
-    return (image - self.mean) * self.scale
+    return inference_rules.normalize(image, self.mean, self.scale)
 
 
 def eval_transform(data_cfg, single_view: bool = False):

@@ -49,12 +49,15 @@ def summarize(p: dict) -> dict:
           "aar": metrics.aar(p["pred_age"], p["age"])["aar"]}
 
 
-def calibrate(exp, cfg, normalizer, state, workdir: str, split: str | None = None) -> dict:
-  """Predicts the validation split (or `split`), stores the conformal calibration in the workdir
-  (conformal.CALIBRATION_FILE) and returns the split's MAE and AAR."""
+def calibrate(exp, cfg, normalizer, state, workdir: str, split: str | None = None,
+              method: str | None = None) -> dict:
+  """Predicts the validation split (or `split`) as evaluation reads it (faces 'chips'), stores the
+  conformal calibration of these weights (step, config.eval.mirror) in the workdir's
+  calibrations/ (conformal.save: other steps' are kept) and returns the split's MAE and AAR."""
   split = split or cfg.data.val_split
   p = Evaluator(exp, cfg, normalizer, split).predict(state)
-  calibration = conformal.calibrate_predictions(p, f"{cfg.data.name}:{split}", int(state.step))
+  calibration = conformal.calibrate_predictions(p, f"{cfg.data.name}:{split}", int(state.step),
+                                                bool(cfg.eval.mirror), "chips", method)
   if jax.process_index() == 0:
     conformal.save(calibration, workdir)
   return summarize(p)

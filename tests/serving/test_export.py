@@ -59,7 +59,7 @@ def test_bare_python_gives_the_checkpoints_ages_and_intervals(trained_workdir, a
   exp, cfg, state, normalizer = restore(workdir)
   records = face_records(folder, 24)
   expected = Evaluator(exp, cfg, normalizer, records=records).predict(state)
-  low, high = conformal.load(workdir).intervals(expected["pred_age"], expected["pred_spread"], 0.9)
+  low, high = conformal.load(workdir, int(state.step), False).intervals(expected["pred_age"], expected["pred_spread"], 0.9)
   assert np.all(np.isfinite(high))
   from age_jax.data import pipeline
   faces = np.stack([pipeline.decode_image(r["image"], cfg.data.load_size) for r in records])
@@ -102,8 +102,11 @@ def test_onnx_gives_the_artifacts_ages_and_intervals(trained_workdir, artifact, 
     np.testing.assert_allclose(got[name], np.asarray(want[name]), atol=1e-4, err_msg=name)
 
 
-@pytest.mark.parametrize("name", ["mae", "oh", "ldl"])
-def test_onnx_decoders_match_jax_on_a_fresh_model(name):
+@pytest.mark.parametrize("name", ["mae", "oh", "ldl", "or"])
+def test_onnx_decoders_and_intervals_match_jax_and_conformal_on_a_fresh_model(name):
+  # Every decoder, and every interval method: 'mondrian' (one quantile per group of the predicted
+  # age) for regression and ordinal heads, 'normalized' and 'normalized_mondrian' for softmax heads; the ONNX graph, the
+  # jax.export function and conformal.Calibration.intervals on the checkpoint's own ages agree.
   ort = pytest.importorskip("onnxruntime")
   pytest.importorskip("onnx")
   import jax
@@ -115,12 +118,61 @@ def test_onnx_decoders_match_jax_on_a_fresh_model(name):
   mean = np.random.default_rng(0).uniform(0, 255, (64, 64, 3)).astype(np.float32)
   normalizer = pipeline.Normalizer("mean_image", mean, 1 / 255)
   faces = np.random.default_rng(1).integers(0, 256, (5, 72, 72, 3), np.uint8)
-  model = export_onnx.build_model(cfg, jax.device_get(state.params), normalizer)
-  got = ort.InferenceSession(model.SerializeToString()).run(["age"], {"faces": faces})[0]
-  want = export.inference_function(exp, cfg, state, normalizer)(faces)["age"]
-  np.testing.assert_allclose(got, np.asarray(want), atol=1e-4)
+  rng = np.random.default_rng(2)
+  cal_ages = rng.uniform(0, 90, 400)
+  spread = rng.uniform(1, 5, 400) if name in ("oh", "ldl") else None
+  method = {"oh": "normalized_mondrian", "ldl": "normalized"}.get(name, "mondrian")
+  calibration = conformal.calibrate(cal_ages, cal_ages + rng.normal(size=400) * (1 + cal_ages / 8), spread,
+                                    method=method)
+  if method != "normalized":
+    assert len(set(np.round(calibration.quantiles(0.9)[0], 4))) > 4  # the groups' quantiles differ
+  model = export_onnx.build_model(cfg, jax.device_get(state.params), normalizer, calibration, 0.9)
+  names = [o.name for o in model.graph.output]
+  got = dict(zip(names, ort.InferenceSession(model.SerializeToString()).run(names, {"faces": faces})))
+  want = {k: np.asarray(v) for k, v in export.inference_function(exp, cfg, state, normalizer, calibration, 0.9)(faces).items()}
+  assert sorted(got) == sorted(want)
+  for key in got:
+    np.testing.assert_allclose(got[key], want[key], atol=1e-4, err_msg=key)
+  low, high = calibration.intervals(want["age"], want.get("spread"), 0.9)
+  np.testing.assert_allclose(want["low"], low, atol=1e-4)
+  np.testing.assert_allclose(want["high"], high, atol=1e-4)
   with pytest.raises(ValueError, match="xing_baseline"):
     export_onnx._refuse(tiny_config(**{"model.name": "resnet18"}))
+
+
+def test_the_artifact_states_its_input_contract_and_its_recipe_makes_the_predictors_crop(trained_workdir, artifact):
+  import zipfile
+  from PIL import Image
+  from age_jax.faces import align_to_canonical, canonical
+  from age_jax.predict import _resize
+  workdir, folder, _ = trained_workdir
+  _, meta = export.load_artifact(artifact[0])
+  contract = meta["input"]
+  _, cfg, _, _ = restore(workdir)
+  assert contract["colour_order"] == "RGB" and contract["value_range"] == [0, 255]
+  assert contract["shape"] == ["batch", cfg.data.load_size, cfg.data.load_size, 3]
+  np.testing.assert_allclose(contract["template_fractions"], canonical.CANONICAL_TEMPLATE, atol=1e-4)
+  assert contract["landmark_order"][0] == "left_eye" and "canonical crop" in contract["face"]
+  assert meta["interval"]["calibration_step"] == meta["step"] and meta["interval"]["calibration_faces"] == "chips"
+  recipe = zipfile.ZipFile(artifact[0]).read(export.RECIPE_ENTRY).decode()
+  assert "age_jax" not in recipe  # numpy + PIL only
+  namespace = {}
+  exec(compile(recipe, "align.py", "exec"), namespace)
+  # A face in a larger, rotated photo, with the five points a detector would give for it.
+  face = np.asarray(Image.open(os.path.join(folder, sorted(os.listdir(folder))[0])).convert("RGB").resize((200, 200)))
+  photo = np.zeros((400, 400, 3), np.uint8)
+  photo[90:290, 120:320] = face
+  points = canonical.CANONICAL_TEMPLATE * 200 - 0.5 + [120, 90]
+  centre, angle = points.mean(0), np.deg2rad(12)
+  rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+  photo = np.asarray(Image.fromarray(photo).rotate(-12, Image.BILINEAR, center=tuple(centre)))
+  points = (points - centre) @ rotation.T + centre  # PIL rotates counter-clockwise by -12 degrees: clockwise
+  ours = _resize(align_to_canonical(photo, points, contract["crop_size"]), cfg.data.load_size)
+  theirs = namespace["align"](photo, points, contract)
+  assert theirs.shape == ours.shape == (cfg.data.load_size, cfg.data.load_size, 3)
+  assert np.abs(theirs.astype(int) - ours.astype(int)).max() <= 1
+  upright = _resize(face, cfg.data.load_size)  # and the recipe undid the rotation
+  assert np.abs(theirs.astype(float) - upright).mean() < 12
 
 
 def test_a_run_that_mirrors_exports_the_mirrored_ages(trained_workdir):
