@@ -29,7 +29,7 @@ EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}  # 128 + signal, what she
 
 
 GRACE_S = 4.0  # a phase that does not stop within this after the signal is ended by the watchdog
-TEARDOWN_S = 1.5  # after a phase's stop, the interpreter's exit gets this long (see exit_now)
+TEARDOWN_S = 1.5  # after a stop, the exit's atexit handlers get this long (see exit_now)
 
 
 class Stopped(BaseException):
@@ -143,13 +143,11 @@ def _watchdog(stopped: Stopped, left: threading.Event) -> None:
 
 
 def exit_now(stopped: Stopped) -> None:
-  """Prints the one line and exits with its status. After a stop in a phase, the exit skips the
-  joins of the threads the phase left (TFDS's shard writers, decoders would run to the end of their
-  work) and the runtime's slow teardown: the atexit handlers run (logs, child processes), then the
-  process ends, within TEARDOWN_S whatever they do. A stop at a step exits normally."""
+  """Prints the one line and exits with its status, fast: the atexit handlers run (logs; child
+  processes such as grain's workers are shut down), then the process ends without joining the
+  worker threads a phase left (TFDS's shard writers, decoders would run to the end of their work)
+  and without the runtime's teardown (seconds), within TEARDOWN_S whatever the handlers do."""
   stopped.report()
-  if stopped.phase is None:
-    sys.exit(stopped.exit_code)
   def end():
     time.sleep(TEARDOWN_S)
     os._exit(stopped.exit_code)
