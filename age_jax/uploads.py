@@ -6,9 +6,6 @@ upload has none), so a 100 MB body is refused after ~cap bytes; and keep every p
 """
 from typing import AsyncIterator
 
-import python_multipart
-from python_multipart.multipart import parse_options_header
-
 MULTIPART_OVERHEAD = 65536  # boundaries, part headers and small fields allowed on top of the file
 
 
@@ -23,6 +20,8 @@ class UploadError(ValueError):
 async def read_form(stream: AsyncIterator[bytes], content_type: str, max_bytes: int) -> dict[str, bytes]:
   """{field name: bytes} of a multipart/form-data body read from stream (request.stream()), at most
   max_bytes + MULTIPART_OVERHEAD bytes in all: UploadError(413) as soon as the body passes that."""
+  import python_multipart  # the `serve` extra, like fastapi: imported when a server runs
+  from python_multipart.multipart import parse_options_header
   kind, params = parse_options_header(content_type or "")
   if kind != b"multipart/form-data" or b"boundary" not in params:
     raise UploadError(400, f"expected a multipart/form-data body with the photo as field 'file', got "
