@@ -118,8 +118,9 @@ def _train(cfg, workdir: str, stop) -> dict:
                                  start=max(latest, stage.first_step), many_stages=len(plan) > 1)
     if state is None and cfg.data.val_split and not _final_validation_logged(workdir, total):
       # Trained to the end by an earlier call stopped during its final validation: do it now.
-      stage = plan[-1]
-      exp = experiment_lib.build(stages_lib.with_lae_mae(stage, 0.0).cfg)  # lae_mae is not read there
+      stage = plan[-1]  # an LAE stage's lae_mae only weighs its loss: a placeholder serves to predict
+      exp = experiment_lib.build(stages_lib.with_lae_mae(stage, 0.0).cfg if stages_lib.needs_previous_mae(stage)
+                                 else stage.cfg)
       state = ckpt.restore(exp.abstract_state, ckpt.latest_step())
   finally:  # also on an interruption: let a checkpoint being written finish, intact
     ckpt.wait()

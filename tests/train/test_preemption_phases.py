@@ -45,3 +45,27 @@ def test_a_signal_between_steps_marks_the_step_and_a_later_phase_stops_at_entry(
   assert stopped.value.exit_code == 130 and "during the final validation" in str(stopped.value)
   line = str(stop.stopped(2, "ckpts"))
   assert line == "stopped by SIGINT at step 2: checkpoint saved in ckpts; re-run the same command to resume"
+
+
+@pytest.mark.slow
+def test_a_run_stopped_during_its_final_validation_does_it_on_the_next_call(tmp_path):
+  # A finished run whose final validation record is missing (stopped there) gets it, with the same
+  # numbers as the first time; one that has it is left alone.
+  import json
+  from age_jax.train import loop
+  from tests.data.fake_datasets import make_utkface_folder
+  from tests.tiny import folder_config
+  folder = str(tmp_path / "UTKFace")
+  make_utkface_folder(folder, n=60, quirks=False, size=16)
+  cfg = lambda: folder_config(folder, str(tmp_path / "tfds"), **{"train.num_steps": 2, "train.checkpoint_every": 2})
+  workdir = str(tmp_path / "run")
+  first = loop.train(cfg(), workdir)
+  log = tmp_path / "run" / "metrics.jsonl"
+  records = [json.loads(line) for line in log.read_text().splitlines()]
+  final = [r for r in records if r["split"] == "validation" and r["step"] == 2]
+  assert len(final) == 1 and "val_mae" in first
+  log.write_text("".join(json.dumps(r) + "\n" for r in records if r not in final))
+  again = loop.train(cfg(), workdir)
+  assert again["val_mae"] == first["val_mae"]
+  assert [r for r in map(json.loads, log.read_text().splitlines()) if r["split"] == "validation"] == final
+  assert loop.train(cfg(), workdir) == {}   # complete: nothing more to do
