@@ -37,10 +37,10 @@ def folder(tmp_path_factory):
   return path
 
 
-def _cfg(folder, data_dir):
+def _cfg(folder, data_dir, **extra):
   cfg = run_config.get_config()
   cfg.data.manual_dir, cfg.data.data_dir = folder, data_dir
-  for dotted, value in OVERRIDES.items():
+  for dotted, value in {**OVERRIDES, **extra}.items():
     section, key = dotted.split(".")
     cfg[section][key] = value
   return cfg
@@ -49,9 +49,9 @@ def _cfg(folder, data_dir):
 class Trainer:
   """launch.train in a subprocess, its output collected line by line as it comes."""
 
-  def __init__(self, folder, data_dir, workdir):
+  def __init__(self, folder, data_dir, workdir, **extra):
     env = dict(os.environ, AGE_JAX_COMPILATION_CACHE=os.path.join(REPO, ".jax_cache"), PYTHONUNBUFFERED="1")
-    flags = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
+    flags = [f"--config.{k}={v}" for k, v in {**OVERRIDES, **extra}.items()]
     self.proc = subprocess.Popen(
         [sys.executable, "-m", "launch.train", f"--config={CONFIG}", f"--workdir={workdir}",
          f"--config.data.manual_dir={folder}", f"--config.data.data_dir={data_dir}", *flags],
@@ -98,10 +98,16 @@ def _glob(data_dir, pattern):
   return glob.glob(os.path.join(data_dir, "**", pattern), recursive=True)
 
 
-def test_a_signal_in_every_phase_stops_at_once_and_the_next_run_ends_as_an_uninterrupted_one(folder, tmp_path):
-  straight = str(tmp_path / "straight")
-  loop.train(_cfg(folder, str(tmp_path / "tfds_straight")), straight)
+@pytest.fixture(scope="module")
+def straight(folder, tmp_path_factory):
+  """A run never stopped (the reference for every resumed one)."""
+  root = tmp_path_factory.mktemp("straight")
+  loop.train(_cfg(folder, str(root / "tfds")), str(root / "run"))
+  return str(root / "run")
 
+
+def test_a_signal_in_every_phase_stops_at_once_and_the_next_run_ends_as_an_uninterrupted_one(folder, straight,
+                                                                                               tmp_path):
   # 1. The dataset build: TFDS's incomplete.* folder exists while it writes.
   data_dir, workdir = str(tmp_path / "tfds"), str(tmp_path / "build")
   trainer = Trainer(folder, data_dir, workdir)
@@ -150,4 +156,17 @@ def test_a_signal_in_every_phase_stops_at_once_and_the_next_run_ends_as_an_unint
   if "final:" not in out:  # stopped before it ended: the next run does the final validation
     assert _params_and_final(workdir)[2] == []
   loop.train(_cfg(folder, data_dir), workdir)
+  _assert_same_run(workdir, straight)
+
+
+def test_a_signal_during_a_periodic_validation_saves_that_step_and_stops(folder, straight, tmp_path):
+  # Validation at step 3 (eval_every=3 does not change the parameters) follows step 3's line and
+  # compiles the evaluation first: the signal lands in it, which then saves step 3's checkpoint.
+  data_dir, workdir = str(tmp_path / "tfds"), str(tmp_path / "validation")
+  trainer = Trainer(folder, data_dir, workdir, **{"train.eval_every": 3})
+  trainer.wait_for(lambda: any(l.startswith("step 3/") for l in trainer.lines), "step 3")
+  code, took, lines, out = trainer.stop(signal.SIGTERM)
+  assert code == 143 and took < 5 and len(lines) == 1 and " at step 3:" in lines[0], out
+  assert "validation at step 3" not in out and "saving a checkpoint after this step" not in out, out
+  loop.train(_cfg(folder, data_dir, **{"train.eval_every": 3}), workdir)
   _assert_same_run(workdir, straight)
