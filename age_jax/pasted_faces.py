@@ -7,6 +7,10 @@ For each chip (a face crop as the dataset ships it), ages from:
   pasted_whole     the same photo resized whole, no detection (what a model without a detector sees).
 A face is 'found' when the detector returns one (of several, the rule of face_crops.choose_face).
 The '_mirrored' ages average each crop's age with its mirror image's (Predictor.crop_ages).
+
+`check_scales` pastes every chip at fixed scales (1-10x: a phone photo's face is 5-20x the crop)
+with and without sensor noise at the photo's full resolution, a chunk of photos at a time (a 10x
+photo is ~3000 px a side), and compares each with the chips detected and aligned.
 """
 import sys
 import time
@@ -67,3 +71,44 @@ def check(predictor, chips: list[np.ndarray], true_ages, *, seed: int = 0, photo
                                                             ages["chip_aligned_mirrored"][both]),
              "whole_vs_chip_aligned": metrics.mae(ages["pasted_whole"][both], ages["chip_aligned"][both])}
   return {"summary": summary, "ages": {k: v.tolist() for k, v in ages.items()}}
+
+
+def check_scales(predictor, chips: list[np.ndarray], true_ages, scales=(1, 3, 6, 10), noises=(0.0, 8.0), *,
+                 seed: int = 0, detector_for=None, chunk: int = 8, verbose: bool = False,
+                 refine: bool = True) -> dict:
+  """Per (scale, noise): the chips pasted at exactly that scale (random angle and offset, the photo
+  just large enough), with that sensor noise, detected, aligned and aged, against the chips
+  detected and aligned. detector_for(scale) -> the detector for that scale (default: the
+  predictor's). Returns {'chips': summary, 'rows': [summary per (scale, noise)], 'ages': ...}."""
+  true_ages = np.asarray(true_ages, np.float64)
+  chip_faces = _chosen(predictor.detector, chips, label="chips" if verbose else "", refine=refine)
+  chip_ages = _aligned_ages(predictor, chips, chip_faces, mirror=True)
+  rows, all_ages = [], {"chip_aligned_mirrored": chip_ages.tolist()}
+  for scale in scales:
+    detector = detector_for(scale) if detector_for else predictor.detector
+    rng, start = np.random.default_rng(seed), time.time()
+    ages, found = {noise: [] for noise in noises}, {noise: 0 for noise in noises}
+    for first in range(0, len(chips), chunk):  # a chunk of photos at a time: 10x photos are large
+      clean = [paste.paste(c, rng, None, scale=(scale, scale))[0] for c in chips[first:first + chunk]]
+      for noise in noises:  # the same photos with and without noise: a paired comparison
+        photos = [paste.sensor_noise(p, rng, noise) for p in clean]
+        faces = _chosen(detector, photos, refine=refine)
+        found[noise] += sum(f is not None for f in faces)
+        ages[noise].extend(_aligned_ages(predictor, photos, faces, mirror=True))
+    for noise in noises:
+      pasted = np.asarray(ages[noise])
+      both = ~np.isnan(chip_ages) & ~np.isnan(pasted)
+      row = {"scale": float(scale), "noise": float(noise), "found": found[noise] / len(chips), "n_both": int(both.sum()),
+             "mae_pasted": metrics.mae(pasted[both], true_ages[both]),
+             "mae_chips": metrics.mae(chip_ages[both], true_ages[both]),
+             "pasted_vs_chip": metrics.mae(pasted[both], chip_ages[both])}
+      row["mae_gap"] = row["mae_pasted"] - row["mae_chips"]
+      rows.append(row)
+      all_ages[f"pasted_{scale:g}x_noise{noise:g}"] = pasted.tolist()
+      if verbose:
+        print(f"[age_jax] scale {scale:g}x noise {noise:g}: found {row['found']:.3f}, MAE {row['mae_pasted']:.3f} "
+              f"vs chips {row['mae_chips']:.3f} (gap {row['mae_gap']:+.3f}), per face {row['pasted_vs_chip']:.3f} "
+              f"({time.time() - start:.0f}s for this scale)", file=sys.stderr, flush=True)
+  chips_summary = {"n": len(chips), "found": float(np.mean([f is not None for f in chip_faces])),
+                   "mae": metrics.mae(chip_ages[~np.isnan(chip_ages)], true_ages[~np.isnan(chip_ages)])}
+  return {"chips": chips_summary, "rows": rows, "ages": all_ages}

@@ -7,26 +7,60 @@
                       (age_jax.faces), faces=crops takes the upload as one face crop
   GET  /api/health    {'status': 'ok', 'model', 'formulation', 'interval'}
 
-Uploads stay in memory (at most max_upload_bytes; starlette spools larger multipart bodies to
-the system temp dir only) and are never written anywhere else. Bad uploads get a 4xx with the
-reason: 400 empty or missing, 413 too large (bytes or pixels), 415 not a decodable image,
-422 bad coverage.
+Uploads stay in memory and are never written anywhere: the body is counted as it streams in
+(chunked uploads included) and refused past max_upload_bytes (uploads.py). Bad uploads get a 4xx
+with the reason: 400 empty, missing or not multipart, 413 too large (bytes or pixels), 415 not a
+decodable image, 422 bad coverage.
+
+Decoding and inference run on a worker thread pool, off the event loop, so /api/health and the
+page answer while a large photo is processed. At most `workers` photos are processed at once and
+`waiting` more wait; a request beyond that gets 503 with Retry-After at once (InferenceGate), so
+memory stays bounded whatever the load.
 """
+import asyncio
+import concurrent.futures
 import io
 import pathlib
+import threading
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from age_jax import uploads
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 50_000_000
 PAGE = pathlib.Path(__file__).with_name("webapp.html")
 
 
-class BadUpload(ValueError):
-  def __init__(self, status: int, message: str):
-    super().__init__(message)
-    self.status = status
+BadUpload = uploads.UploadError
+
+
+class InferenceGate:
+  """Bounded concurrency: at most `workers` jobs run on a thread pool and `waiting` more queue for
+  it; `enter` refuses beyond that (the caller answers 503), so the queue never grows unbounded."""
+
+  def __init__(self, workers: int = 1, waiting: int = 4):
+    if workers < 1 or waiting < 0:
+      raise ValueError(f"need workers >= 1 and waiting >= 0, got {workers} and {waiting}")
+    self.capacity = workers + waiting
+    self._executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="age_jax-inference")
+    self._admitted = 0
+    self._lock = threading.Lock()
+
+  def enter(self) -> bool:
+    with self._lock:
+      if self._admitted >= self.capacity:
+        return False
+      self._admitted += 1
+      return True
+
+  def leave(self):
+    with self._lock:
+      self._admitted -= 1
+
+  async def run(self, fn, *args):
+    return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
 
 def decode_upload(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
@@ -59,8 +93,10 @@ def face_ages(predictor, image: np.ndarray, mode: str, coverage: float) -> list[
 
 
 def create_app(predictor, faces: str = "detect", coverage: float = 0.9,
-               max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS):
-  """predictor: an age_jax.predict.Predictor; faces: the default mode (FACE_MODES)."""
+               max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS,
+               workers: int = 1, waiting: int = 4, retry_after_s: int = 2):
+  """predictor: an age_jax.predict.Predictor; faces: the default mode (FACE_MODES); workers:
+  photos processed at once, waiting: more admitted to wait, retry_after_s: the 503's Retry-After."""
   import fastapi
   from fastapi import responses
 
@@ -68,6 +104,7 @@ def create_app(predictor, faces: str = "detect", coverage: float = 0.9,
   page = PAGE.read_text()
   cfg = predictor.cfg
   calibration = predictor.calibration
+  gate = InferenceGate(workers, waiting)
 
   @app.exception_handler(BadUpload)
   def bad_upload(request, error: BadUpload):
@@ -86,23 +123,35 @@ def create_app(predictor, faces: str = "detect", coverage: float = 0.9,
                                                           "calibration_step": calibration.step,
                                                           "calibrated_on": f"{calibration.faces}:{calibration.source}"}}
 
-  @app.post("/api/predict")
-  async def predict(request: fastapi.Request, file: fastapi.UploadFile | None = None,
-                    coverage: float = coverage, faces: str = faces):
+  def process(data: bytes, mode: str, coverage: float) -> dict:  # on a worker thread
+    image = decode_upload(data, max_pixels)
+    return {"width": int(image.shape[1]), "height": int(image.shape[0]), "coverage": coverage,
+            "mode": mode, "faces": face_ages(predictor, image, mode, coverage)}
+
+  upload_schema = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+      "type": "object", "required": ["file"], "properties": {"file": {"type": "string", "format": "binary"}}}}}}}
+
+  @app.post("/api/predict", openapi_extra=upload_schema)
+  async def predict(request: fastapi.Request, coverage: float = coverage, faces: str = faces):
     if not 0 < coverage < 1:
       raise BadUpload(422, f"coverage={coverage}; expected a fraction in (0, 1), e.g. 0.9")
     if faces not in FACE_MODES:
       raise BadUpload(422, f"faces={faces!r}; expected one of {list(FACE_MODES)}")
     length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > max_upload_bytes + 65536:
+    if length and length.isdigit() and int(length) > max_upload_bytes + uploads.MULTIPART_OVERHEAD:
       raise BadUpload(413, f"the upload is {int(length)} bytes; at most {max_upload_bytes} are accepted")
-    if file is None:
-      raise BadUpload(400, "no file: send the photo as the multipart form field 'file'")
-    data = await file.read(max_upload_bytes + 1)
-    if len(data) > max_upload_bytes:
-      raise BadUpload(413, f"the upload is over {max_upload_bytes} bytes")
-    image = decode_upload(data, max_pixels)
-    return {"width": int(image.shape[1]), "height": int(image.shape[0]), "coverage": coverage,
-            "mode": faces, "faces": face_ages(predictor, image, faces, coverage)}
+    if not gate.enter():  # full: refuse before reading the body, so load never queues up memory
+      return responses.JSONResponse(
+          {"detail": f"the server is busy ({gate.capacity} photos in progress); retry in {retry_after_s} s"},
+          status_code=503, headers={"Retry-After": str(retry_after_s)})
+    try:
+      form = await uploads.read_form(request.stream(), request.headers.get("content-type", ""), max_upload_bytes)
+      if "file" not in form:
+        raise BadUpload(400, "no file: send the photo as the multipart form field 'file'")
+      if len(form["file"]) > max_upload_bytes:
+        raise BadUpload(413, f"the upload is over {max_upload_bytes} bytes")
+      return await gate.run(process, form["file"], faces, coverage)
+    finally:
+      gate.leave()
 
   return app

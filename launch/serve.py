@@ -16,6 +16,9 @@ _FACES = flags.DEFINE_enum("faces", "detect", ["detect", "crops"],
 _CALIBRATE = flags.DEFINE_bool("calibrate", False, "When the checkpoint's weights have no calibration (none, or "
                                 "only other steps'), calibrate them on the validation split first; without "
                                 "it a calibration of other weights is refused.")
+_WORKERS = flags.DEFINE_integer("workers", 1, "Photos processed at once (each on a worker thread, off the event loop).")
+_WAITING = flags.DEFINE_integer("waiting", 4, "Photos admitted to wait for a worker; beyond that: 503 with Retry-After.")
+_MAX_UPLOAD_MB = flags.DEFINE_float("max_upload_mb", 20.0, "Largest upload accepted (MiB), enforced as it streams in.")
 flags.mark_flag_as_required("workdir")
 
 
@@ -30,8 +33,10 @@ def main(argv):
   from age_jax import predict, webapp
   predictor = predict.Predictor(_WORKDIR.value, _STEP.value, coverage=_COVERAGE.value, calibrate=_CALIBRATE.value)
   print(f"serving {_WORKDIR.value} on http://{_HOST.value}:{_PORT.value}", flush=True)
-  uvicorn.run(webapp.create_app(predictor, faces=_FACES.value, coverage=_COVERAGE.value), host=_HOST.value, port=_PORT.value,
-              log_level="warning")
+  application = webapp.create_app(predictor, faces=_FACES.value, coverage=_COVERAGE.value,
+                                  max_upload_bytes=int(_MAX_UPLOAD_MB.value * (1 << 20)),
+                                  workers=_WORKERS.value, waiting=_WAITING.value)
+  uvicorn.run(application, host=_HOST.value, port=_PORT.value, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -28,8 +28,7 @@ def main(argv):
   try:
     result = loop.train(_CONFIG.value, _WORKDIR.value)
   except preemption.Stopped as e:
-    print(e, file=sys.stderr, flush=True)
-    sys.exit(e.exit_code)
+    preemption.exit_now(e)  # the one line, status 143/130
   except workdir.WorkdirInUse as e:
     print(e, file=sys.stderr, flush=True)
     sys.exit(1)

@@ -168,7 +168,7 @@ MAY_IMPORT = {
     "metrics": {"ages"},
     "formulations": {"ages", "losses", "inference_rules"},
     "storage": set(), "locks": set(), "distributed": set(), "stages": set(),
-    "versions": set(), "pod_types": set(),   # the tested JAX range; TPU pod types and their device counts
+    "versions": set(), "pod_types": set(), "uploads": set(),   # the tested JAX range; TPU pod types and their device counts
     "checkpoint": {"storage"},
     "faces": set(),
     "models": {"ages", "losses", "cpu", "storage"},   # cpu only through get_lowering (tests above)
@@ -183,7 +183,7 @@ MAY_IMPORT = {
     "predict": BELOW_TRAIN | {"train", "evaluate"},
     "export": BELOW_TRAIN | {"train", "evaluate"},
     "export_onnx": BELOW_TRAIN | {"train", "evaluate", "export"},
-    "webapp": BELOW_TRAIN | {"train", "evaluate", "predict"},
+    "webapp": BELOW_TRAIN | {"train", "evaluate", "predict", "uploads"},
     "pasted_faces": BELOW_TRAIN | {"train", "evaluate", "predict"},
     "preflight": BELOW_TRAIN | {"train"},                  # checks before a cluster run
     "faeb_benchmark": BELOW_TRAIN | {"train", "evaluate"},  # FAEB's protocol: trains and evaluates

@@ -88,8 +88,11 @@ def _write(path, shape, records, decode, num_threads):
 def _decode_into(out, records, decode, num_threads, indices=None):
   def fill(i):
     out[i] = decode(records[i])
-  with concurrent.futures.ThreadPoolExecutor(max(1, num_threads)) as pool:
+  pool = concurrent.futures.ThreadPoolExecutor(max(1, num_threads))
+  try:
     list(pool.map(fill, range(len(records)) if indices is None else indices))
+  finally:  # on a stop (preemption.Stopped), drop the queued images instead of decoding them all
+    pool.shutdown(wait=True, cancel_futures=True)
   return out
 
 

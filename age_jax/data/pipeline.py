@@ -63,7 +63,7 @@ class LoadedSource:
     if cache != "none":
       self.images = decoded.images(records, self._decode, (load_size, load_size, 3), num_threads,
                                    in_memory=cache == "memory",
-                                   tag=f"{load_size}px{'_aligned' if align_faces else ''}")
+                                   tag=f"{load_size}px{'_aligned_aa' if align_faces else ''}")  # _aa: antialiased warp (issue 27)
 
   def _decode(self, record):
     landmarks = record.get("landmarks") if self.align_faces else None

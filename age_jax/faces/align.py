@@ -6,7 +6,7 @@ scaled to the output size. Points are (x, y) in pixel-index coordinates: the cen
 pixel (row i, column j) is (j, i), as dlib, MTCNN and OpenCV report them.
 """
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 # ArcFace 112x112 template, in the order: image-left eye, image-right eye, nose tip,
 # image-left mouth corner, image-right mouth corner.
@@ -61,9 +61,18 @@ def apply_transform(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
   return points @ matrix[:, :2].T + matrix[:, 2]
 
 
-def warp_affine(image: np.ndarray, matrix: np.ndarray, output_size, fill: int = 0) -> np.ndarray:
+def warp_affine(image: np.ndarray, matrix: np.ndarray, output_size, fill: int = 0,
+                antialias: bool = True) -> np.ndarray:
   """Warps an HxW or HxWxC uint8 image by the 2x3 matrix (input pixel -> output pixel) into an
-  output_size (a side, or (width, height)) image, bilinear, uncovered pixels set to fill."""
+  output_size (a side, or (width, height)) image, bilinear, uncovered pixels set to fill.
+
+  A shrinking warp (scale < 1) low-passes the input first (antialias, `_prefilter`): bilinear
+  sampling alone reads 4 input pixels per output pixel, so a face 10x the output size would be
+  point-sampled and its fine texture and sensor noise would alias into the crop.
+  """
+  size = (output_size, output_size) if np.isscalar(output_size) else tuple(int(v) for v in output_size)
+  if antialias:
+    image, matrix = _prefilter(np.asarray(image), np.asarray(matrix, np.float64), size)
   full = np.vstack([matrix, [0, 0, 1]])
   inverse = np.linalg.inv(full)[:2]
   # PIL samples the output pixel (x, y) at the continuous point (x + 0.5, y + 0.5) and reads the
@@ -74,10 +83,47 @@ def warp_affine(image: np.ndarray, matrix: np.ndarray, output_size, fill: int = 
   f = f + 0.5 - 0.5 * (d + e)
   pil = Image.fromarray(np.ascontiguousarray(image))
   fillcolor = fill if pil.mode == "L" else (fill,) * len(pil.getbands())
-  size = (output_size, output_size) if np.isscalar(output_size) else tuple(output_size)
   out = pil.transform(size, Image.AFFINE, (a, b, c, d, e, f), Image.BILINEAR,
                       fillcolor=fillcolor)
   return np.asarray(out)
+
+
+def _prefilter(image: np.ndarray, matrix: np.ndarray, size) -> tuple[np.ndarray, np.ndarray]:
+  """(image, matrix) with the same warp but an input low-passed to the output's sampling rate.
+
+  Rule: for a warp of scale s < 1, crop the input to the region the output reads (plus a margin),
+  box-average it by the integer factor k = floor(1 / (2 s)) (a pyramid level, exact and fast for
+  any s), then blur it by a Gaussian of sigma (1 / r - 1) / 2 input pixels for the residual scale
+  r = s k (the rule of skimage.transform.rescale's anti_aliasing; sigma stays under 1.5 pixels).
+  Pixels in the reduced image are centred at k x + (k - 1) / 2 of the cropped one.
+  """
+  scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
+  if not 0 < scale < 1 or image.ndim not in (2, 3) or min(image.shape[:2]) < 2:
+    return image, matrix
+  h, w = image.shape[:2]
+  k = max(1, int(np.floor(1.0 / (2.0 * scale))))
+  sigma = (1.0 / (scale * k) - 1.0) / 2.0
+  # The output rectangle in input coordinates, plus the filters' reach and the bilinear taps.
+  inverse = np.linalg.inv(np.vstack([matrix, [0, 0, 1]]))[:2]
+  corners = np.array([[-0.5, -0.5], [size[0] - 0.5, -0.5], [-0.5, size[1] - 0.5], [size[0] - 0.5, size[1] - 0.5]])
+  mapped = apply_transform(inverse, corners)
+  margin = k * (3.0 * sigma + 3.0)
+  x0 = int(np.clip(np.floor(mapped[:, 0].min() - margin), 0, w))
+  y0 = int(np.clip(np.floor(mapped[:, 1].min() - margin), 0, h))
+  x1 = int(np.clip(np.ceil(mapped[:, 0].max() + margin) + 1, 0, w))
+  y1 = int(np.clip(np.ceil(mapped[:, 1].max() + margin) + 1, 0, h))
+  if x1 - x0 < k or y1 - y0 < k:  # the output reads nothing of the image: leave it all fill
+    return image, matrix
+  x1, y1 = x0 + (x1 - x0) // k * k, y0 + (y1 - y0) // k * k  # whole k x k blocks only
+  pil = Image.fromarray(np.ascontiguousarray(image[y0:y1, x0:x1]))
+  if k > 1:
+    pil = pil.reduce(k)
+  if sigma > 0.05:
+    pil = pil.filter(ImageFilter.GaussianBlur(sigma))
+  # reduced pixel (u, v) = cropped pixel (k u + (k - 1) / 2, ...) = input pixel (+ x0, + y0)
+  linear = matrix[:, :2] * k
+  offset = matrix[:, 2] + matrix[:, :2] @ np.array([x0 + (k - 1) / 2, y0 + (k - 1) / 2])
+  return np.asarray(pil), np.concatenate([linear, offset[:, None]], axis=1)
 
 
 def align_face(image: np.ndarray, points5: np.ndarray, output_size: int = 112) -> np.ndarray:

@@ -1,12 +1,13 @@
 """The training loop: data -> jitted step -> logs, validation and checkpoints; resumable,
 also mid-stage (see age_jax/stages.py)."""
 import collections
+import json
 import time
 
 import jax
 import numpy as np
 
-from age_jax import checkpoint, config as config_lib, formulations, objective
+from age_jax import checkpoint, config as config_lib, formulations, objective, storage
 from age_jax import stages as stages_lib
 from age_jax.data import datasets, pipeline, run_data
 from age_jax.train import evaluator as evaluator_lib, experiment as experiment_lib
@@ -47,7 +48,7 @@ def train(cfg, workdir: str) -> dict:
       sharding.check_batch_size(stage.cfg.eval.batch_size, mesh, "config.eval.batch_size")
   held = workdir_lib.lock(workdir)
   try:
-    with preemption.StopRequests() as stop:
+    with preemption.StopRequests(workdir) as stop:
       return _train(cfg, workdir, stop)
   finally:
     if held:
@@ -59,7 +60,8 @@ def _train(cfg, workdir: str, stop) -> dict:
   if saved is not None and saved.data.fingerprint and not cfg.data.fingerprint:
     with cfg.unlocked():  # a resume reads the build this run trained on
       cfg.data.fingerprint = saved.data.fingerprint
-  report = run_data.prepare_dataset(cfg)
+  with stop.during("the dataset build"):  # a signal stops every phase but the step loop at once
+    report = run_data.prepare_dataset(cfg)
   with cfg.unlocked():
     cfg.data.fingerprint = report["fingerprint"]
   train_records = run_data.load_split(cfg, cfg.data.train_split)
@@ -81,8 +83,9 @@ def _train(cfg, workdir: str, stop) -> dict:
   config_lib.save(cfg, workdir)
 
   t0 = time.time()
-  train_source = run_data.loaded_source(cfg, train_records)
-  normalizer = run_data.normalizer(cfg, workdir, train_source)
+  with stop.during("the decode-once pass"):
+    train_source = run_data.loaded_source(cfg, train_records)
+    normalizer = run_data.normalizer(cfg, workdir, train_source)
   _log(f"data: {len(train_source)} training images ready in {time.time() - t0:.1f}s")
 
   ckpt = checkpoint.Checkpointer(workdir, cfg.train.max_to_keep)
@@ -110,27 +113,52 @@ def _train(cfg, workdir: str, stop) -> dict:
         exp = experiment_lib.build(stage.cfg)
         _log(f"stage {stage.name!r}: lae_mae={mae:.4f}, the validation MAE of the weights of "
              f"model.init_from={stage.cfg.model.init_from!r} (LAE eq. 5)")
-      state, last = _run_stage(exp, stage, state, ckpt, logger, train_source, labels, normalizer, stop,
-                               start=max(latest, stage.first_step), many_stages=len(plan) > 1)
+      with stop.between_steps():
+        state, last = _run_stage(exp, stage, state, ckpt, logger, train_source, labels, normalizer, stop,
+                                 start=max(latest, stage.first_step), many_stages=len(plan) > 1)
+    if state is None and cfg.data.val_split and not _final_validation_logged(workdir, total):
+      # Trained to the end by an earlier call stopped during its final validation: do it now.
+      stage = plan[-1]  # an LAE stage's lae_mae only weighs its loss: a placeholder serves to predict
+      exp = experiment_lib.build(stages_lib.with_lae_mae(stage, 0.0).cfg if stages_lib.needs_previous_mae(stage)
+                                 else stage.cfg)
+      state = ckpt.restore(exp.abstract_state, ckpt.latest_step())
   finally:  # also on an interruption: let a checkpoint being written finish, intact
     ckpt.wait()
   if state is not None and cfg.data.val_split:  # this call trained: report the final validation
-    if exp.formulation.task == "age":
-      if posthoc.needs_choice(exp.cfg):  # tau of the logit adjustment, before the intervals use it
-        record = posthoc.choose_on_validation(exp, exp.cfg, normalizer, state, workdir)
-        _log(f"logit adjustment: tau={record['tau']:g} chosen on {record['chosen_on']} (validation MAE "
-             f"within {record['budget']:g} y of tau=0's, lowest group-balanced MAE)")
-        exp = experiment_lib.build(posthoc.with_tau(exp.cfg, record["tau"]))
-      # Also calibrates the conformal age intervals on the validation split (age_jax/conformal.py).
-      summary = evaluator_lib.calibrate(exp, exp.cfg, normalizer, state, workdir)
-    else:  # face-identity pre-training: top-1 identity accuracy, no ages to calibrate
-      summary = evaluator_lib.Evaluator(exp, exp.cfg, normalizer, cfg.data.val_split).summary(state)
-    logger.write(total, summary, prefix="validation")
+    with stop.during("the final validation and calibration"):
+      if exp.formulation.task == "age":
+        if posthoc.needs_choice(exp.cfg):  # tau of the logit adjustment, before the intervals use it
+          record = posthoc.choose_on_validation(exp, exp.cfg, normalizer, state, workdir)
+          _log(f"logit adjustment: tau={record['tau']:g} chosen on {record['chosen_on']} (validation MAE "
+               f"within {record['budget']:g} y of tau=0's, lowest group-balanced MAE)")
+          exp = experiment_lib.build(posthoc.with_tau(exp.cfg, record["tau"]))
+        # Also calibrates the conformal age intervals on the validation split (age_jax/conformal.py).
+        summary = evaluator_lib.calibrate(exp, exp.cfg, normalizer, state, workdir)
+      else:  # face-identity pre-training: top-1 identity accuracy, no ages to calibrate
+        summary = evaluator_lib.Evaluator(exp, exp.cfg, normalizer, cfg.data.val_split).summary(state)
+      logger.write(total, summary, prefix="validation")  # written last: marks the run complete
     _log("validation: " + " ".join(f"{k}={v:.4g}" for k, v in summary.items()))
     last.update({f"val_{k}": v for k, v in summary.items()})
   logger.close()
   ckpt.close()
   return last
+
+
+def _final_validation_logged(workdir: str, total: int) -> bool:
+  """Whether metrics.jsonl holds the final validation (step `total`; step-loop validations skip
+  each stage's last step), the last thing a completed run writes."""
+  try:
+    lines = storage.path(workdir).joinpath("metrics.jsonl").read_text().splitlines()
+  except FileNotFoundError:
+    return False
+  for line in lines:
+    try:
+      record = json.loads(line)
+    except ValueError:  # a line cut short by a crash
+      continue
+    if record.get("step") == total and record.get("split") == "validation":
+      return True
+  return False
 
 
 def _previous_validation_mae(stage, workdir, ckpt, normalizer, exp=None, state=None) -> float:
@@ -230,7 +258,11 @@ def _run_stage(exp, stage, state, ckpt, logger, train_source, labels, normalizer
   pending, unchecked, last = [], [], {}
   logger.restart_clock(start)
   for step in range(start + 1, stage.last_step + 1):
-    state, metrics = train_step(state, next(batches), dropout_rng)
+    if step == start + 1:  # the first call compiles (minutes on big models): a signal stops it at once
+      with stop.during("compilation"):
+        state, metrics = train_step(state, next(batches), dropout_rng)
+    else:
+      state, metrics = train_step(state, next(batches), dropout_rng)
     pending.append(metrics)
     unchecked.append((step, metrics))
     stage_step = step - stage.first_step
@@ -244,8 +276,14 @@ def _run_stage(exp, stage, state, ckpt, logger, train_source, labels, normalizer
     if cfg.train.eval_every and stage_step % cfg.train.eval_every == 0 and step != stage.last_step \
         and not stopping:
       _check_finite(unchecked, ckpt)
-      validator = validator or evaluator_lib.Evaluator(exp, cfg, normalizer, cfg.data.val_split)
-      summary = validator.summary(state)
+      try:
+        with stop.during("validation"):
+          validator = validator or evaluator_lib.Evaluator(exp, cfg, normalizer, cfg.data.val_split)
+          summary = validator.summary(state)
+      except preemption.Stopped:  # the state after this step is sound: keep it (the watchdog permitting)
+        ckpt.save(step, state)
+        ckpt.wait()
+        raise stop.stopped(step, ckpt.directory) from None
       logger.write(step, summary, prefix="validation")
       _log(f"validation at step {step}: " + " ".join(f"{k}={v:.4g}" for k, v in summary.items()))
       logger.restart_clock(step)

@@ -6,11 +6,22 @@ notifier owns SIGTERM and `multihost_utils.reached_preemption_sync_point(step)` 
 on any process into the same step on all; SIGINT is handed to it as a SIGTERM. A single process
 has no coordination service: a Python handler marks the request and the next step is the one.
 A second signal aborts at once (KeyboardInterrupt).
+
+Phases (single process): only the step loop (`between_steps`) waits for a step boundary. In
+every other phase (`during(name)`: the dataset build, the decode-once pass, compilation,
+validation, the final calibration, start-up) the first signal raises Stopped at once from the
+handler, so the work stops within moments and every file it was writing is left as it was
+(each is written to a temporary name and renamed when complete). A phase stuck in native code
+(an XLA compilation) cannot see the exception: a watchdog ends the process after GRACE_S with
+the same line and exit status.
 """
+import atexit
+import contextlib
 import os
 import signal
 import sys
 import threading
+import time
 
 import jax
 from jax.experimental import multihost_utils
@@ -20,14 +31,34 @@ from age_jax import versions
 EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}  # 128 + signal, what shells report
 
 
-class Stopped(Exception):
-  """Training stopped on request after saving `step`; str() is the one line to print."""
+GRACE_S = 4.0  # a phase that does not stop within this after the signal is ended by the watchdog
+TEARDOWN_S = 1.5  # after a stop, the exit's atexit handlers get this long (see exit_now)
 
-  def __init__(self, step: int, signum: int, directory: str):
-    self.step, self.exit_code = step, EXIT_CODES.get(signum, 143)
+
+class Stopped(BaseException):
+  """Training stopped on request after saving `step`, or during `phase` (nothing of it kept);
+  str() is the one line to print. A BaseException, like KeyboardInterrupt, so that no
+  `except Exception` on the way (a bad file skipped in a build) swallows it."""
+
+  def __init__(self, step: int | None, signum: int, directory: str, phase: str | None = None):
+    self.step, self.phase, self.exit_code = step, phase, EXIT_CODES.get(signum, 143)
     name = signal.Signals(signum).name if signum else "preemption notice"
-    super().__init__(f"stopped by {name} at step {step}: checkpoint saved in {directory}; "
-                     "re-run the same command to resume")
+    if phase is None:
+      line = f"stopped by {name} at step {step}: checkpoint saved in {directory}; re-run the same command to resume"
+    else:
+      line = (f"stopped by {name} during {phase}: nothing half-written, {directory} holds what was finished "
+              "before; re-run the same command to resume")
+    super().__init__(line)
+
+  def report(self) -> None:
+    """Prints the one line (once: a watchdog still running will not print it again)."""
+    global _REPORTED
+    if not _REPORTED:
+      _REPORTED = True
+      print(self, file=sys.stderr, flush=True)
+
+
+_REPORTED = False
 
 
 def _sync_manager_running() -> bool:
@@ -54,10 +85,13 @@ def _sync_manager_running() -> bool:
 class StopRequests:
   """with StopRequests() as stop: ... if stop.reached(step): save, raise stop.stopped(...)"""
 
-  def __init__(self):
+  def __init__(self, directory: str = ""):
     self.signum = None
     self.synced = _sync_manager_running()
+    self.directory = directory
+    self.phase = "start-up"   # None: between steps (polled); a name: stop at once
     self._previous = {}
+    self._left = threading.Event()  # set when the `with` block is left: the watchdog stands down
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():  # handlers live in the main thread
@@ -67,15 +101,40 @@ class StopRequests:
     return self
 
   def __exit__(self, *exc):
+    self._left.set()
     for signum, handler in self._previous.items():
       signal.signal(signum, handler)
     self._previous = {}
+
+  @contextlib.contextmanager
+  def during(self, phase: str):
+    """A phase that a signal stops at once (Stopped naming it)."""
+    previous, self.phase = self.phase, phase
+    try:
+      if self.signum is not None and not self.synced:  # signalled before this phase began
+        raise Stopped(None, self.signum, self.directory, phase)
+      yield
+    finally:
+      self.phase = previous
+
+  @contextlib.contextmanager
+  def between_steps(self):
+    """The step loop: a signal is only noted; the loop polls `reached` and saves a checkpoint."""
+    previous, self.phase = self.phase, None
+    try:
+      yield
+    finally:
+      self.phase = previous
 
   def _handle(self, signum, frame):
     if self.signum is not None:
       self.__exit__()
       raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: aborting without a checkpoint")
     self.signum = signum
+    if self.phase is not None and not self.synced:
+      stopped = Stopped(None, signum, self.directory, self.phase)
+      threading.Thread(target=_watchdog, args=(stopped, self._left), daemon=True).start()
+      raise stopped
     print(f"[age_jax] {signal.Signals(signum).name}: saving a checkpoint after this step, then "
           "stopping (again to abort)", file=sys.stderr, flush=True)
     if self.synced:
@@ -89,3 +148,27 @@ class StopRequests:
 
   def stopped(self, step: int, directory: str) -> Stopped:
     return Stopped(step, self.signum or (0 if self.synced else signal.SIGTERM), directory)
+
+
+def _watchdog(stopped: Stopped, left: threading.Event) -> None:
+  """Ends the process GRACE_S after a signal unless the training code has been left by then
+  (a phase stuck in native code never raises; after that, the caller decides)."""
+  if not left.wait(GRACE_S):
+    stopped.report()
+    os._exit(stopped.exit_code)
+
+
+def exit_now(stopped: Stopped) -> None:
+  """Prints the one line and exits with its status, fast: the atexit handlers run (logs; child
+  processes such as grain's workers are shut down), then the process ends without joining the
+  worker threads a phase left (TFDS's shard writers, decoders would run to the end of their work)
+  and without the runtime's teardown (seconds), within TEARDOWN_S whatever the handlers do."""
+  stopped.report()
+  def end():
+    time.sleep(TEARDOWN_S)
+    os._exit(stopped.exit_code)
+  threading.Thread(target=end, daemon=True).start()
+  atexit._run_exitfuncs()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(stopped.exit_code)

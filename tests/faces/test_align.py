@@ -1,6 +1,7 @@
 """Five-point face alignment: Umeyama similarity, 68 -> 5 landmarks, warping onto the template."""
 import numpy as np
 import pytest
+from PIL import Image
 
 from age_jax.faces import align
 
@@ -101,3 +102,32 @@ def test_warp_affine_takes_a_rectangular_output_size():
   assert out.shape == (15, 20, 3)
   np.testing.assert_array_equal(out[1:11, 3:13], image)
   assert not out[0].any() and not out[:, :3].any()
+
+
+def test_a_shrinking_warp_low_passes_stripes_instead_of_aliasing_them():
+  # 2-px black/white stripes (period 4) at 0.2x are 0.8 output pixels a period: far above the
+  # output's Nyquist rate, so a correct shrink shows their mean, 127.5; point sampling shows 0 or 255.
+  stripes = np.zeros((600, 600), np.uint8)
+  stripes[:, 2::4] = stripes[:, 3::4] = 255
+  for degrees in (0, 20):
+    matrix = _similarity(0.2, degrees, 0, 0)
+    centre = align.apply_transform(matrix, [[299.5, 299.5]])[0]
+    matrix[:, 2] += 31.5 - centre  # the stripes' centre onto the output's: every output pixel reads them
+    out = align.warp_affine(stripes, matrix, 64)
+    assert np.abs(out.astype(float) - 127.5).max() < 25, (degrees, out.min(), out.max())
+  # Growing or keeping the size is not filtered: the identity stays exact.
+  np.testing.assert_array_equal(align.warp_affine(stripes, _similarity(1, 0, 0, 0), 64), stripes[:64, :64])
+
+
+def test_a_face_warped_from_8x_with_sensor_noise_matches_the_face_at_1x(utk_chips):
+  # A chip and the same chip 8x larger with per-pixel noise (sigma 20, as a phone sensor adds at
+  # full resolution) give the same canonical crop: the noise averages out over 8x8 pixels.
+  from age_jax.faces import canonical
+  rng = np.random.default_rng(0)
+  for chip in utk_chips[:3]:
+    points = canonical.canonical_template(200)  # the chips are aligned onto this frame
+    big = np.asarray(Image.fromarray(chip).resize((1600, 1600), Image.BICUBIC), np.float64)
+    big = np.clip(big + rng.normal(0, 20, big.shape), 0, 255).astype(np.uint8)
+    small_crop = canonical.align_to_canonical(chip, points, 64).astype(float)
+    big_crop = canonical.align_to_canonical(big, points * 8 + 3.5, 64).astype(float)
+    assert np.abs(big_crop - small_crop)[4:-4, 4:-4].mean() < 3.0
