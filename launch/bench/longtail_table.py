@@ -89,7 +89,7 @@ def main(argv):
           _row(f"post-hoc logit adjustment, tau={tau:g} (chosen on validation)", scored(tau), 0.0)]
   source = f"{cfg.data.name}_{cfg.data.eval_split}"
   for entry in _ROWS.value:
-    name, _, workdir = entry.partition("=")
+    name, _, workdir = entry.rpartition("=")  # a name may hold "=", a workdir never
     rows.append(_row(name, _report_of(workdir, source), times.get(name)))
   table = _markdown(rows)
   print("validation sweep (tau: MAE / group-balanced MAE / sigma): " + "  ".join(
