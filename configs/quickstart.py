@@ -16,8 +16,6 @@ def get_config():
   c.data.load_size = 72
   c.data.image_size = 64
   c.data.cache = "memory"
-  c.train.ema_decay = 0.999
-  c.formulation.logit_adjustment = -1.0
   c.eval.mirror = True
   c.train.batch_size = 64
   c.train.num_steps = 9000

@@ -16,5 +16,6 @@ if [ $# -gt 0 ] && [ "${1#--config=}" != "$1" ]; then config=${1#--config=}; shi
 start=$(date +%s)
 .venv/bin/python -m launch.train --config="$config" --workdir="$workdir" \
   --config.data.manual_dir="$folder" "$@"
-.venv/bin/python -m launch.evaluate --workdir="$workdir"
+# Test ages average ten views of each face: the centre crop, four crops shifted by 2 px, and mirrors.
+.venv/bin/python -m launch.evaluate --workdir="$workdir" --views=5
 echo "main job wall time: $(( $(date +%s) - start )) s (train + evaluate; set-up excluded)"
