@@ -2,8 +2,9 @@
 (the main job, training and evaluation, in under 30 minutes).
 
 Faces are decoded once at 72 px and kept in RAM; the network sees random 64 px crops and
-mirrors, and every age it reports averages the face and its mirror image. Each choice is an
-ablation row at equal wall time (BENCHMARK_RECORDS.md, `bash launch/bench/quickstart_ablation.sh`).
+mirrors, and every age it reports averages the face and its mirror image (launch/quickstart.sh's
+test evaluation adds four shifted crops: `launch.evaluate --views=5`; the config keeps one view, the
+one predict and export read). Each choice is an ablation row (BENCHMARK_RECORDS.md, "Quickstart").
 """
 from age_jax import config as config_lib
 
