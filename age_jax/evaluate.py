@@ -25,7 +25,7 @@ def restore(workdir: str, step: int | None = None, attempts: int = 5, adjusted: 
   cfg = config_lib.load(workdir)
   # The mesh is how a run executed, not part of the model: evaluate data-parallel on the devices here.
   cfg.mesh.data, cfg.mesh.fsdp = -1, 1
-  ckpt = checkpoint.Checkpointer(workdir, read_only=True)
+  ckpt = _open_checkpoints(workdir, attempts)
   plan = stages.plan(cfg)
   try:
     for attempt in range(attempts):
@@ -49,6 +49,17 @@ def restore(workdir: str, step: int | None = None, attempts: int = 5, adjusted: 
   finally:
     ckpt.close()
   return exp, stage_cfg, state, run_data.normalizer(cfg, workdir)
+
+
+def _open_checkpoints(workdir: str, attempts: int):
+  """The workdir's checkpoints, read-only; retried when a rotation deletes a step while orbax lists them."""
+  for attempt in range(attempts):
+    try:
+      return checkpoint.Checkpointer(workdir, read_only=True)
+    except FileNotFoundError:
+      if attempt == attempts - 1:
+        raise
+      time.sleep(0.2)
 
 
 def _restore_weights(ckpt, abstract, step: int, ema: bool):

@@ -133,7 +133,8 @@ def test_upload_a_face_and_read_its_age_from_the_page(browser, server, trained_w
   age = float(browser.evaluate("document.querySelector('#results .face').dataset.age"))
   text = browser.evaluate("document.querySelector('#results .face').textContent")
   assert age == pytest.approx(expected["age"], abs=1e-6)
-  assert f"{expected['age']:.1f} y [{expected['low']:.0f}-{expected['high']:.0f}] 90%" == text
+  interval, on = f"{expected['age']:.1f} y [{expected['low']:.0f}-{expected['high']:.0f}] 90%", expected["calibrated_on"]
+  assert text == f"{interval} coverage measured on {on.replace(':', ' faces of ', 1)}", text
   box = expected["box"]  # the detector's box of the chip's one face
   assert box[2] - box[0] > 100 and expected["score"] > 0.9
   _wait(browser, "document.getElementById('canvas').width > 0")  # the image is drawn, boxed
