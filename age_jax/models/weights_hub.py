@@ -61,11 +61,8 @@ def expected_hash(url: str) -> str:
 
 
 def _sha256(path: str) -> str:
-  h = hashlib.sha256()
   with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
+    return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _with_mirror(url: str, mirror: str) -> str:

@@ -232,8 +232,10 @@ def _with_variables(exp, state, variables: dict):
   params = place(variables["params"], exp.state_sharding.params)
   batch_stats = place(variables["batch_stats"], exp.state_sharding.batch_stats)
   opt_state = jax.jit(exp.tx.init, out_shardings=exp.state_sharding.opt_state)(params)
-  ema = state.ema and jax.jit(state_lib.fresh_ema, out_shardings=exp.state_sharding.ema)(params, batch_stats)
-  return state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state, ema=ema or {})
+  ema = {}
+  if state.ema:  # the average restarts at the new weights
+    ema = jax.jit(state_lib.fresh_ema, out_shardings=exp.state_sharding.ema)(params, batch_stats)
+  return state.replace(params=params, batch_stats=batch_stats, opt_state=opt_state, ema=ema)
 
 
 def _run_stage(exp, stage, state, ckpt, logger, train_source, labels, normalizer, stop, *, start: int,
