@@ -13,7 +13,9 @@ validation, the final calibration, start-up) the first signal raises Stopped at 
 handler, so the work stops within moments and every file it was writing is left as it was
 (each is written to a temporary name and renamed when complete). A phase stuck in native code
 (an XLA compilation) cannot see the exception: a watchdog ends the process after GRACE_S with
-the same line and exit status.
+the same line and exit status. Python drops an exception raised inside a garbage-collector
+callback or a __del__ (it reaches sys.unraisablehook instead): the hook catches a dropped Stopped
+and signals the main thread again, out of the dropping context, so that the handler re-raises it.
 """
 import atexit
 import contextlib
@@ -32,6 +34,7 @@ EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}  # 128 + signal, what she
 
 
 GRACE_S = 4.0  # a phase that does not stop within this after the signal is ended by the watchdog
+REDELIVER_S = 0.01  # a dropped Stopped is raised again this long after
 TEARDOWN_S = 1.5  # after a stop, the exit's atexit handlers get this long (see exit_now)
 
 
@@ -91,6 +94,8 @@ class StopRequests:
     self.directory = directory
     self.phase = "start-up"   # None: between steps (polled); a name: stop at once
     self._previous = {}
+    self._previous_hook = None
+    self._dropped = None  # a Stopped that Python dropped, to raise again
     self._left = threading.Event()  # set when the `with` block is left: the watchdog stands down
 
   def __enter__(self):
@@ -98,6 +103,7 @@ class StopRequests:
       signums = (signal.SIGINT,) if self.synced else (signal.SIGINT, signal.SIGTERM)
       for signum in signums:
         self._previous[signum] = signal.signal(signum, self._handle)
+      self._previous_hook, sys.unraisablehook = sys.unraisablehook, self._unraisable
     return self
 
   def __exit__(self, *exc):
@@ -105,6 +111,21 @@ class StopRequests:
     for signum, handler in self._previous.items():
       signal.signal(signum, handler)
     self._previous = {}
+    if self._previous_hook is not None:
+      sys.unraisablehook, self._previous_hook = self._previous_hook, None
+
+  def _unraisable(self, unraisable):
+    """A Stopped raised while a gc callback or __del__ ran was dropped: signal the main thread
+    again from another thread, a moment later (a signal handled in here would be dropped too)."""
+    if isinstance(unraisable.exc_value, Stopped) and self._previous:
+      self._dropped = unraisable.exc_value
+      threading.Timer(REDELIVER_S, self._redeliver).start()
+    else:
+      self._previous_hook(unraisable)
+
+  def _redeliver(self):
+    if self._dropped is not None and not self._left.is_set():  # our handler is still installed
+      signal.pthread_kill(threading.main_thread().ident, self.signum)
 
   @contextlib.contextmanager
   def during(self, phase: str):
@@ -127,6 +148,9 @@ class StopRequests:
       self.phase = previous
 
   def _handle(self, signum, frame):
+    if self._dropped is not None:
+      stopped, self._dropped = self._dropped, None
+      raise stopped
     if self.signum is not None:
       self.__exit__()
       raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: aborting without a checkpoint")

@@ -32,6 +32,23 @@ def test_a_signal_in_a_phase_stops_it_at_once_through_except_exception(tmp_path,
   time.sleep(0.6)  # past GRACE_S: the watchdog stood down when the block was left (else os._exit here)
 
 
+class _SignalsWhenCollected:
+  def __del__(self):
+    _signal_self(signal.SIGTERM)  # the handler raises in here, where Python drops exceptions
+
+
+def test_a_stop_raised_inside_a_destructor_is_raised_again_in_the_phase(tmp_path, monkeypatch, capfd):
+  monkeypatch.setattr(preemption, "GRACE_S", 0.3)
+  with pytest.raises(preemption.Stopped) as stopped:
+    with preemption.StopRequests(str(tmp_path)) as stop:
+      with stop.during("the dataset build"):
+        _SignalsWhenCollected()  # collected at once, as a gc callback or __del__ can be mid-build
+        time.sleep(0.5)
+        pytest.fail("the phase went on after the signal")
+  assert stopped.value.phase == "the dataset build" and "Exception ignored" not in capfd.readouterr().err
+  time.sleep(0.6)  # the watchdog stood down
+
+
 def test_a_signal_between_steps_marks_the_step_and_a_later_phase_stops_at_entry(tmp_path):
   with pytest.raises(preemption.Stopped) as stopped:
     with preemption.StopRequests(str(tmp_path)) as stop:
