@@ -8,7 +8,7 @@ import os
 import jax
 from absl import logging
 
-from age_jax import conformal, report as report_lib, storage
+from age_jax import config as config_lib, conformal, report as report_lib, storage
 from age_jax.data import datasets, run_data
 from age_jax.faces import run_crop_size
 from age_jax.inference import intervals
@@ -94,10 +94,21 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, folder: str | No
     result["faces"] = face_counts
   result["step"] = int(state.step)
   result["workdir"] = str(storage.path(workdir))
-  out_dir = out_dir or os.path.join(workdir, "eval", _slug(source_name))
+  out_dir = out_dir or report_dir(workdir, source_name)
   if jax.process_index() == 0:
     report_lib.write_report(result, out_dir)
   return result
+
+
+def report_dir(workdir: str, source_name: str) -> str:
+  """Where evaluate_workdir writes a source's report by default: WORKDIR/eval/<source, slugged>."""
+  return os.path.join(workdir, "eval", _slug(source_name))
+
+
+def own_report_dir(workdir: str) -> str:
+  """The folder of the run's own report, the one `launch.evaluate --workdir=W` writes (config.data.eval_split)."""
+  cfg = config_lib.load(workdir)
+  return report_dir(workdir, f"{cfg.data.name}:{cfg.data.eval_split}")
 
 
 def _slug(name: str) -> str:
