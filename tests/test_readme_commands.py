@@ -6,7 +6,7 @@ The README's placeholders become generated data (a UTKFace-named folder, an FG-N
 real UTKFace chips are used where the ../shared copy exists (or AGE_JAX_UTKFACE names one), so the
 detector finds the faces; with generated faces, which it does not find, predict and evaluate take
 `--faces=crops` and the detected-faces calibration is not run. Training commands get TINY_TRAIN
-appended (later flags win), the benchmark TINY_BENCH. Commands a test cannot run (a fresh machine's
+in place of the README's same flags, the benchmark TINY_BENCH. Commands a test cannot run (a fresh machine's
 set-up, a cluster, a cloud project, the network, the whole UTKFace) are in NOT_RUN with the reason;
 a README command neither run nor listed fails test_every_readme_command_is_run_or_says_why.
 """
@@ -32,8 +32,9 @@ UTKFACE = os.environ.get("AGE_JAX_UTKFACE") or os.path.join(ROOT, "..", "shared"
 NOT_RUN = {
     "launch/quickstart.sh": "sets up the machine (pip install -e .) and trains 9000 steps; test_readme runs it up to "
                             "its first check",
-    "python3 -m venv .venv": "the suite's own command (.ci/run runs it verbatim)",
-    ".venv/bin/pip install -q -e .[serve]": "installs into the environment; the test extra includes serve",
+    "python3 -m venv .venv": "creates an environment (the suite's own command: .ci/run runs it verbatim)",
+    "/pip install": "installs into the environment the suite runs in (the test extra includes serve)",
+    "-m pytest": "the suite itself",
     "--config.model.pretrained=torchvision:resnet50": "downloads ImageNet weights (network); tests/models cover "
                                                       "pretrained starts from files",
     "launch.faeb ": "its split file names all of UTKFace's 23,708 images; tests/test_faeb_benchmark.py runs the "
@@ -74,6 +75,12 @@ def _not_run(words):
   return next((why for key, why in NOT_RUN.items() if key in line), None)
 
 
+def _runnable(words):
+  """Only `.venv/bin/python -m launch...` commands run: anything else (an install, a script that sets a
+  machine up) must be in NOT_RUN, checked for every command before any runs."""
+  return list(words[:2]) == [".venv/bin/python", "-m"] and words[2].startswith("launch.")
+
+
 def test_every_readme_command_is_run_or_says_why():
   # Cheap: the classification itself, so a new README command states whether it runs.
   keys_used = set()
@@ -82,6 +89,8 @@ def test_every_readme_command_is_run_or_says_why():
     keys_used |= {k for k in NOT_RUN if k in line}
   assert keys_used == set(NOT_RUN), f"NOT_RUN entries matching no README command: {sorted(set(NOT_RUN) - keys_used)}"
   run = [c for c in readme_commands() if not _not_run(c)]
+  unsafe = [_joined(c) for c in run if not _runnable(c)]
+  assert not unsafe, f"README commands neither launchers nor in NOT_RUN: {unsafe}"
   modules = {w for c in run for w in c if w.startswith("launch.")}
   assert {"launch.train", "launch.evaluate", "launch.compare", "launch.predict", "launch.serve", "launch.export",
           "launch.local_cluster", "launch.preflight", "launch.bench.benchmark"} <= modules, modules
@@ -97,7 +106,7 @@ class Sandbox:
   def __init__(self, path, real_faces):
     from tests.data import fake_datasets as fd
     self.path, self.real = str(path), real_faces
-    for name in ("age_jax", "launch", "configs", "splits", "pyproject.toml"):
+    for name in ("age_jax", "launch", "configs", "splits"):  # no pyproject.toml: nothing can be installed from here
       os.symlink(os.path.join(ROOT, name), os.path.join(self.path, name))
     venv = os.path.join(ROOT, ".venv")
     if os.path.isdir(venv):
@@ -133,13 +142,15 @@ class Sandbox:
         w = w.replace(placeholder, here)
       out.append(w)
     line = _joined(words)
+    tiny = []
     if "launch.train" in words:
-      out += TINY_TRAIN + [f"--config.data.data_dir={os.path.join(self.path, 'tfds')}"]
+      tiny = TINY_TRAIN + [f"--config.data.data_dir={os.path.join(self.path, 'tfds')}"]
     if "launch.bench.benchmark" in words:
-      out += TINY_BENCH
+      tiny = TINY_BENCH
     if not self.real and any(k in line for k in DETECT_BY_DEFAULT):
-      out.append("--faces=crops")
-    return out
+      tiny = ["--faces=crops"]
+    names = {flag.split("=")[0] + "=" for flag in tiny}   # a flag given twice is refused: replace the README's
+    return [w for w in out if not any(w.startswith(n) for n in names)] + tiny
 
   def run(self, words, timeout=900):
     done = subprocess.run(words, cwd=self.path, env=self.env, capture_output=True, text=True, timeout=timeout)
@@ -177,6 +188,7 @@ class Sandbox:
 
 @pytest.mark.slow
 def test_every_readme_command_runs(tmp_path):
+  test_every_readme_command_is_run_or_says_why()  # nothing but launchers runs, whatever the README says
   real = os.path.isdir(UTKFACE)
   box = Sandbox(tmp_path, real)
   ran, skipped = [], []
@@ -188,6 +200,7 @@ def test_every_readme_command_runs(tmp_path):
     if "launch.compare" in words:  # compares the runs' own test reports: evaluate one, and a second run
       box.run(box.words([".venv/bin/python", "-m", "launch.evaluate", "--workdir=workdirs/mae"]))
       shutil.copytree(os.path.join(box.path, "workdirs", "mae"), os.path.join(box.path, "workdirs", "mse"))
+    assert _runnable(words), line
     command = box.words(list(words))
     if "launch.serve" in words:
       box.serve(command)
