@@ -20,10 +20,9 @@ border looks like the mean pixel rather than a black frame. The pixel rules are 
 (ImageOps, ImageEnhance), so the ops match what PIL does to the same uint8 image.
 
 Under vmap every op is evaluated and the chosen one selected, so one slot costs all of
-them: the five geometric ops share one bilinear warp (their matrices are selected; the warp is
-dm_pix.affine_transform), the colour ops are elementwise or per-image look-up tables.
+them: the five geometric ops share one bilinear warp (their matrices are selected), the
+colour ops are elementwise or per-image look-up tables.
 """
-import dm_pix
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,27 +44,34 @@ def check_options(num_ops, magnitude, op_prob):
                      f"(config.data.randaugment_magnitude)")
 
 
+def bilinear(image, ys, xs, fill: float = FILL):
+  """image sampled at (ys, xs) (pixel-index coordinates, broadcast together) by bilinear
+  interpolation, PIL's rule: a point outside the image (more than half a pixel past the
+  outer centres) is `fill`, one inside interpolates its neighbours clamped to the edge."""
+  h, w, _ = image.shape
+  ys, xs = jnp.broadcast_arrays(ys, xs)
+  inside = ((ys >= -0.5) & (ys < h - 0.5) & (xs >= -0.5) & (xs < w - 0.5))[..., None]
+  y0, x0 = jnp.floor(ys), jnp.floor(xs)
+  wy, wx = (ys - y0)[..., None], (xs - x0)[..., None]
+  y0, x0 = y0.astype(jnp.int32), x0.astype(jnp.int32)
+
+  def at(y, x):
+    return image[jnp.clip(y, 0, h - 1), jnp.clip(x, 0, w - 1)]
+
+  top = at(y0, x0) * (1 - wx) + at(y0, x0 + 1) * wx
+  bottom = at(y0 + 1, x0) * (1 - wx) + at(y0 + 1, x0 + 1) * wx
+  return jnp.where(inside, top * (1 - wy) + bottom * wy, fill)
+
+
 def affine(image, matrix, fill: float = FILL):
   """Warps by the 2x3 matrix mapping each output pixel centre (x, y, 1) to its input point,
-  PIL's Image.AFFINE convention, bilinear; the identity matrix returns the image exactly.
-  PIL's edge rule: a point more than half a pixel past the outer pixel centres is `fill`, one
-  inside interpolates its neighbours clamped to the edge, which is dm_pix.affine_transform's
-  'nearest' mode (its 'constant' mode would fill from the outer centres on, half a pixel early)."""
+  PIL's Image.AFFINE convention; the identity matrix returns the image exactly."""
   h, w, _ = image.shape
-  (a, b, c), (d, e, f) = matrix[0], matrix[1]
-  # The same map in index space (row i, column j): output centre (j + 0.5, i + 0.5) -> input
-  # point (x, y) -> input index (y - 0.5, x - 0.5).
-  row_offset = 0.5 * (d + e) + f - 0.5
-  col_offset = 0.5 * (a + b) + c - 0.5
-  zero, one = jnp.zeros_like(a), jnp.ones_like(a)
-  index_matrix = jnp.stack([jnp.stack([e, d, zero, row_offset]), jnp.stack([b, a, zero, col_offset]),
-                            jnp.stack([zero, zero, one, zero])])
-  warped = dm_pix.affine_transform(image, index_matrix, order=1, mode="nearest")
-  i = jnp.arange(h, dtype=jnp.float32)[:, None]
-  j = jnp.arange(w, dtype=jnp.float32)[None, :]
-  rows, cols = e * i + d * j + row_offset, b * i + a * j + col_offset
-  inside = (rows >= -0.5) & (rows < h - 0.5) & (cols >= -0.5) & (cols < w - 0.5)
-  return jnp.clip(jnp.floor(jnp.where(inside[..., None], warped, fill)), 0, 255)
+  ys, xs = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) + 0.5, jnp.arange(w, dtype=jnp.float32) + 0.5,
+                        indexing="ij")
+  in_x = matrix[0, 0] * xs + matrix[0, 1] * ys + matrix[0, 2] - 0.5
+  in_y = matrix[1, 0] * xs + matrix[1, 1] * ys + matrix[1, 2] - 0.5
+  return jnp.clip(jnp.floor(bilinear(image, in_y, in_x, fill)), 0, 255)
 
 
 def geometric_matrix(op, value, height: int, width: int):

@@ -298,38 +298,30 @@ def test_five_eval_views_are_the_centre_and_diagonal_shifts():
     augment.eval_transform(64, "lae", eval_views=5)
 
 
-def _previous_affine(image, matrix, fill=randaugment.FILL):
-  """The warp RandAugment used before dm_pix.affine_transform: PIL's rule by hand."""
-  h, w, _ = image.shape
-  ys, xs = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) + 0.5, jnp.arange(w, dtype=jnp.float32) + 0.5,
-                        indexing="ij")
-  in_x = matrix[0, 0] * xs + matrix[0, 1] * ys + matrix[0, 2] - 0.5
-  in_y = matrix[1, 0] * xs + matrix[1, 1] * ys + matrix[1, 2] - 0.5
-  inside = ((in_y >= -0.5) & (in_y < h - 0.5) & (in_x >= -0.5) & (in_x < w - 0.5))[..., None]
-  y0, x0 = jnp.floor(in_y), jnp.floor(in_x)
-  wy, wx = (in_y - y0)[..., None], (in_x - x0)[..., None]
-  y0, x0 = y0.astype(jnp.int32), x0.astype(jnp.int32)
-  at = lambda y, x: image[jnp.clip(y, 0, h - 1), jnp.clip(x, 0, w - 1)]
-  top = at(y0, x0) * (1 - wx) + at(y0, x0 + 1) * wx
-  bottom = at(y0 + 1, x0) * (1 - wx) + at(y0 + 1, x0 + 1) * wx
-  return jnp.clip(jnp.floor(jnp.where(inside, top * (1 - wy) + bottom * wy, fill)), 0, 255)
-
-
-def test_randaugment_warp_through_dm_pix_equals_the_previous_warp():
-  # Every geometric op at random magnitudes and signs, on a non-square image: dm_pix's warp gives the
-  # hand-written one's pixels (a level apart at most where float rounding meets floor()).
-  image = jnp.asarray(_face_like(40)[:, 4:], jnp.float32)
+def test_the_library_warp_and_crop_give_our_pixels():
+  # dm_pix.affine_transform and jax.image.scale_and_translate, as launch/bench/bench_library_ops.py
+  # times them against our ops (which stay: the figures in its notes), give our pixels: the warp a
+  # level apart at most where float rounding meets floor(), the crop a level apart (no uint8
+  # rounding between its two passes, which PIL and ours have).
+  from launch.bench.bench_library_ops import dm_pix_affine, scale_translate_crop
+  image = jnp.asarray(_face_like(40)[:, 4:], jnp.float32)   # 40 x 36: height and width not confused
   h, w = image.shape[:2]
   rng = np.random.default_rng(0)
   ops = rng.integers(0, len(randaugment.GEOMETRIC), 40)
   values = rng.uniform(-1, 1, 40) * np.array([30, 0.3, 0.3, 0.45 * w, 0.45 * h])[ops]
-  matrices = jax.vmap(lambda op, v: randaugment.geometric_matrix(op, v, h, w))(jnp.asarray(ops), jnp.asarray(values, jnp.float32))
-  new = np.asarray(jax.jit(jax.vmap(randaugment.affine, in_axes=(None, 0)))(image, matrices))
-  old = np.asarray(jax.jit(jax.vmap(_previous_affine, in_axes=(None, 0)))(image, matrices))
-  diff = np.abs(new - old)
+  matrices = jax.vmap(lambda op, v: randaugment.geometric_matrix(op, v, h, w))(jnp.asarray(ops),
+                                                                              jnp.asarray(values, jnp.float32))
+  ours = np.asarray(jax.jit(jax.vmap(randaugment.affine, in_axes=(None, 0)))(image, matrices))
+  library = np.asarray(jax.jit(jax.vmap(dm_pix_affine, in_axes=(None, 0)))(image, matrices))
+  diff = np.abs(ours - library)
   assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
-  np.testing.assert_array_equal(randaugment.affine(image, jnp.eye(3)[:2]), image)   # the identity is exact
-  # Half a pixel past the outer centres is inside (edge value), beyond it the fill: shift right by 0.4 and 0.6.
-  shifted = lambda dx: np.asarray(randaugment.affine(image, jnp.array([[1.0, 0, -dx], [0, 1, 0]])))
-  np.testing.assert_array_equal(shifted(0.4)[:, 0], np.floor(image[:, 0]))
-  np.testing.assert_array_equal(shifted(0.6)[:, 0], np.full((h, 3), randaugment.FILL))
+  # Half a pixel past the outer centres is inside (the edge value), beyond it the fill: shifts of 0.4, 0.6.
+  for warp in (randaugment.affine, dm_pix_affine):
+    shifted = lambda dx: np.asarray(warp(image, jnp.array([[1.0, 0, -dx], [0, 1, 0]])))
+    np.testing.assert_array_equal(shifted(0.4)[:, 0], np.floor(image[:, 0]))
+    np.testing.assert_array_equal(shifted(0.6)[:, 0], np.full((h, 3), randaugment.FILL))
+  x = jnp.asarray(_face_like(48), jnp.float32)
+  for box in ((5, 7, 30, 33), (5, 7, 12, 10), (0, 0, 48, 48)):
+    ours = np.asarray(augment.resized_crop(x, *box, 24))
+    library = np.asarray(scale_translate_crop(x, *box, 24))
+    assert np.abs(ours - library).max() <= 1, box
