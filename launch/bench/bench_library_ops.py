@@ -7,8 +7,8 @@ pixel difference between the two.
 
   python -m launch.bench.bench_library_ops [--batch_size=32] [--sizes=64,224] [--steps=5] [--rounds=5]
 
-The library versions are kept here (dm_pix_affine, scale_translate_crop), where they are measured,
-for the day they are faster: tests/data/test_augment.py checks that each gives our op's pixels.
+The library versions are in launch/bench/library_ops.py (no flags: tests import it), kept for the
+day they are faster: tests/data/test_augment.py checks that each gives our op's pixels.
 """
 import statistics
 import time
@@ -16,46 +16,12 @@ import time
 from absl import app, flags
 
 from launch import common
+from launch.bench.library_ops import dm_pix_affine, scale_translate_crop
 
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Images per call.")
 _SIZES = flags.DEFINE_list("sizes", ["64", "224"], "Image sides to time (the quickstart's input, LAE's).")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed calls per round.")
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Interleaved rounds; the median round is reported.")
-
-
-def dm_pix_affine(image, matrix, fill=128.0):
-  """randaugment.affine through dm_pix.affine_transform: PIL's AFFINE convention (2x3 matrix from
-  output pixel centres to input points), bilinear. PIL's edge rule (a point more than half a pixel
-  past the outer pixel centres is `fill`, one inside interpolates edge-clamped neighbours) is
-  dm_pix's 'nearest' mode plus that inside mask (its 'constant' mode fills from the outer centres on)."""
-  import dm_pix
-  import jax.numpy as jnp
-  h, w, _ = image.shape
-  (a, b, c), (d, e, f) = matrix[0], matrix[1]
-  # The map in index space (row i, column j): output centre (j + 0.5, i + 0.5) -> input point (x, y)
-  # -> input index (y - 0.5, x - 0.5).
-  row_offset, col_offset = 0.5 * (d + e) + f - 0.5, 0.5 * (a + b) + c - 0.5
-  zero, one = jnp.zeros_like(a), jnp.ones_like(a)
-  index_matrix = jnp.stack([jnp.stack([e, d, zero, row_offset]), jnp.stack([b, a, zero, col_offset]),
-                            jnp.stack([zero, zero, one, zero])])
-  warped = dm_pix.affine_transform(image, index_matrix, order=1, mode="nearest")
-  i, j = jnp.arange(h, dtype=jnp.float32)[:, None], jnp.arange(w, dtype=jnp.float32)[None, :]
-  rows, cols = e * i + d * j + row_offset, b * i + a * j + col_offset
-  inside = (rows >= -0.5) & (rows < h - 0.5) & (cols >= -0.5) & (cols < w - 0.5)
-  return jnp.clip(jnp.floor(jnp.where(inside[..., None], warped, fill)), 0, 255)
-
-
-def scale_translate_crop(image, top, left, h, w, size: int, mirror=False):
-  """The 'lae' crop through jax.image.scale_and_translate: the box (top, left, h, w) resized to
-  size x size, linear with antialiasing (PIL's triangle widened by the downscale), rounded once."""
-  import jax
-  import jax.numpy as jnp
-  scale = jnp.stack([size / h, size / w]).astype(jnp.float32)
-  translation = -jnp.stack([top, left]).astype(jnp.float32) * scale
-  out = jax.image.scale_and_translate(image, (size, size, image.shape[2]), (0, 1), scale, translation,
-                                      method="linear", antialias=True)
-  out = jnp.where(mirror, out[:, ::-1], out)
-  return jnp.clip(jnp.round(out), 0, 255)
 
 
 def _seconds(fn, args, steps):

@@ -299,11 +299,11 @@ def test_five_eval_views_are_the_centre_and_diagonal_shifts():
 
 
 def test_the_library_warp_and_crop_give_our_pixels():
-  # dm_pix.affine_transform and jax.image.scale_and_translate, as launch/bench/bench_library_ops.py
-  # times them against our ops (which stay: the figures in its notes), give our pixels: the warp a
-  # level apart at most where float rounding meets floor(), the crop a level apart (no uint8
-  # rounding between its two passes, which PIL and ours have).
-  from launch.bench.bench_library_ops import dm_pix_affine, scale_translate_crop
+  # dm_pix.affine_transform and jax.image.scale_and_translate (launch/bench/library_ops.py, timed
+  # against our ops by bench_library_ops.py; ours stay, being faster on the CPU) give our pixels:
+  # the warp a level apart at most where float rounding meets floor(), the crop a level apart (no
+  # uint8 rounding between its two passes, which PIL and ours have).
+  from launch.bench.library_ops import dm_pix_affine, scale_translate_crop
   image = jnp.asarray(_face_like(40)[:, 4:], jnp.float32)   # 40 x 36: height and width not confused
   h, w = image.shape[:2]
   rng = np.random.default_rng(0)
