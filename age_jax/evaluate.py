@@ -1,84 +1,21 @@
-"""Evaluation: restore a run, predict ages for a split or a folder, and report the metrics."""
+"""Evaluation: restore a run, predict ages for a split or a folder, and report the metrics.
+
+Above the inference layer (it restores through age_jax/inference/restore.py and reads the same
+calibrations), below nothing: only launchers and the FAEB protocol call it.
+"""
 import os
-import time
 
 import jax
 from absl import logging
 
-from age_jax import checkpoint, config as config_lib, conformal, formulations, report as report_lib, stages, storage
+from age_jax import config as config_lib, conformal, report as report_lib, storage
 from age_jax.data import datasets, run_data
-from age_jax.data.builders import face_crops
+from age_jax.faces import run_crop_size
+from age_jax.inference import intervals
+from age_jax.inference.restore import restore
 from age_jax.train import experiment as experiment_lib
 from age_jax.train import posthoc
 from age_jax.train.evaluator import Evaluator, calibrate
-
-
-def restore(workdir: str, step: int | None = None, attempts: int = 5, adjusted: bool = True):
-  """(experiment, stage config, state, normalizer) of a training workdir's checkpoint, for
-  inference: the experiment has no optimizer and the state no optimizer state (never read).
-  A run whose logit adjustment is chosen on validation predicts with the tau recorded for the
-  step (train/posthoc.py); adjusted=False: with the unadjusted formulation.
-
-  Safe on a workdir being trained: only finalised checkpoints are listed, and when the latest
-  one fails to read (rotated away meanwhile) the new latest is read (up to `attempts` times).
-  """
-  cfg = config_lib.load(workdir)
-  # The mesh is how a run executed, not part of the model: evaluate data-parallel on the devices here.
-  cfg.mesh.data, cfg.mesh.fsdp = -1, 1
-  ckpt = _open_checkpoints(workdir, attempts)
-  plan = stages.plan(cfg)
-  try:
-    for attempt in range(attempts):
-      chosen = ckpt.latest_step() if step is None else step
-      if chosen is None:
-        raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: has launch.train run in {workdir}?")
-      stage = stages.stage_at(plan, chosen)  # the head may differ by stage
-      stage_cfg = experiment_lib.resolve_stage(plan, stage.index, workdir).cfg
-      _check_predicts_ages(stage_cfg, workdir)
-      if adjusted and posthoc.needs_choice(stage_cfg):
-        stage_cfg = posthoc.with_tau(stage_cfg, posthoc.chosen_tau(workdir, chosen))
-      exp = experiment_lib.build(stage_cfg, inference=True)
-      try:
-        state = _restore_weights(ckpt, exp.abstract_state, chosen, stage_cfg.train.ema_decay > 0)
-        break
-      except (FileNotFoundError, KeyError, ValueError, OSError):
-        if step is not None or attempt == attempts - 1:
-          raise
-        time.sleep(0.2)  # a rotation deletes the step's files one by one: look again
-        ckpt.reload()
-  finally:
-    ckpt.close()
-  return exp, stage_cfg, state, run_data.normalizer(cfg, workdir)
-
-
-def _open_checkpoints(workdir: str, attempts: int):
-  """The workdir's checkpoints, read-only; retried when a rotation deletes a step while orbax lists them."""
-  for attempt in range(attempts):
-    try:
-      return checkpoint.Checkpointer(workdir, read_only=True)
-    except FileNotFoundError:
-      if attempt == attempts - 1:
-        raise
-      time.sleep(0.2)
-
-
-def _restore_weights(ckpt, abstract, step: int, ema: bool):
-  """The inference state at `step`: step, params and batch_stats, the moving average's where the
-  run keeps one (train/state.py); the optimizer state is never read."""
-  weights = {"params": abstract.params, "batch_stats": abstract.batch_stats}
-  if not ema:
-    return abstract.replace(**ckpt.restore_variables({"step": abstract.step, **weights}, step))
-  restored = ckpt.restore_variables({"step": abstract.step, "ema": weights}, step)
-  return abstract.replace(step=restored["step"], **restored["ema"])
-
-
-def _check_predicts_ages(cfg, workdir: str) -> None:
-  if cfg.formulation.name in formulations.IDENTITY:
-    raise ValueError(f"{workdir} is a face-identity pre-training run (config.formulation.name="
-                     f"{cfg.formulation.name!r}): it predicts no ages, so there is nothing to evaluate, "
-                     "predict or export here. Its validation identity top-1 accuracy is in its "
-                     "metrics.jsonl (split 'validation', 'accuracy'); train an age model from it with "
-                     f"--config.model.init_from={workdir}")
 
 
 def evaluate_workdir(workdir: str, *, split: str | None = None, folder: str | None = None,
@@ -91,7 +28,7 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, folder: str | No
   Sources: a split of the run's own dataset (default: config.data.eval_split), images as it
   trained on them; or another dataset (`dataset`, built from manual_dir once; default split
   'test', else all its splits) or a labelled folder. For those two, faces='detect' finds and
-  aligns each image's face onto the canonical crop (data/builders/face_crops.py; images without
+  aligns each image's face onto the canonical crop (faces/find.py's rule; images without
   a face are left out and counted), faces='crops' uses the images as they are.
   With calibrate_first, first (re)calibrates the age intervals of this step and mirror on the
   validation split (calibration_method: conformal.METHODS, default by the head). The report has
@@ -125,12 +62,11 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, folder: str | No
     calibrate(exp, cfg, normalizer, state, workdir, method=calibration_method)
   detected = bool(folder or dataset) and faces == "detect"
   try:
-    calibration = conformal.load(workdir, int(state.step), bool(cfg.eval.mirror),
-                                 ("detected", "pasted", "chips") if detected else ("chips", "detected", "pasted"))
+    calibration = intervals.load(workdir, int(state.step), bool(cfg.eval.mirror), "detect" if detected else "crops")
   except conformal.CalibrationMismatch as e:  # the metrics stand without intervals; say why they are missing
     logging.warning("no interval coverage in this report: %s", e)
     calibration = None
-  crop_size = face_crops.run_crop_size(cfg.data)
+  crop_size = run_crop_size(cfg.data)
   face_counts = None
   if folder:
     records = datasets.folder_source(folder, crop_size=crop_size if faces == "detect" else 0)
@@ -158,10 +94,21 @@ def evaluate_workdir(workdir: str, *, split: str | None = None, folder: str | No
     result["faces"] = face_counts
   result["step"] = int(state.step)
   result["workdir"] = str(storage.path(workdir))
-  out_dir = out_dir or os.path.join(workdir, "eval", _slug(source_name))
+  out_dir = out_dir or report_dir(workdir, source_name)
   if jax.process_index() == 0:
     report_lib.write_report(result, out_dir)
   return result
+
+
+def report_dir(workdir: str, source_name: str) -> str:
+  """Where evaluate_workdir writes a source's report by default: WORKDIR/eval/<source, slugged>."""
+  return os.path.join(workdir, "eval", _slug(source_name))
+
+
+def own_report_dir(workdir: str) -> str:
+  """The folder of the run's own report, the one `launch.evaluate --workdir=W` writes (config.data.eval_split)."""
+  cfg = config_lib.load(workdir)
+  return report_dir(workdir, f"{cfg.data.name}:{cfg.data.eval_split}")
 
 
 def _slug(name: str) -> str:

@@ -64,7 +64,7 @@ def main(argv):
   from age_jax import evaluate, report
   on_path = _CALIBRATE.value and (_CALIBRATE_FOLDER.value or _CALIBRATE_FACES.value != "chips")
   if on_path:
-    from age_jax import photo_calibration
+    from age_jax.inference import photo_calibration
     calibration = photo_calibration.calibrate_workdir(
         _WORKDIR.value, _STEP.value, _CALIBRATE_FACES.value, folder=_CALIBRATE_FOLDER.value,
         limit=_CALIBRATE_LIMIT.value, method=_METHOD.value, mirror=_MIRROR.value)

@@ -2,7 +2,7 @@
   python -m launch.export --workdir=DIR --out=age.jaxexport [--coverage=0.9]     # JAX alone
   python -m launch.export --workdir=DIR --out=age.onnx --format=onnx             # onnxruntime alone
 
-See age_jax/export.py (and export_onnx.py: the Xing baseline) for what the file holds and
+See age_jax/inference/export_jax.py (and age_jax/export_onnx.py: the Xing baseline) for what the file holds and
 docs/intervals_and_export.md for running it from a bare Python.
 """
 from absl import app, flags
@@ -32,7 +32,7 @@ def main(argv):
                                          calibrate=_CALIBRATE.value)
     print(f"wrote {_OUT.value}: ONNX opset {export_onnx.OPSET}, input 'faces', outputs {outputs}")
     return
-  from age_jax import export
+  from age_jax.inference import export_jax as export
   meta = export.export_workdir(_WORKDIR.value, _OUT.value, _STEP.value, _COVERAGE.value, _PLATFORMS.value,
                               calibrate=_CALIBRATE.value)
   print(f"wrote {_OUT.value}: {meta['model']} / {meta['formulation']} step {meta['step']}, outputs "

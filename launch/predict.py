@@ -33,7 +33,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   common.setup_jax()
-  from age_jax import predict
+  from age_jax.inference import predict
   paths = predict.image_paths(_FOLDER.value)
   predictor = predict.Predictor(_WORKDIR.value, _STEP.value, coverage=_COVERAGE.value, calibrate=_CALIBRATE.value)
   results = predict.predict_files(predictor, paths, faces=_FACES.value, draw_dir=_DRAW_DIR.value)

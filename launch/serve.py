@@ -30,7 +30,7 @@ def main(argv):
   except ImportError as e:
     raise SystemExit(f"launch.serve needs the 'serve' extra (pip install -e '.[serve]'): {e}")
   common.setup_jax()
-  from age_jax import predict, webapp
+  from age_jax.inference import predict, webapp
   predictor = predict.Predictor(_WORKDIR.value, _STEP.value, coverage=_COVERAGE.value, calibrate=_CALIBRATE.value)
   print(f"serving {_WORKDIR.value} on http://{_HOST.value}:{_PORT.value}", flush=True)
   application = webapp.create_app(predictor, faces=_FACES.value, coverage=_COVERAGE.value,

@@ -1,6 +1,6 @@
 """A stand-in face detector for tests on drawn faces: it returns the faces registered for an
 image's exact pixels (so tests write PNGs), also when the image comes padded on every side (as
-face_crops.detect pads it), in the detector's interface (box, score, landmarks)."""
+faces.detect pads it), in the detector's interface (box, score, landmarks)."""
 import dataclasses
 import hashlib
 import os

@@ -1,7 +1,9 @@
 """The package's import structure: no cycles among module-level imports, the lower layers
-never import the upper ones (faces < data < training; models, losses, metrics below training),
-every top-level module has a rule saying what it may import (MAY_IMPORT; config.py only the
-registries it validates names against), and the CPU corner (age_jax/cpu) stays in its corner: only
+never import the upper ones (faces < data < training < inference < evaluation; models, losses,
+metrics below training), every top-level module has a rule saying what it may import (MAY_IMPORT;
+config.py only the registries it validates names against), the rules themselves form layers (no
+two top-level modules may import each other, so every upward import is forbidden), inside
+age_jax/inference each module imports only those below it (INFERENCE_ORDER), and the CPU corner (age_jax/cpu) stays in its corner: only
 the model registry's get_lowering imports it, for a CPU lowering, and it imports nothing of the
 package but models.layers."""
 import ast
@@ -10,6 +12,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "age_jax")
 CPU = "age_jax.cpu"
@@ -17,16 +21,19 @@ CPU_GATE = "age_jax.models"         # models.get_lowering, the one way into the 
 CPU_MAY_IMPORT = ("age_jax.models.layers",)  # the layer interface the CPU lowerings plug into
 
 # A module under the first prefix may not import one under any of the others.
+INFERENCE = "age_jax.inference"
 FORBIDDEN = {
-    "age_jax.faces": ("age_jax.data", "age_jax.models", "age_jax.train", "age_jax.evaluate",
-                      "age_jax.predict"),
-    "age_jax.data": ("age_jax.models", "age_jax.train", "age_jax.evaluate", "age_jax.predict"),
-    "age_jax.models": ("age_jax.data", "age_jax.train", "age_jax.faces", "age_jax.evaluate"),
-    "age_jax.losses": ("age_jax.data", "age_jax.models", "age_jax.train"),
-    "age_jax.metrics": ("age_jax.data", "age_jax.models", "age_jax.train"),
+    "age_jax.faces": ("age_jax.data", "age_jax.models", "age_jax.train", "age_jax.evaluate", INFERENCE),
+    "age_jax.data": ("age_jax.models", "age_jax.train", "age_jax.evaluate", INFERENCE),
+    "age_jax.models": ("age_jax.data", "age_jax.train", "age_jax.faces", "age_jax.evaluate", INFERENCE),
+    "age_jax.losses": ("age_jax.data", "age_jax.models", "age_jax.train", INFERENCE),
+    "age_jax.metrics": ("age_jax.data", "age_jax.models", "age_jax.train", INFERENCE),
     "age_jax.ages": ("age_jax",),   # the bottom layer: ages, groups, label codes
-    "age_jax.train": ("age_jax.evaluate", "age_jax.predict", "age_jax.export", "age_jax.webapp",
-                      "age_jax.photo_calibration"),
+    "age_jax.train": ("age_jax.evaluate", INFERENCE, "age_jax.export", "age_jax.export_onnx",
+                      "age_jax.faeb_benchmark"),
+    # Inference restores and predicts; evaluation (reports on labelled data) and the FAEB protocol sit above it.
+    INFERENCE: ("age_jax.evaluate", "age_jax.faeb_benchmark", "age_jax.preflight", "age_jax.export",
+                "age_jax.export_onnx"),
 }
 # The shared inference rules sit just above ages: training-side code and both exports import them.
 RULES, RULES_MAY_IMPORT = "age_jax.inference_rules", ("age_jax.ages",)
@@ -156,8 +163,8 @@ def test_the_checker_sees_imports():
 
 # Every top-level module or package of age_jax and the top-level modules it may import (function-level
 # imports included). A module missing here fails test_every_top_level_module_has_a_rule: a new module
-# states where it sits. The inference modules (evaluate .. pasted_faces) sit on top and may use any
-# lower layer, not each other's callers (the train layer never imports them: FORBIDDEN above).
+# states where it sits. The inference package sits on training (it restores and runs the predict step);
+# evaluation, the FAEB protocol and the ONNX export (until it moves into inference/) sit on top.
 BELOW_TRAIN = {"ages", "losses", "metrics", "formulations", "storage", "locks", "distributed", "stages",
                "checkpoint", "faces", "models", "cpu", "data", "config", "objective", "conformal", "report",
                "versions", "pod_types", "inference_rules"}
@@ -168,7 +175,7 @@ MAY_IMPORT = {
     "metrics": {"ages"},
     "formulations": {"ages", "losses", "inference_rules"},
     "storage": set(), "locks": set(), "distributed": set(), "stages": set(),
-    "versions": set(), "pod_types": set(), "uploads": set(),   # the tested JAX range; TPU pod types and their device counts
+    "versions": set(), "pod_types": set(),   # the tested JAX range; TPU pod types and their device counts
     "checkpoint": {"storage"},
     "faces": set(),
     "models": {"ages", "losses", "cpu", "storage"},   # cpu only through get_lowering (tests above)
@@ -179,16 +186,20 @@ MAY_IMPORT = {
     "conformal": {"ages", "inference_rules", "metrics", "storage"},
     "report": {"metrics", "storage"},
     "train": BELOW_TRAIN,
-    "evaluate": BELOW_TRAIN | {"train"},
-    "predict": BELOW_TRAIN | {"train", "evaluate"},
-    "export": BELOW_TRAIN | {"train", "evaluate"},
+    "inference": BELOW_TRAIN | {"train"},               # restore, predictor, intervals applied, export, web page
+    "evaluate": BELOW_TRAIN | {"train", "inference"},   # restores through inference, reports on labelled data
+    "export": {"inference"},                            # the old name of inference.export_jax, for export_onnx
     "export_onnx": BELOW_TRAIN | {"train", "evaluate", "export"},
-    "webapp": BELOW_TRAIN | {"train", "evaluate", "predict", "uploads"},
-    "pasted_faces": BELOW_TRAIN | {"train", "evaluate", "predict"},
     "preflight": BELOW_TRAIN | {"train"},                  # checks before a cluster run
     "faeb_benchmark": BELOW_TRAIN | {"train", "evaluate"},  # FAEB's protocol: trains and evaluates
-    "photo_calibration": BELOW_TRAIN | {"train", "evaluate", "predict", "pasted_faces"},  # intervals on photos
 }
+# The CPU corner and the model registry import each other, one way through get_lowering only (tests above).
+MUTUAL_EXCEPTIONS = {frozenset({"models", "cpu"})}
+
+# Inside age_jax/inference, bottom first: a module imports only those before it. A new module states
+# its place here (export_onnx and jaxpr_onnx: the ONNX export's place once it moves in).
+INFERENCE_ORDER = ("uploads", "restore", "intervals", "predict", "export_jax", "jaxpr_onnx", "export_onnx",
+                   "pasted_faces", "photo_calibration", "webapp")
 
 # config.py names things and validates the names against the registries that resolve them; it never
 # imports what runs them (builders, pipeline, objective, training, inference). Today it looks names up
@@ -239,5 +250,59 @@ def test_the_inference_rules_import_nothing_above_ages():
   graph = _graph(top_level_only=False)
   assert graph[RULES] <= set(RULES_MAY_IMPORT), sorted(graph[RULES] - set(RULES_MAY_IMPORT))
   users = {m for m, imported in graph.items() if RULES in imported}
-  assert {"age_jax.losses", "age_jax.formulations", "age_jax.conformal", "age_jax.export", "age_jax.export_onnx",
+  assert {"age_jax.losses", "age_jax.formulations", "age_jax.conformal", "age_jax.inference.export_jax",
           "age_jax.data.pipeline", "age_jax.data.augment"} <= users  # one implementation, used on both sides
+
+
+def _layer_order(rules, exceptions=frozenset()):
+  """The rules' modules bottom first; AssertionError naming a cycle when the rules allow one."""
+  allowed = {m: {n for n in may if n != m and frozenset({m, n}) not in exceptions} for m, may in rules.items()}
+  order, state = [], {}
+
+  def visit(m, path):
+    if state.get(m) == "open":
+      raise AssertionError("the rules allow a cycle: " + " -> ".join(path[path.index(m):] + [m]))
+    if m in state:
+      return
+    state[m] = "open"
+    for n in sorted(allowed.get(m, ())):
+      visit(n, path + [m])
+    state[m] = "done"
+    order.append(m)
+
+  for m in sorted(allowed):
+    visit(m, [])
+  return order
+
+
+def test_the_rules_form_layers():
+  # Allowed imports between top-level modules have no cycle: whatever a module may import may not
+  # import it back, directly or through others, so every upward import is forbidden by some rule.
+  order = _layer_order(MAY_IMPORT, MUTUAL_EXCEPTIONS)
+  assert order.index("faces") < order.index("data") < order.index("train") < order.index("inference") \
+      < order.index("evaluate") < order.index("faeb_benchmark")
+  with pytest.raises(AssertionError, match="cycle: a -> b -> c -> a"):   # the check catches a cycle
+    _layer_order({"a": {"b"}, "b": {"c"}, "c": {"a"}})
+
+
+def test_nothing_below_inference_imports_it():
+  graph = _graph(top_level_only=False)
+  below = [m for m in graph if any(_under(m, f"age_jax.{layer}") for layer in BELOW_TRAIN | {"train"})]
+  bad = [f"{m} imports {n}" for m in below for n in graph[m] if _under(n, INFERENCE)]
+  assert not bad, "\n".join(sorted(bad))
+
+
+def test_inside_inference_each_module_imports_only_those_below_it():
+  graph = _graph(top_level_only=False)
+  inside = {m: imported for m, imported in graph.items() if _under(m, INFERENCE) and m != INFERENCE}
+  names = {m: m.split(".")[2] for m in inside}
+  assert set(names.values()) <= set(INFERENCE_ORDER), \
+      f"inference modules without a place in INFERENCE_ORDER: {sorted(set(names.values()) - set(INFERENCE_ORDER))}"
+  bad = []
+  for m, imported in inside.items():
+    for n in imported:
+      if _under(n, INFERENCE) and n != INFERENCE and \
+          INFERENCE_ORDER.index(n.split(".")[2]) >= INFERENCE_ORDER.index(names[m]):
+        bad.append(f"{m} imports {n}, which is not below it in INFERENCE_ORDER")
+  assert not bad, "\n".join(sorted(bad))
+  assert "age_jax.inference.restore" in inside["age_jax.inference.predict"]  # the checker sees them

@@ -24,9 +24,9 @@ NUM_FACES = 100
 
 
 def test_pasted_faces_get_the_chips_ages(tmp_path):
-  from age_jax import pasted_faces, predict
-  from age_jax.data.builders import face_crops, utkface
-  from age_jax.faces import FaceDetector
+  from age_jax.data.builders import utkface
+  from age_jax.faces import FaceDetector, read_rgb
+  from age_jax.inference import pasted_faces, predict
   from age_jax.train import loop
   from tests.tiny import tiny_config
   names = sorted(n for n in os.listdir(UTKFACE) if utkface.parse_name(n) is not None)
@@ -46,7 +46,7 @@ def test_pasted_faces_get_the_chips_ages(tmp_path):
   loop.train(cfg, str(tmp_path / "run"))
   # Faces pasted at 0.3x are still ~48 px wide: a 40 px smallest face keeps the pyramid short.
   predictor = predict.Predictor(str(tmp_path / "run"), detector=FaceDetector(min_face_size=40))
-  chips = [face_crops.read_rgb(os.path.join(UTKFACE, n)) for n in test_names]
+  chips = [read_rgb(os.path.join(UTKFACE, n)) for n in test_names]
   ages = [utkface.parse_name(n)["age"] for n in test_names]
   result = pasted_faces.check(predictor, chips, ages, seed=1)
   summary = result["summary"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from age_jax import predict
+from age_jax.inference import predict
 from age_jax.train import loop
 from tests import fake_faces
 from tests.data.fake_datasets import corrupt_jpeg_bytes, make_utkface_folder
@@ -97,7 +97,7 @@ def test_evaluate_on_another_dataset_and_a_folder_through_the_canonical_crop(wor
 @pytest.mark.skipif(not os.path.isdir(UTKFACE), reason="no ../shared UTKFace copy")
 def test_a_real_face_pasted_into_a_photo_is_found_with_the_real_detector(workdir, tmp_path):
   from age_jax.data import paste
-  from age_jax.data.builders.face_crops import read_rgb
+  from age_jax.faces import read_rgb
   name = sorted(os.listdir(UTKFACE))[500]
   photo, where = paste.paste(read_rgb(os.path.join(UTKFACE, name)), np.random.default_rng(0), 320, scale=(0.5, 0.5))
   Image.fromarray(photo).save(tmp_path / "photo.jpg", quality=95)
@@ -114,7 +114,8 @@ def test_a_calibration_on_detected_faces_is_kept_apart_and_used_for_photos(workd
   # chips' one (same step), detect mode uses it, crops mode keeps the chips' one, and each face
   # says what its interval's coverage was measured on.
   import shutil
-  from age_jax import conformal, photo_calibration
+  from age_jax import conformal
+  from age_jax.inference import photo_calibration
   from age_jax.faces import align_to_canonical
   copy = str(tmp_path / "run")
   shutil.copytree(workdir, copy)

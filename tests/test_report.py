@@ -101,3 +101,26 @@ def test_launch_compare(tmp_path):
   assert "RCCS^net_a_net_b(t): t=0:-1" in result.stdout
   assert sorted(os.listdir(out)) == ["comparison.json", "comparison.txt", "rccs.png"]
   assert json.loads((out / "comparison.json").read_text())["rccs"][:4] == [-1, -1, -1, 0]
+
+
+def test_launch_compare_takes_workdirs_for_their_own_test_reports(tmp_path):
+  # README: `launch.compare --a=workdirs/mae --b=workdirs/mse`: a workdir stands for the report
+  # `launch.evaluate --workdir=W` writes (its config's dataset and eval split); without it, the
+  # error names the command that makes it.
+  from age_jax import config as config_lib, evaluate
+  cfg = config_lib.default_config()
+  for name, report in (("mae", _report()), ("mse", _other())):
+    os.makedirs(tmp_path / name)
+    (tmp_path / name / config_lib.CONFIG_FILE).write_text(cfg.to_json())
+    report_lib.write_report(report, evaluate.own_report_dir(str(tmp_path / name)))
+  assert evaluate.own_report_dir(str(tmp_path / "mae")) == str(tmp_path / "mae" / "eval" / "utkface_test")
+  compare = lambda a, b: subprocess.run(
+      [sys.executable, "-m", "launch.compare", f"--a={a}", f"--b={b}", f"--out={tmp_path / 'cmp'}"], cwd=ROOT,
+      capture_output=True, text=True, timeout=120)
+  done = compare(tmp_path / "mae", tmp_path / "mse")
+  assert done.returncode == 0, done.stderr
+  assert "RCCS^mae_mse(t): t=0:-1" in done.stdout
+  os.makedirs(tmp_path / "fresh")
+  (tmp_path / "fresh" / config_lib.CONFIG_FILE).write_text(cfg.to_json())
+  done = compare(tmp_path / "mae", tmp_path / "fresh")
+  assert done.returncode != 0 and f"launch.evaluate --workdir={tmp_path / 'fresh'}" in done.stderr, done.stderr[-2000:]

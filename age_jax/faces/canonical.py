@@ -8,7 +8,8 @@ re-aligned, comes back nearly as it was, and its forehead and chin margins are k
 Size rule: the crop is square and any side works. The template is given as fractions of the
 crop's extent (0 = the left/top edge of the first pixel, 1 = the right/bottom edge of the last),
 so a crop of side s has its points at fraction * s - 0.5 in align.py's pixel-centre coordinates,
-and resizing a crop of one side to another keeps the points on the template.
+and resizing a crop of one side to another keeps the points on the template. A run's faces are
+aligned at run_crop_size (the side its training faces had), whoever aligns them.
 """
 import numpy as np
 
@@ -19,6 +20,16 @@ from age_jax.faces import align
 CANONICAL_TEMPLATE = np.array([[0.2998, 0.2922], [0.6938, 0.2926], [0.4924, 0.5226],
                                [0.3218, 0.6960], [0.6693, 0.6956]], np.float64)
 UTKFACE_CHIP_SIZE = 200  # UTKFace chips' side: the frame the template describes at its own scale
+CROP_SIZE = 256  # the canonical crop's side in a build (the builder option crop_size's default)
+
+
+def run_crop_size(data_cfg) -> int:
+  """The side at which a run's faces were aligned: load size when the pipeline aligned them
+  (config.data.align), else its builds' crop_size; new faces (photos, exports, evaluation
+  folders) are aligned the same way. data_cfg: a run's config.data (read, never imported here)."""
+  if data_cfg.align:
+    return int(data_cfg.load_size)
+  return int(dict(data_cfg.builder_options).get("crop_size", CROP_SIZE))
 
 
 def canonical_template(size: int) -> np.ndarray:

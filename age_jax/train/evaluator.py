@@ -1,5 +1,5 @@
 """Predicting every example of a split exactly once across processes, for validation during
-training (train/loop.py) and for evaluation after it (age_jax/evaluate.py)."""
+training (train/loop.py) and for evaluation after it (age_jax/evaluate.py, age_jax/inference)."""
 import jax
 import numpy as np
 

@@ -23,12 +23,13 @@ def main(argv):
   common.setup_jax()
   import jax
   import numpy as np
-  from age_jax import evaluate, export
+  from age_jax.inference import export_jax as export
+  from age_jax.inference.restore import restore
   from age_jax.data import pipeline
   from age_jax.data import run_data
 
   t0 = time.perf_counter()
-  exp, cfg, state, normalizer = evaluate.restore(_WORKDIR.value)
+  exp, cfg, state, normalizer = restore(_WORKDIR.value)
   predict = exp.jit_predict_step()
   restore_s = time.perf_counter() - t0
   records = run_data.load_split(cfg, _SPLIT.value)

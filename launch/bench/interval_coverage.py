@@ -1,4 +1,4 @@
-"""Interval coverage along the paths users take, and under shifts (age_jax/photo_calibration.py):
+"""Interval coverage along the paths users take, and under shifts (age_jax/inference/photo_calibration.py):
   python -m launch.bench.interval_coverage --workdir=DIR [--cal_limit=1000] [--test_limit=1000]
          [--methods=normalized,normalized_mondrian] [--shifts=blur:2,jpeg:15] [--recal_limit=200]
 
@@ -36,9 +36,10 @@ def main(argv):
   common.setup_jax()
   import numpy as np
 
-  from age_jax import conformal, photo_calibration as pc
+  from age_jax import conformal
+  from age_jax.inference import photo_calibration as pc
   from age_jax.data import run_data
-  from age_jax.predict import Predictor
+  from age_jax.inference.predict import Predictor
 
   start = time.time()
   predictor = Predictor(_WORKDIR.value, _STEP.value, intervals=False)

@@ -65,7 +65,7 @@ def main(argv):
   common.setup_jax()
   from age_jax import formulations, losses, report as report_lib
   from age_jax.data import datasets, run_data
-  from age_jax.evaluate import restore
+  from age_jax.inference.restore import restore
   from age_jax.train import posthoc
   from age_jax.train.evaluator import Evaluator, predict_source
 

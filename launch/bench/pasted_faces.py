@@ -1,10 +1,10 @@
-"""The pasted-face check on a split of a run's dataset (age_jax/pasted_faces.py):
+"""The pasted-face check on a split of a run's dataset (age_jax/inference/pasted_faces.py):
   python -m launch.bench.pasted_faces --workdir=DIR [--split=test] [--limit=1000] [--out=pasted.json]
 Prints MAE against the true ages for the chips as trained, the chips detected and aligned, the
 chips pasted into larger photos then detected and aligned, and those photos resized whole.
 
 With --scales=1,3,6,10 it pastes at those fixed multiples of the chip size instead, each with and
-without the sensor noise of --noise (age_jax/pasted_faces.py, check_scales), one table row each;
+without the sensor noise of --noise (age_jax/inference/pasted_faces.py, check_scales), one table row each;
 the detector's smallest face is then --min_face_fraction of the pasted chip's side.
 """
 import json
@@ -32,9 +32,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   common.setup_jax()
   import numpy as np
-  from age_jax import pasted_faces, predict
-  from age_jax.data.builders.face_crops import read_rgb
-  from age_jax.faces import FaceDetector
+  from age_jax.faces import FaceDetector, read_rgb
+  from age_jax.inference import pasted_faces, predict
   from age_jax.data import run_data
   predictor = predict.Predictor(_WORKDIR.value, detector=FaceDetector(min_face_size=_MIN_FACE.value))
   cfg = predictor.cfg

@@ -296,3 +296,32 @@ def test_five_eval_views_are_the_centre_and_diagonal_shifts():
     augment.eval_transform(64, "xing", eval_views=5, eval_view_shift=5)(image)
   with pytest.raises(ValueError, match="eval_views"):
     augment.eval_transform(64, "lae", eval_views=5)
+
+
+def test_the_library_warp_and_crop_give_our_pixels():
+  # dm_pix.affine_transform and jax.image.scale_and_translate (launch/bench/library_ops.py, timed
+  # against our ops by bench_library_ops.py; ours stay, being faster on the CPU) give our pixels:
+  # the warp a level apart at most where float rounding meets floor(), the crop a level apart (no
+  # uint8 rounding between its two passes, which PIL and ours have).
+  from launch.bench.library_ops import dm_pix_affine, scale_translate_crop
+  image = jnp.asarray(_face_like(40)[:, 4:], jnp.float32)   # 40 x 36: height and width not confused
+  h, w = image.shape[:2]
+  rng = np.random.default_rng(0)
+  ops = rng.integers(0, len(randaugment.GEOMETRIC), 40)
+  values = rng.uniform(-1, 1, 40) * np.array([30, 0.3, 0.3, 0.45 * w, 0.45 * h])[ops]
+  matrices = jax.vmap(lambda op, v: randaugment.geometric_matrix(op, v, h, w))(jnp.asarray(ops),
+                                                                              jnp.asarray(values, jnp.float32))
+  ours = np.asarray(jax.jit(jax.vmap(randaugment.affine, in_axes=(None, 0)))(image, matrices))
+  library = np.asarray(jax.jit(jax.vmap(dm_pix_affine, in_axes=(None, 0)))(image, matrices))
+  diff = np.abs(ours - library)
+  assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
+  # Half a pixel past the outer centres is inside (the edge value), beyond it the fill: shifts of 0.4, 0.6.
+  for warp in (randaugment.affine, dm_pix_affine):
+    shifted = lambda dx: np.asarray(warp(image, jnp.array([[1.0, 0, -dx], [0, 1, 0]])))
+    np.testing.assert_array_equal(shifted(0.4)[:, 0], np.floor(image[:, 0]))
+    np.testing.assert_array_equal(shifted(0.6)[:, 0], np.full((h, 3), randaugment.FILL))
+  x = jnp.asarray(_face_like(48), jnp.float32)
+  for box in ((5, 7, 30, 33), (5, 7, 12, 10), (0, 0, 48, 48)):
+    ours = np.asarray(augment.resized_crop(x, *box, 24))
+    library = np.asarray(scale_translate_crop(x, *box, 24))
+    assert np.abs(ours - library).max() <= 1, box

@@ -8,6 +8,7 @@ from PIL import Image
 
 from age_jax.data import datasets
 from age_jax.data.builders import face_crops
+from age_jax.faces import choose_face, read_rgb
 from tests import fake_faces
 from tests.data import fake_datasets as fd
 
@@ -21,10 +22,10 @@ def test_choose_face_prefers_the_largest_most_central():
   # 100x100 image, centre (50, 50). A: 40x40 centred -> 1600. B: 50x50 centred at (25, 25) ->
   # 2500 - 2 * (25^2 + 25^2) = 0. C: 20x20 centred -> 400.
   faces = [_Face([30, 30, 70, 70]), _Face([0, 0, 50, 50]), _Face([40, 40, 60, 60])]
-  assert face_crops.choose_face(faces, 100, 100) == 0
-  assert face_crops.choose_face(faces[1:], 100, 100) == 1   # C 400 beats B 0
-  assert face_crops.choose_face([faces[1]], 100, 100) == 0
-  assert face_crops.choose_face([], 100, 100) is None
+  assert choose_face(faces, 100, 100) == 0
+  assert choose_face(faces[1:], 100, 100) == 1   # C 400 beats B 0
+  assert choose_face([faces[1]], 100, 100) == 0
+  assert choose_face([], 100, 100) is None
 
 
 @pytest.fixture
@@ -97,5 +98,5 @@ def test_read_rgb_turns_photos_upright_by_their_exif_orientation(tmp_path):
   exif = image.getexif()
   exif[0x0112] = 6  # "rotate 90 degrees clockwise to view"
   image.save(tmp_path / "p.jpg", exif=exif)
-  assert face_crops.read_rgb(str(tmp_path / "p.jpg")).shape == (40, 20, 3)
-  assert face_crops.read_rgb((tmp_path / "p.jpg").read_bytes()).shape == (40, 20, 3)
+  assert read_rgb(str(tmp_path / "p.jpg")).shape == (40, 20, 3)
+  assert read_rgb((tmp_path / "p.jpg").read_bytes()).shape == (40, 20, 3)

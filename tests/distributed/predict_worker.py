@@ -17,9 +17,9 @@ def main(argv):
   common.setup_jax()
   import jax
   import numpy as np
-  from age_jax import evaluate
+  from age_jax.inference.restore import restore
   from age_jax.train import evaluator
-  exp, cfg, state, normalizer = evaluate.restore(_WORKDIR.value)
+  exp, cfg, state, normalizer = restore(_WORKDIR.value)
   predictions = evaluator.Evaluator(exp, cfg, normalizer, _SPLIT.value).predict(state)
   if jax.process_index() == 0:
     np.savez(_OUT.value, process_count=jax.process_count(), device_count=jax.device_count(), **predictions)

@@ -23,8 +23,8 @@ pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 ws_client = pytest.importorskip("websockets.sync.client")
 
-from age_jax import webapp  # noqa: E402
-from age_jax.predict import Predictor  # noqa: E402
+from age_jax.inference import webapp  # noqa: E402
+from age_jax.inference.predict import Predictor  # noqa: E402
 from tests.serving.conftest import face_records  # noqa: E402
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium-headless-shell", "chromium", "chromium-browser")

@@ -7,7 +7,8 @@ import shutil
 
 import pytest
 
-from age_jax import conformal, evaluate, export, predict
+from age_jax import conformal, evaluate
+from age_jax.inference import export_jax as export, predict
 
 
 @pytest.fixture

@@ -9,8 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from age_jax import conformal, export, models
-from age_jax.evaluate import restore
+from age_jax import conformal, models
+from age_jax.inference import export_jax as export
+from age_jax.inference.restore import restore
 from age_jax.train.evaluator import Evaluator
 from tests.serving.conftest import face_records
 
@@ -144,7 +145,7 @@ def test_the_artifact_states_its_input_contract_and_its_recipe_makes_the_predict
   import zipfile
   from PIL import Image
   from age_jax.faces import align_to_canonical, canonical
-  from age_jax.predict import _resize
+  from age_jax.inference.predict import _resize
   workdir, folder, _ = trained_workdir
   _, meta = export.load_artifact(artifact[0])
   contract = meta["input"]

@@ -16,7 +16,7 @@ from PIL import Image
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 
-from age_jax import webapp  # noqa: E402
+from age_jax.inference import webapp  # noqa: E402
 
 MB = 1 << 20
 BOUNDARY = "h27aboundary"

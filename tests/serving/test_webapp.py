@@ -11,9 +11,9 @@ pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from age_jax import webapp  # noqa: E402
+from age_jax.inference import webapp  # noqa: E402
 from age_jax.train.evaluator import Evaluator  # noqa: E402
-from age_jax.predict import Predictor  # noqa: E402
+from age_jax.inference.predict import Predictor  # noqa: E402
 from tests.serving.conftest import face_records  # noqa: E402
 
 

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from age_jax import evaluate
+from age_jax.inference.restore import restore
 from age_jax.data import datasets
 from age_jax.train import loop
 from tests.data.fake_datasets import make_utkface_folder
@@ -80,7 +80,7 @@ class Trainer:
 
 
 def _params_and_final(workdir):
-  _, _, state, _ = evaluate.restore(workdir)
+  _, _, state, _ = restore(workdir)
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     records = [json.loads(line) for line in f if line.endswith("\n")]
   final = [r for r in records if r["split"] == "validation" and r["step"] == OVERRIDES["train.num_steps"]]

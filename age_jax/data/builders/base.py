@@ -18,6 +18,7 @@ import tensorflow_datasets as tfds
 
 from age_jax.data.builders import curation, face_crops, splits
 from age_jax.data.builders.records import SourceExample, common_features, to_tfds_example
+from age_jax.faces import CROP_SIZE
 
 COMMON_OPTIONS = {
     "skip_corrupt": False,                 # skip and count images PIL cannot decode (else raise)
@@ -25,7 +26,7 @@ COMMON_OPTIONS = {
     "skip_bad_labels": False,              # skip and count bad label rows / landmark files (else raise)
     "split_file": "",                      # JSON {split: [file names]} replacing the protocol
     "canonical_crop": False,               # store each face aligned onto the canonical crop (face_crops.py)
-    "crop_size": face_crops.CROP_SIZE,     # its side in pixels
+    "crop_size": CROP_SIZE,                # its side in pixels
 }
 
 

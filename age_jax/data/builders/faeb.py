@@ -32,6 +32,7 @@ from PIL import Image
 from age_jax.data.builders import base, face_crops, faeb_protocol, labels_csv
 from age_jax.data.builders.labels_csv import BadLabel
 from age_jax.data.builders.records import UNKNOWN, SourceExample, to_tfds_example
+from age_jax.faces import read_rgb
 
 SUBJECT_KEYS = ("id_num", "name", "number")
 REQUIRED_KEYS = ("img_path", "age", "folder")
@@ -178,7 +179,7 @@ def _with_extras(example, extras):
 
 
 def faeb_jpeg(path: str, bbox, input_size: int, input_extension: float) -> bytes:
-  crop = faeb_protocol.faeb_crop(face_crops.read_rgb(path), bbox, input_size, input_extension)
+  crop = faeb_protocol.faeb_crop(read_rgb(path), bbox, input_size, input_extension)
   buf = io.BytesIO()
   Image.fromarray(crop).save(buf, "JPEG", quality=face_crops.JPEG_QUALITY)
   return buf.getvalue()

@@ -17,10 +17,10 @@ import time
 import numpy as np
 from PIL import Image, ImageFilter
 
-from age_jax import conformal, pasted_faces
+from age_jax import conformal
 from age_jax.data import paste
-from age_jax.data.builders.face_crops import read_rgb
-from age_jax.faces import align_to_canonical
+from age_jax.faces import align_to_canonical, read_rgb
+from age_jax.inference import pasted_faces
 
 PATHS = ("chips", "detected", "pasted")
 COVERAGES = (0.8, 0.9, 0.95)
@@ -136,7 +136,7 @@ def calibrate_workdir(workdir: str, step: int | None, path: str, *, folder: str 
   """Calibrates the workdir's checkpoint along `path` on its validation split, or on a labelled
   `folder` of new data (recalibration under a shift); stores it (conformal.save) and returns it."""
   from age_jax.data import datasets, run_data
-  from age_jax.predict import Predictor
+  from age_jax.inference.predict import Predictor
   predictor = Predictor(workdir, step, intervals=False)
   cfg = predictor.cfg
   if mirror is not None:

@@ -26,7 +26,7 @@ import threading
 import numpy as np
 from PIL import Image, ImageOps
 
-from age_jax import uploads
+from age_jax.inference import uploads
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 50_000_000
@@ -95,7 +95,7 @@ def face_ages(predictor, image: np.ndarray, mode: str, coverage: float) -> list[
 def create_app(predictor, faces: str = "detect", coverage: float = 0.9,
                max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS,
                workers: int = 1, waiting: int = 4, retry_after_s: int = 2):
-  """predictor: an age_jax.predict.Predictor; faces: the default mode (FACE_MODES); workers:
+  """predictor: an age_jax.inference.predict.Predictor; faces: the default mode (FACE_MODES); workers:
   photos processed at once, waiting: more admitted to wait, retry_after_s: the 503's Retry-After."""
   import fastapi
   from fastapi import responses

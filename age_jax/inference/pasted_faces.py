@@ -5,7 +5,7 @@ For each chip (a face crop as the dataset ships it), ages from:
   chip_aligned     the chip -> detect -> align onto the canonical crop -> age;
   pasted_aligned   the chip pasted into a larger photo (data/paste.py) -> detect -> align -> age;
   pasted_whole     the same photo resized whole, no detection (what a model without a detector sees).
-A face is 'found' when the detector returns one (of several, the rule of face_crops.choose_face).
+A face is 'found' when the detector returns one (of several, the rule of faces.choose_face).
 The '_mirrored' ages average each crop's age with its mirror image's (Predictor.crop_ages).
 
 `check_scales` pastes every chip at fixed scales (1-10x: a phone photo's face is 5-20x the crop)
@@ -19,8 +19,7 @@ import numpy as np
 
 from age_jax import metrics
 from age_jax.data import paste
-from age_jax.data.builders import face_crops
-from age_jax.faces import align_to_canonical
+from age_jax.faces import align_to_canonical, choose_face, detect
 
 
 def _chosen(detector, images, chunk=16, label="", refine=True):
@@ -28,8 +27,8 @@ def _chosen(detector, images, chunk=16, label="", refine=True):
   out, start = [], time.time()
   for first in range(0, len(images), chunk):
     part = images[first:first + chunk]
-    for image, faces in zip(part, face_crops.detect(detector, part, refine=refine)):
-      k = face_crops.choose_face(faces, image.shape[1], image.shape[0])
+    for image, faces in zip(part, detect(detector, part, refine=refine)):
+      k = choose_face(faces, image.shape[1], image.shape[0])
       out.append(None if k is None else faces[k])
     if label:
       print(f"[age_jax] {label}: detected {len(out)}/{len(images)} ({len(out) / (time.time() - start):.1f} img/s)",

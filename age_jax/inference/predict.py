@@ -5,10 +5,11 @@
   results = predict_files(predictor, paths)   # per file: status, error, faces (bad files never abort)
 
 In 'detect' mode every face the detector finds is aligned onto the canonical crop, as a
-canonical-crop build stores it (data/builders/face_crops.py), then resized and cropped as
+canonical-crop build stores it (faces/find.py, faces/canonical.py), then resized and cropped as
 evaluation does. In 'crops' mode each image is one face crop used as it is, as a plain build
 stores it. Each age comes with its conformal interval [low, high] at the predictor's coverage
-(age_jax/conformal.py) when the workdir holds a calibration, and `calibrated_on` says what the
+(age_jax/conformal.py, applied by inference/intervals.py) when the workdir holds a calibration,
+and `calibrated_on` says what the
 interval's coverage was measured on. The calibration must belong to the restored weights (step,
 mirror): one of other weights is refused at construction (conformal.CalibrationMismatch, with
 the command that fixes it), unless calibrate=True, which calibrates these weights on the spot
@@ -29,9 +30,9 @@ from absl import logging
 from age_jax import conformal
 from age_jax.ages import GENDER_NAMES, RACE_NAMES
 from age_jax.data import run_data
-from age_jax.data.builders.face_crops import detect, read_rgb, run_crop_size
-from age_jax.evaluate import restore
-from age_jax.faces import FaceDetector, align_to_canonical
+from age_jax.faces import FaceDetector, align_to_canonical, detect, read_rgb, run_crop_size
+from age_jax.inference import intervals as intervals_lib
+from age_jax.inference.restore import restore
 from age_jax.train.evaluator import predict_source
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -79,18 +80,10 @@ class Predictor:
       self.calibration = None
       self._calibrations = {(m, mode): None for m in (False, True) for mode in ("detect", "crops")}
       return
-    try:
-      self.calibration = self.calibration_for(mirror, "detect")
-    except conformal.CalibrationMismatch:
-      if not calibrate:
-        raise
-      self.calibration = None
-    if self.calibration is None and calibrate:  # these weights, on the spot: the validation chips
-      from age_jax.train.evaluator import calibrate as calibrate_chips
-      logging.info("calibrating step %d on the validation split", self.step)
-      calibrate_chips(self.exp, self.cfg, self.normalizer, self.state, workdir)
-      self._calibrations.clear()
-      self.calibration = self.calibration_for(mirror, "detect")
+    # calibrate: these weights, on the spot (the validation chips) when none of theirs is stored.
+    self.calibration = intervals_lib.calibration_of(workdir, self.exp, self.cfg, self.normalizer, self.state,
+                                                    calibrate, mirror, "detect")
+    self._calibrations[(mirror, "detect")] = self.calibration
     if self.calibration is None:
       logging.warning("%s has no calibration: ages come without intervals (run `%s`)", workdir,
                       conformal.fix_command(workdir, self.step, mirror))
@@ -102,9 +95,8 @@ class Predictor:
     explicitly by crop_ages) a missing calibration means no intervals."""
     key = (bool(mirror), mode)
     if key not in self._calibrations:
-      order = ("detected", "pasted", "chips") if mode == "detect" else ("chips", "detected", "pasted")
       try:
-        self._calibrations[key] = conformal.load(self.workdir, self.step, bool(mirror), order)
+        self._calibrations[key] = intervals_lib.load(self.workdir, self.step, bool(mirror), mode)
       except conformal.CalibrationMismatch:
         if bool(mirror) == bool(self.cfg.eval.mirror):
           raise
@@ -139,18 +131,12 @@ class Predictor:
     if not crops:
       return []
     p = self.crop_predictions(crops, mirror)
-    n = len(crops)
-    ages, spreads = p["pred_age"], p.get("pred_spread")
-    low = high = [None] * n
+    ages = p["pred_age"]
     calibration = self.calibration_for(self.cfg.eval.mirror if mirror is None else mirror, mode)
-    on = None
-    if calibration is not None:
-      low, high = calibration.intervals(ages, spreads, coverage or self.coverage)
-      on = f"{calibration.faces}:{calibration.source}"
+    low, high, on = intervals_lib.apply(calibration, ages, p.get("pred_spread"), coverage or self.coverage)
     out = []
-    for i in range(n):
-      face = FaceAge(age=float(ages[i]), low=_finite(low[i]), high=_finite(high[i]),
-                     calibrated_on=on if calibration is not None else None)
+    for i in range(len(crops)):
+      face = FaceAge(age=float(ages[i]), low=low[i], high=high[i], calibrated_on=on)
       if "pred_gender" in p:
         face.gender = GENDER_NAMES[int(p["pred_gender"][i])]
       if "pred_race" in p:
@@ -180,10 +166,6 @@ class Predictor:
 
   def photo(self, image: np.ndarray, coverage: float | None = None) -> list[FaceAge]:
     return self.faces([image], coverage)[0]
-
-
-def _finite(value):
-  return None if value is None or not np.isfinite(value) else float(value)
 
 
 def _resize(image: np.ndarray, size: int) -> np.ndarray:
