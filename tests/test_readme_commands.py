@@ -7,7 +7,7 @@ real UTKFace chips are used where the ../shared copy exists (or AGE_JAX_UTKFACE 
 detector finds the faces; with generated faces, which it does not find, predict and evaluate take
 `--faces=crops` and the detected-faces calibration is not run. Training commands get TINY_TRAIN
 in place of the README's same flags, the benchmark TINY_BENCH. Commands a test cannot run (a fresh machine's
-set-up, a cluster, a cloud project, the network, the whole UTKFace) are in NOT_RUN with the reason;
+set-up, a cluster, a cloud project, the network, all of UTKFace) are in NOT_RUN with the reason;
 a README command neither run nor listed fails test_every_readme_command_is_run_or_says_why.
 """
 import glob
@@ -37,7 +37,7 @@ NOT_RUN = {
     "-m pytest": "the suite itself",
     "--config.model.pretrained=torchvision:resnet50": "downloads ImageNet weights (network); tests/models cover "
                                                       "pretrained starts from files",
-    "launch.faeb ": "its split file names all of UTKFace's 23,708 images; tests/test_faeb_benchmark.py runs the "
+    "launch.faeb ": "its split file names all 20,708 images of the UTKFace folder; tests/test_faeb_benchmark.py runs the "
                     "protocol on a generated database",
     "sbatch launch/slurm.sbatch": "needs a SLURM cluster (its launch.train flags parse: test_readme)",
     "export TPU_NAME=": "a Cloud TPU project's settings",
