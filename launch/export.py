@@ -1,8 +1,10 @@
 """Export a trained workdir as one file that runs without age_jax, flax or orbax:
   python -m launch.export --workdir=DIR --out=age.jaxexport [--coverage=0.9]     # JAX alone
   python -m launch.export --workdir=DIR --out=age.onnx --format=onnx             # onnxruntime alone
+  python -m launch.export --workdir=DIR --out=FOLDER --with_faces                 # photo -> ages, onnxruntime alone
 
-See age_jax/export.py (and export_onnx.py: the Xing baseline) for what the file holds and
+See age_jax/export.py (and export_onnx.py: the Xing baseline; export_faces.py: the folder with the face
+detector and faces/portable.py, its numpy glue) for what the files hold and
 docs/intervals_and_export.md for running it from a bare Python.
 """
 from absl import app, flags
@@ -19,6 +21,10 @@ _FORMAT = flags.DEFINE_enum("format", "jax", ["jax", "onnx"], "jax.export Stable
 _CALIBRATE = flags.DEFINE_bool("calibrate", False, "When the checkpoint's weights have no calibration (none, or "
                                 "only other steps'), calibrate them on the validation split first; without "
                                 "it a calibration of other weights is refused.")
+_WITH_FACES = flags.DEFINE_bool("with_faces", False, "Write --out as a folder that turns a photo into boxes, "
+                                  "ages and intervals with onnxruntime, numpy and pillow alone: the age model "
+                                  "and MTCNN's three nets (ONNX and jax.export), portable.py, meta.json, "
+                                  "README.txt. --format is then not used.")
 flags.mark_flags_as_required(["workdir", "out"])
 
 
@@ -26,6 +32,15 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   common.setup_jax()
+  if _WITH_FACES.value:
+    if flags.FLAGS["format"].present:
+      raise app.UsageError("--with_faces writes both formats into the folder; drop --format")
+    from age_jax import export_faces
+    meta = export_faces.export_folder(_WORKDIR.value, _OUT.value, _STEP.value, _COVERAGE.value, _PLATFORMS.value,
+                                      calibrate=_CALIBRATE.value)
+    print(f"wrote {_OUT.value}/: {meta['age']['model']} step {meta['age']['step']} with MTCNN; run: "
+          f"cd {_OUT.value} && {meta['usage']}")
+    return
   if _FORMAT.value == "onnx":
     from age_jax import export_onnx
     outputs = export_onnx.export_workdir(_WORKDIR.value, _OUT.value, _STEP.value, _COVERAGE.value,

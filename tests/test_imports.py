@@ -183,6 +183,7 @@ MAY_IMPORT = {
     "predict": BELOW_TRAIN | {"train", "evaluate"},
     "export": BELOW_TRAIN | {"train", "evaluate"},
     "export_onnx": BELOW_TRAIN | {"train", "evaluate", "export"},
+    "export_faces": BELOW_TRAIN | {"train", "evaluate", "export", "export_onnx", "inference"},  # --with_faces
     "webapp": BELOW_TRAIN | {"train", "evaluate", "predict", "uploads"},
     "pasted_faces": BELOW_TRAIN | {"train", "evaluate", "predict"},
     "preflight": BELOW_TRAIN | {"train"},                  # checks before a cluster run
