@@ -195,3 +195,63 @@ def test_the_glue_with_age_jaxs_nets_finds_the_predictors_faces_and_ages(trained
           "age": {"input": export.input_contract(predictor.cfg)}}
   glue = portable.Pipeline(json.loads(json.dumps(meta)), nets)
   _assert_same_faces([glue.photo(p) for p in photos], expected, iou=0.999, age_tol=1e-3, point_tol=1e-3)
+
+
+def test_the_exported_jax_nets_take_any_batch_and_pnet_any_size():
+  # Serialised and read back: P-Net on an odd size (its 2x2 pool then pads), R-/O-Net on a batch
+  # other than the export's; outputs equal the detector's function.
+  import jax
+  from age_jax import export_faces
+  from age_jax.faces import detector as detector_lib
+  rng = np.random.default_rng(4)
+  shapes = {"pnet": [(2, 31, 45, 3)], "rnet": [(3, 24, 24, 3)], "onet": [(2, 48, 48, 3)]}
+  for net, inputs in shapes.items():
+    exported = jax.export.deserialize(export_faces.export_net(net, ["cpu"]).serialize())
+    assert [str(d) for d in exported.in_avals[0].shape[:3]] == export_faces.NET_INPUTS[net].split(", ")[:3]
+    for shape in inputs:
+      images = rng.integers(0, 256, shape, np.uint8)
+      got, want = exported.call(images), jax.jit(detector_lib.net_function(net))(images)
+      assert len(got) == len(export_faces.NET_OUTPUTS[net])
+      for g, w in zip(got, want):
+        assert g.shape == w.shape
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-5)
+
+
+# What a user runs: the folder's portable.py in a Python that has no age_jax and cannot import JAX.
+BARE_PYTHON = """
+import importlib.abc, runpy, sys
+class Refuse(importlib.abc.MetaPathFinder):
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] in ("jax", "jaxlib", "age_jax", "flax", "orbax", "tensorflow", "tests"):
+      raise ImportError(f"the bare runtime may not import {name}")
+sys.meta_path.insert(0, Refuse())
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_the_exported_folder_finds_the_predictors_faces_from_a_bare_python(trained_workdir, predictor_and_photos,
+                                                                             tmp_path):
+  pytest.importorskip("onnxruntime")
+  from age_jax import export_faces
+  predictor, photos, expected = predictor_and_photos
+  folder = tmp_path / "export"
+  meta = export_faces.export_folder(trained_workdir[0], str(folder), platforms=["cpu"])
+  assert sorted(os.listdir(folder)) == sorted(["README.txt", "meta.json", "portable.py", "age.onnx", "age.jaxexport"] + [
+      f"{n}.{s}" for n in export_faces.NETS for s in ("onnx", "jaxexport")])
+  assert meta["detector"] == json.loads(json.dumps(export_faces.detector_settings(predictor.detector)))
+  paths = []
+  for i, photo in enumerate(photos):
+    paths.append(str(tmp_path / f"photo{i}.png"))
+    Image.fromarray(photo).save(paths[-1])
+  env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
+  run = subprocess.run([sys.executable, "-I", "-c", BARE_PYTHON, str(folder / "portable.py"), str(folder), *paths],
+                       cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
+  assert run.returncode == 0, run.stderr[-3000:]
+  lines = [json.loads(line) for line in run.stdout.splitlines()]
+  assert [line["file"] for line in lines] == paths
+  ours = [[{**f, "box": np.asarray(f["box"]), "landmarks": np.asarray(f["landmarks"])} for f in line["faces"]]
+          for line in lines]
+  # The issue's bounds: IoU > 0.9, ages and interval ends within 0.2 years; points within 1 px
+  _assert_same_faces(ours, expected, iou=0.9, age_tol=0.2, point_tol=1.0)
