@@ -63,8 +63,9 @@ def net_onnx(net: str):
   except ImportError as e:
     raise ValueError(f"--with_faces needs the jaxpr -> ONNX converter (age_jax/inference/jaxpr_onnx.py) to "
                      f"write {net}.onnx; it is not available here ({e})") from e
-  return jaxpr_onnx.convert(detector_lib.net_function(net), NET_INPUTS[net], "uint8", NET_OUTPUTS[net],
-                            input_name="images")
+  spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape(NET_INPUTS[net]), jnp.uint8)
+  return jaxpr_onnx.convert(detector_lib.net_function(net), spec, input_names=["images"],
+                            output_names=NET_OUTPUTS[net])
 
 
 def _age_onnx(workdir, path, step, coverage, calibrate) -> list[str]:
