@@ -95,9 +95,9 @@ def export_folder(workdir: str, out: str, step: int | None = None, coverage: flo
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
   try:
+    age_outputs = _age_onnx(workdir, os.path.join(tmp, "age.onnx"), step, coverage, calibrate)  # refuses first
     age_meta = export.export_workdir(workdir, os.path.join(tmp, "age.jaxexport"), step, coverage, platforms,
                                      calibrate=calibrate)
-    age_outputs = _age_onnx(workdir, os.path.join(tmp, "age.onnx"), step, coverage, calibrate)
     nets = {}
     for net in NETS:
       with open(os.path.join(tmp, f"{net}.jaxexport"), "wb") as f:
