@@ -103,6 +103,27 @@ def test_an_export_over_a_folder_of_other_files_is_refused(tmp_path):
   export_faces._fresh_target(str(tmp_path / "new"))  # new: fine
 
 
+def test_a_failed_export_leaves_nothing_behind(tmp_path, monkeypatch):
+  from age_jax import export_faces
+
+  def refuse(*args):
+    raise ValueError("ONNX export covers config.model.name='xing_baseline', not 'resnet18'")
+  monkeypatch.setattr(export_faces, "_age_onnx", refuse)
+  (tmp_path / "old").mkdir()
+  (tmp_path / "old" / "meta.json").write_text("{}")  # an earlier export: kept when this one fails
+  for out in ("new", "old"):
+    with pytest.raises(ValueError, match="xing_baseline"):
+      export_faces.export_folder("unused-workdir", str(tmp_path / out))
+  assert sorted(os.listdir(tmp_path)) == ["old"] and os.listdir(tmp_path / "old") == ["meta.json"]
+
+
+def test_with_faces_and_format_together_are_refused(tmp_path):
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  run = subprocess.run([sys.executable, "-m", "launch.export", f"--workdir={tmp_path}", f"--out={tmp_path}/x",
+                        "--with_faces", "--format=onnx"], cwd=root, capture_output=True, text=True, timeout=120)
+  assert run.returncode != 0 and "drop --format" in run.stderr, run.stderr[-2000:]
+
+
 # ---- real photos ----
 
 def _photos():
