@@ -593,6 +593,9 @@ def _gather(b, eqn, x, index):
   """jnp.take / x[idx] along one axis: the other axes whole, indices (..., 1)."""
   from jax import lax
   dn, sizes = eqn.params["dimension_numbers"], eqn.params["slice_sizes"]
+  if (not dn.collapsed_slice_dims and tuple(dn.offset_dims) == tuple(range(x.ndim)) and index.ndim == 1
+      and not getattr(dn, "operand_batching_dims", ())):
+    return _gather_one_slice(b, eqn, x, index)
   if (len(dn.start_index_map) != 1 or tuple(dn.collapsed_slice_dims) != tuple(dn.start_index_map)
       or getattr(dn, "operand_batching_dims", ()) or index.shape[-1] != 1):
     raise UnsupportedPrimitive(f"gather with dimension numbers {dn} (only a take along one axis)")
@@ -623,6 +626,27 @@ def _gather(b, eqn, x, index):
   if axis > 0:
     mask = b.node("Unsqueeze", [mask, _axes(b, list(range(axis)))])
   return b.node("Where", [mask, taken, b.const(np.asarray(fill, x.dtype))])
+
+
+def _gather_one_slice(b, eqn, x, index):
+  """x[a:a+n, b:b+m, ...] written as a gather (what jnp indexing makes of a symbolic-batch slice)."""
+  from jax import lax
+  dn, sizes = eqn.params["dimension_numbers"], eqn.params["slice_sizes"]
+  starts = b.constants.get(index.name)
+  axes = list(dn.start_index_map)
+  if starts is not None:
+    starts = [int(v) for v in np.ravel(starts)]
+    for axis, start in zip(axes, starts):
+      if start < 0 or (_static(x.shape[axis]) and start + sizes[axis] > x.shape[axis]):
+        raise UnsupportedPrimitive(f"gather of a slice outside the operand (axis {axis}, start {start})")
+    return b.node("Slice", [x.name, b.const(np.array(starts, np.int64)),
+                            b.dims([start + sizes[axis] for axis, start in zip(axes, starts)]), _axes(b, axes)])
+  if eqn.params["mode"] == lax.GatherScatterMode.FILL_OR_DROP:
+    raise UnsupportedPrimitive("gather of a slice at run-time starts in fill mode")
+  begin = b.node("Cast", [index.name], to=_onnx_dtype(np.int64))  # clamped inside, as lax.dynamic_slice
+  last = b.node("Sub", [b.dims([x.shape[a] for a in axes]), b.dims([sizes[a] for a in axes])])
+  begin = b.node("Min", [b.node("Max", [begin, b.const(np.zeros(len(axes), np.int64))]), last])
+  return b.node("Slice", [x.name, begin, b.node("Add", [begin, b.dims([sizes[a] for a in axes])]), _axes(b, axes)])
 
 
 # ---- calls: inlined ----
@@ -724,6 +748,9 @@ def convert(fn, *input_specs, input_names=None, output_names=None, opset: int = 
   if len(names) != len(closed.jaxpr.outvars) or len(input_names) != len(input_specs):
     raise ValueError(f"{len(input_names)} input names for {len(input_specs)} inputs, {len(names)} output names "
                      f"for {len(closed.jaxpr.outvars)} outputs")
+  clash = set(input_names) & set(names)
+  if clash or len(set(names)) != len(names) or len(set(input_names)) != len(input_names):
+    raise ValueError(f"ONNX tensor names must be unique: inputs {input_names}, outputs {names}")
   b = Builder()
   onnx_dims = lambda shape: [d if _static(d) else str(d) for d in shape]
   inputs, args = [], []
