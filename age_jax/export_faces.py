@@ -70,7 +70,7 @@ def net_onnx(net: str):
 
 def _age_onnx(workdir, path, step, coverage, calibrate) -> list[str]:
   """Writes the age model as ONNX; returns its output names in the session's order."""
-  from age_jax import export_onnx
+  from age_jax.inference import export_onnx
   return export_onnx.export_workdir(workdir, path, step, coverage, calibrate=calibrate)
 
 

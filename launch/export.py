@@ -3,8 +3,8 @@
   python -m launch.export --workdir=DIR --out=age.onnx --format=onnx             # onnxruntime alone
   python -m launch.export --workdir=DIR --out=FOLDER --with_faces                 # photo -> ages, onnxruntime alone
 
-See age_jax/export.py (and export_onnx.py: the Xing baseline; export_faces.py: the folder with the face
-detector and faces/portable.py, its numpy glue) for what the files hold and
+See age_jax/export.py (and inference/export_onnx.py: the same function as ONNX; export_faces.py: the
+folder with the face detector and faces/portable.py, its numpy glue) for what the files hold and
 docs/intervals_and_export.md for running it from a bare Python.
 """
 from absl import app, flags
@@ -16,8 +16,8 @@ _OUT = flags.DEFINE_string("out", None, "The artifact to write (a zip: model.jax
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 _COVERAGE = flags.DEFINE_float("coverage", 0.9, "Coverage of the age interval built into the artifact.")
 _PLATFORMS = flags.DEFINE_list("platforms", ["cpu", "cuda", "tpu"], "Platforms the artifact runs on.")
-_FORMAT = flags.DEFINE_enum("format", "jax", ["jax", "onnx"], "jax.export StableHLO (any network) or ONNX "
-                            "(the Xing baseline; needs the `onnx` package).")
+_FORMAT = flags.DEFINE_enum("format", "jax", ["jax", "onnx"], "jax.export StableHLO or ONNX (any "
+                            "float32 network; needs the `onnx` package).")
 _CALIBRATE = flags.DEFINE_bool("calibrate", False, "When the checkpoint's weights have no calibration (none, or "
                                 "only other steps'), calibrate them on the validation split first; without "
                                 "it a calibration of other weights is refused.")
@@ -42,7 +42,7 @@ def main(argv):
           f"cd {_OUT.value} && {meta['usage']}")
     return
   if _FORMAT.value == "onnx":
-    from age_jax import export_onnx
+    from age_jax.inference import export_onnx
     outputs = export_onnx.export_workdir(_WORKDIR.value, _OUT.value, _STEP.value, _COVERAGE.value,
                                          calibrate=_CALIBRATE.value)
     print(f"wrote {_OUT.value}: ONNX opset {export_onnx.OPSET}, input 'faces', outputs {outputs}")

@@ -182,8 +182,8 @@ MAY_IMPORT = {
     "evaluate": BELOW_TRAIN | {"train"},
     "predict": BELOW_TRAIN | {"train", "evaluate"},
     "export": BELOW_TRAIN | {"train", "evaluate"},
-    "export_onnx": BELOW_TRAIN | {"train", "evaluate", "export"},
-    "export_faces": BELOW_TRAIN | {"train", "evaluate", "export", "export_onnx", "inference"},  # --with_faces
+    "inference": BELOW_TRAIN | {"train", "evaluate", "export"},   # inference/export_onnx: export's function as ONNX
+    "export_faces": BELOW_TRAIN | {"train", "evaluate", "export", "inference"},  # --with_faces: the photo export
     "webapp": BELOW_TRAIN | {"train", "evaluate", "predict", "uploads"},
     "pasted_faces": BELOW_TRAIN | {"train", "evaluate", "predict"},
     "preflight": BELOW_TRAIN | {"train"},                  # checks before a cluster run
@@ -240,5 +240,5 @@ def test_the_inference_rules_import_nothing_above_ages():
   graph = _graph(top_level_only=False)
   assert graph[RULES] <= set(RULES_MAY_IMPORT), sorted(graph[RULES] - set(RULES_MAY_IMPORT))
   users = {m for m, imported in graph.items() if RULES in imported}
-  assert {"age_jax.losses", "age_jax.formulations", "age_jax.conformal", "age_jax.export", "age_jax.export_onnx",
+  assert {"age_jax.losses", "age_jax.formulations", "age_jax.conformal", "age_jax.export",
           "age_jax.data.pipeline", "age_jax.data.augment"} <= users  # one implementation, used on both sides

@@ -89,7 +89,7 @@ def test_lae_preset_is_refused_with_the_reason(trained_workdir):
 def test_onnx_gives_the_artifacts_ages_and_intervals(trained_workdir, artifact, tmp_path):
   ort = pytest.importorskip("onnxruntime")
   pytest.importorskip("onnx")
-  from age_jax import export_onnx
+  from age_jax.inference import export_onnx
   workdir, folder, _ = trained_workdir
   path = str(tmp_path / "age.onnx")
   assert export_onnx.export_workdir(workdir, path) == ["age", "high", "low", "spread"]
@@ -110,7 +110,7 @@ def test_onnx_decoders_and_intervals_match_jax_and_conformal_on_a_fresh_model(na
   ort = pytest.importorskip("onnxruntime")
   pytest.importorskip("onnx")
   import jax
-  from age_jax import export_onnx
+  from age_jax.inference import export_onnx
   from age_jax.data import pipeline
   from tests.tiny import tiny_config
   cfg, exp = export.portable_experiment(tiny_config(**{"formulation.name": name}))
@@ -126,7 +126,7 @@ def test_onnx_decoders_and_intervals_match_jax_and_conformal_on_a_fresh_model(na
                                     method=method)
   if method != "normalized":
     assert len(set(np.round(calibration.quantiles(0.9)[0], 4))) > 4  # the groups' quantiles differ
-  model = export_onnx.build_model(cfg, jax.device_get(state.params), normalizer, calibration, 0.9)
+  model = export_onnx.build_model(exp, cfg, state, normalizer, calibration, 0.9)
   names = [o.name for o in model.graph.output]
   got = dict(zip(names, ort.InferenceSession(model.SerializeToString()).run(names, {"faces": faces})))
   want = {k: np.asarray(v) for k, v in export.inference_function(exp, cfg, state, normalizer, calibration, 0.9)(faces).items()}
@@ -136,8 +136,8 @@ def test_onnx_decoders_and_intervals_match_jax_and_conformal_on_a_fresh_model(na
   low, high = calibration.intervals(want["age"], want.get("spread"), 0.9)
   np.testing.assert_allclose(want["low"], low, atol=1e-4)
   np.testing.assert_allclose(want["high"], high, atol=1e-4)
-  with pytest.raises(ValueError, match="xing_baseline"):
-    export_onnx._refuse(tiny_config(**{"model.name": "resnet18"}))
+  with pytest.raises(ValueError, match="bfloat16"):
+    export_onnx._refuse(tiny_config(**{"model.dtype": "bfloat16"}))
 
 
 def test_the_artifact_states_its_input_contract_and_its_recipe_makes_the_predictors_crop(trained_workdir, artifact):

@@ -1,0 +1,1 @@
+"""Inference: from a trained checkpoint to what runs elsewhere (exports) and what they share."""
