@@ -57,12 +57,9 @@ def export_net(net: str, platforms=export.PLATFORMS):
 
 
 def net_onnx(net: str):
-  """One MTCNN net as an onnx.ModelProto, converted from its jaxpr (inference/jaxpr_onnx.py)."""
-  try:
-    from age_jax.inference import jaxpr_onnx
-  except ImportError as e:
-    raise ValueError(f"--with_faces needs the jaxpr -> ONNX converter (age_jax/inference/jaxpr_onnx.py) to "
-                     f"write {net}.onnx; it is not available here ({e})") from e
+  """One MTCNN net as an onnx.ModelProto, converted from its jaxpr (inference/jaxpr_onnx.py, with
+  symbolic_pooling's rule for P-Net's SAME pool over a symbolic size)."""
+  from age_jax.inference import jaxpr_onnx, symbolic_pooling  # noqa: F401 - P-Net's pool over any size
   spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape(NET_INPUTS[net]), jnp.uint8)
   return jaxpr_onnx.convert(detector_lib.net_function(net), spec, input_names=["images"],
                             output_names=NET_OUTPUTS[net])

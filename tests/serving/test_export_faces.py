@@ -205,7 +205,8 @@ def test_the_glue_with_age_jaxs_nets_finds_the_predictors_faces_and_ages(trained
   # Same nets, same numbers: the glue's own pyramid, NMS, refinement and warp must land on the
   # Predictor's boxes and points; the age model is the exported ONNX one (ages to 1e-3).
   ort = pytest.importorskip("onnxruntime")
-  from age_jax import export, export_faces, export_onnx
+  from age_jax import export, export_faces
+  from age_jax.inference import export_onnx
   predictor, photos, expected = predictor_and_photos
   age_path = str(tmp_path / "age.onnx")
   names = export_onnx.export_workdir(trained_workdir[0], age_path)
@@ -236,6 +237,27 @@ def test_the_exported_jax_nets_take_any_batch_and_pnet_any_size():
       for g, w in zip(got, want):
         assert g.shape == w.shape
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-5)
+
+
+def test_the_onnx_nets_equal_the_detectors_on_any_size():
+  # The converted nets in onnxruntime: P-Net on odd sizes (its SAME pool pads then, symbolic_pooling's
+  # rule) and even ones, R-/O-Net on batches other than one.
+  ort = pytest.importorskip("onnxruntime")
+  import jax
+  from age_jax import export_faces
+  from age_jax.faces import detector as detector_lib
+  rng = np.random.default_rng(5)
+  shapes = {"pnet": [(2, 31, 45, 3), (1, 24, 12, 3)], "rnet": [(3, 24, 24, 3)], "onet": [(2, 48, 48, 3)]}
+  for net, inputs in shapes.items():
+    model = export_faces.net_onnx(net)
+    assert [o.name for o in model.graph.output] == export_faces.NET_OUTPUTS[net]
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for shape in inputs:
+      images = rng.integers(0, 256, shape, np.uint8)
+      want = jax.jit(detector_lib.net_function(net))(images)
+      for g, w in zip(session.run(None, {"images": images}), want):
+        assert g.shape == w.shape
+        np.testing.assert_allclose(g, np.asarray(w), atol=1e-4)
 
 
 # What a user runs: the folder's portable.py in a Python that has no age_jax and cannot import JAX.
