@@ -117,10 +117,12 @@ def main(argv):
   print(f"age_jax Predictor:         {n / np.median(passes):.2f} photos/s (restore {restore_s:.2f} s, "
         f"first pass with compilation {first_s:.1f} s)")
   if pairs:
-    print(f"parity: same face count on {same_count}/{n} photos; min IoU {min(_iou(g['box'], w.box) for g, w in pairs):.4f}; "
-          f"max |age diff| {max(abs(g['age'] - w.age) for g, w in pairs):.4f} years; max |low/high diff| "
-          f"{max(abs(g[s] - getattr(w, s)) for g, w in pairs for s in ('low', 'high') if g.get(s) is not None and getattr(w, s) is not None), default=float('nan')):.4f}")
-
+    iou = min(_iou(g["box"], w.box) for g, w in pairs)
+    age = max(abs(g["age"] - w.age) for g, w in pairs)
+    ends = [abs(g[s] - getattr(w, s)) for g, w in pairs for s in ("low", "high")
+            if g.get(s) is not None and getattr(w, s) is not None]
+    print(f"parity: same face count on {same_count}/{n} photos; min IoU {iou:.4f}; max |age diff| {age:.4f} years; "
+          f"max |low/high diff| {max(ends, default=float('nan')):.4f}")
 
 if __name__ == "__main__":
   app.run(main)
