@@ -91,6 +91,9 @@ def export_folder(workdir: str, out: str, step: int | None = None, coverage: flo
   parent = os.path.dirname(os.path.abspath(out))
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=".export-", dir=parent)
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's folder is private; the export is an ordinary folder
   try:
     age_outputs = _age_onnx(workdir, os.path.join(tmp, "age.onnx"), step, coverage, calibrate)  # refuses first
     age_meta = export.export_workdir(workdir, os.path.join(tmp, "age.jaxexport"), step, coverage, platforms,
