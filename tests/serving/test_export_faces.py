@@ -200,6 +200,7 @@ def _jax_nets(detector):
   return {"pnet": pnet, "rnet": on_crops("rnet"), "onet": on_crops("onet")}
 
 
+@pytest.mark.slow
 def test_the_glue_with_age_jaxs_nets_finds_the_predictors_faces_and_ages(trained_workdir, predictor_and_photos,
                                                                            tmp_path):
   # Same nets, same numbers: the glue's own pyramid, NMS, refinement and warp must land on the
