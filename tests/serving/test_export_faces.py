@@ -153,9 +153,12 @@ def _assert_same_faces(ours, theirs, iou, age_tol, point_tol):
   """ours: the glue's faces per photo; theirs: the Predictor's FaceAge lists."""
   assert [len(f) for f in ours] == [len(f) for f in theirs], ([len(f) for f in ours], [len(f) for f in theirs])
   assert sum(len(f) for f in theirs) >= 5  # every pasted face found (two in one photo)
-  ages = []
+  ages, worst = [], {"iou": 1.0, "points": 0.0, "age": 0.0}
   for got, want in zip(ours, theirs):
     for g, w in zip(got, want):
+      worst = {"iou": min(worst["iou"], _iou(g["box"], w.box)),
+               "points": max(worst["points"], np.abs(g["landmarks"] - w.landmarks).max()),
+               "age": max(worst["age"], abs(g["age"] - w.age))}
       assert _iou(g["box"], w.box) > iou
       assert np.abs(g["landmarks"] - w.landmarks).max() < point_tol
       assert abs(g["age"] - w.age) < age_tol
@@ -165,6 +168,7 @@ def _assert_same_faces(ours, theirs, iou, age_tol, point_tol):
           assert abs(g[side] - getattr(w, side)) < age_tol
       ages.append(w.age)
   assert np.ptp(ages) > 0.01 and theirs[0][0].low is not None  # distinct ages, with intervals
+  print("worst of", len(ages), "faces:", worst)  # shown with pytest -s
 
 
 @pytest.fixture(scope="module")
@@ -272,6 +276,18 @@ sys.meta_path.insert(0, Refuse())
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
+
+
+def test_the_bare_python_cannot_import_jax_or_age_jax(tmp_path):
+  # The blocker's negative control: a script that imports either fails; one that does not runs.
+  for module, ok in (("jax", False), ("age_jax.faces", False), ("numpy, PIL.Image, onnxruntime", True)):
+    script = tmp_path / "script.py"
+    script.write_text(f"import {module}\nprint('ran')\n")
+    run = subprocess.run([sys.executable, "-I", "-c", BARE_PYTHON, str(script)], cwd=str(tmp_path),
+                         capture_output=True, text=True, timeout=120)
+    assert (run.returncode == 0 and run.stdout == "ran\n") == ok, (module, run.stderr[-1000:])
+    if not ok:
+      assert "the bare runtime may not import" in run.stderr
 
 
 @pytest.mark.slow
