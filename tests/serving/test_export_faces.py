@@ -13,19 +13,8 @@ import pytest
 from PIL import Image
 
 from age_jax.faces import portable
-from tests.faces.conftest import CHIPS, UTKFACE as _CHECKOUT_UTKFACE
-
-
-def _utkface_dir():
-  """The checkout's ../shared UTKFace copy; in a git worktree, the main checkout's."""
-  if os.path.isdir(_CHECKOUT_UTKFACE):
-    return _CHECKOUT_UTKFACE
-  common = subprocess.run(["git", "rev-parse", "--path-format=absolute", "--git-common-dir"], capture_output=True,
-                          text=True, cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-  return os.path.join(os.path.dirname(os.path.dirname(common)), "shared", "data", "utkface", "UTKFace")
-
-
-UTKFACE = _utkface_dir()
+from tests.faces.conftest import CHIPS
+from tests.serving.conftest import UTKFACE  # AGE_JAX_SHARED names the copy from a git worktree
 
 
 # ---- the glue's parts against age_jax's own (numpy only: fast) ----
