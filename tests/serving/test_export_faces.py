@@ -304,3 +304,20 @@ def test_the_exported_folder_finds_the_predictors_faces_from_a_bare_python(train
           for line in lines]
   # The bounds: IoU > 0.9, ages and interval ends within 0.2 years; points within 1 px
   _assert_same_faces(ours, expected, iou=0.9, age_tol=0.2, point_tol=1.0)
+
+
+def test_the_artifacts_align_recipe_antialiases_as_the_predictor_does():
+  # A large face (3x the crop) of fine texture: the Predictor's crop is low-passed before the
+  # bilinear warp (faces/align.py); the artifact's align.py recipe must make the same crop.
+  from age_jax import export
+  from age_jax.faces import align_to_canonical, canonical
+  from age_jax.predict import _resize
+  namespace = {}
+  exec(compile(export.ALIGN_RECIPE, "align.py", "exec"), namespace)
+  rng = np.random.default_rng(6)
+  photo = rng.integers(0, 256, (900, 900, 3), np.uint8)
+  points = canonical.CANONICAL_TEMPLATE * 600 - 0.5 + [150, 120]
+  contract = {"crop_size": 200, "template_fractions": canonical.CANONICAL_TEMPLATE.tolist(), "shape": ["batch", 72, 72, 3]}
+  ours = _resize(align_to_canonical(photo, points, 200), 72)
+  theirs = namespace["align"](photo, points, contract)
+  assert theirs.shape == ours.shape and np.abs(theirs.astype(int) - ours).max() <= 1
