@@ -6,6 +6,7 @@ thresholds, scales, pads; the crop's template and sizes), written by age_jax/exp
 age_jax's own FaceDetector, so it finds the faces age_jax's Predictor finds:
 
   python portable.py EXPORT_DIR photo.jpg [photo2.png ...]     # one JSON line per photo
+                                     # ({"file", "faces"}, or {"file", "error"}: the rest go on)
 
   pipeline = load("EXPORT_DIR")        # the three MTCNN nets and the age model in onnxruntime
   faces = pipeline.photo(rgb_uint8)    # [{'box', 'score', 'landmarks', 'age', 'low', 'high'}]
@@ -315,7 +316,9 @@ class Pipeline:
 
 def _onnx(path):
   import onnxruntime
-  session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+  options = onnxruntime.SessionOptions()
+  options.log_severity_level = 3  # errors only: the graph optimiser's notes are not the user's business
+  session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
   name = session.get_inputs()[0].name
   names = [o.name for o in session.get_outputs()]
   return lambda x: session.run(None, {name: x}), names
@@ -350,9 +353,16 @@ def main(argv):
     print(f"usage: python {os.path.basename(argv[0])} EXPORT_DIR PHOTO [PHOTO ...]", file=sys.stderr)
     return 2
   pipeline = load(argv[1])
+  failed = 0
   for path in argv[2:]:
-    print(json.dumps({"file": path, "faces": as_json(pipeline.photo(read_rgb(path)))}), flush=True)
-  return 0
+    try:
+      photo = read_rgb(path)
+    except Exception as e:  # PIL and the OS raise many types; one bad file does not stop the rest
+      failed += 1
+      print(json.dumps({"file": path, "error": f"cannot read image: {type(e).__name__}: {e}"}), flush=True)
+      continue
+    print(json.dumps({"file": path, "faces": as_json(pipeline.photo(photo))}), flush=True)
+  return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -294,11 +294,15 @@ def test_the_exported_folder_finds_the_predictors_faces_from_a_bare_python(train
   for i, photo in enumerate(photos):
     paths.append(str(tmp_path / f"photo{i}.png"))
     Image.fromarray(photo).save(paths[-1])
+  broken = tmp_path / "broken.jpg"
+  broken.write_bytes(b"not an image")
   env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
-  run = subprocess.run([sys.executable, "-I", "-c", BARE_PYTHON, str(folder / "portable.py"), str(folder), *paths],
-                       cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
-  assert run.returncode == 0, run.stderr[-3000:]
+  run = subprocess.run([sys.executable, "-I", "-c", BARE_PYTHON, str(folder / "portable.py"), str(folder),
+                        str(broken), *paths], cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
+  assert run.returncode == 1 and not run.stderr.strip(), run.stderr[-3000:]  # the bad file counted, quietly
   lines = [json.loads(line) for line in run.stdout.splitlines()]
+  assert lines[0]["file"] == str(broken) and "cannot read image" in lines[0]["error"]
+  lines = lines[1:]  # the rest went on
   assert [line["file"] for line in lines] == paths
   ours = [[{**f, "box": np.asarray(f["box"]), "landmarks": np.asarray(f["landmarks"])} for f in line["faces"]]
           for line in lines]
