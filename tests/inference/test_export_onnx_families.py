@@ -177,3 +177,26 @@ def test_an_unknown_primitive_is_named():
     return lax.while_loop(lambda c: c[0] < 3, lambda c: (c[0] + 1, c[1] * 2), (0, x))[1]
   with pytest.raises(jaxpr_onnx.UnsupportedPrimitive, match="'while'.*@rule"):
     jaxpr_onnx.convert(looped, jax.ShapeDtypeStruct((2,), jnp.float32))
+
+
+def test_symbolic_height_and_width_stay_symbolic():
+  # A fully convolutional net (as a detector's proposal net) on any image size from one file:
+  # shapes like floordiv(max(h - 2, 0) - 2, 2) + 1 are computed at run time.
+  rng = np.random.default_rng(0)
+  w1, w2 = rng.normal(size=(3, 3, 3, 10)).astype(np.float32) * 0.2, rng.normal(size=(1, 1, 10, 2)).astype(np.float32)
+  slope = rng.uniform(0, 0.3, 10).astype(np.float32)
+
+  def net(x):
+    y = lax.conv_general_dilated(x, w1, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = jnp.maximum(y, 0) + slope * jnp.minimum(y, 0)  # PReLU
+    y = lax.reduce_window(y, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    y = lax.conv_general_dilated(y, w2, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return {"prob": jax.nn.softmax(y, axis=-1), "total": y.sum(axis=(1, 2))}
+  spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape("n, h, w, 3"), jnp.float32)
+  session = _session(jaxpr_onnx.convert(net, spec, input_names=["image"]))
+  assert session.get_inputs()[0].shape == ["n", "h", "w", 3]
+  for shape in [(1, 12, 12, 3), (2, 31, 45, 3)]:
+    x = rng.normal(size=shape).astype(np.float32)
+    got, want = _run(session, {"image": x}), net(x)
+    for key in want:
+      np.testing.assert_allclose(got[key], np.asarray(want[key]), rtol=1e-4, atol=1e-5, err_msg=f"{key} {shape}")
