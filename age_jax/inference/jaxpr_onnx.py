@@ -55,8 +55,41 @@ class _Dim:
   __rsub__ = lambda s, o: s._op("Sub", o, True)
   __mul__ = lambda s, o: s._op("Mul", o)
   __rmul__ = lambda s, o: s._op("Mul", o, True)
-  __floordiv__ = lambda s, o: s._op("Div", o)  # sizes are non-negative: truncation is floor
   __neg__ = lambda s: s._op("Mul", -1)
+
+  def __floordiv__(self, other):  # floor, also below 0 (ONNX's integer Div truncates): through float64
+    b = self.b
+    as_float = lambda d: b.node("Cast", [_dim_name(b, d)], to=_onnx_dtype(np.float64))
+    return _Dim(b, b.node("Cast", [b.node("Floor", [b.node("Div", [as_float(self), as_float(other)])])],
+                          to=_onnx_dtype(np.int64)))
+
+  def __rfloordiv__(self, other):
+    return _Dim(self.b, _dim_name(self.b, other)) // self
+
+  def __mod__(self, other):
+    return self - (self // other) * other
+
+
+def _dim_name(b, d):
+  return d.name if isinstance(d, _Dim) else b.const(np.array([d], np.int64))
+
+
+def _dim_function(op, python):
+  """floordiv/mod/max/min as they appear in the str() of JAX's symbolic dimensions."""
+  def apply(x, y):
+    if not isinstance(x, _Dim) and not isinstance(y, _Dim):
+      return python(x, y)
+    b = x.b if isinstance(x, _Dim) else y.b
+    if op in ("Max", "Min"):
+      return _Dim(b, b.node(op, [_dim_name(b, x), _dim_name(b, y)]))
+    x = x if isinstance(x, _Dim) else _Dim(b, _dim_name(b, x))
+    return x // y if op == "floordiv" else x % y
+  return apply
+
+
+_DIM_FUNCTIONS = {"floordiv": _dim_function("floordiv", lambda x, y: x // y),
+                  "mod": _dim_function("mod", lambda x, y: x % y),
+                  "max": _dim_function("Max", max), "min": _dim_function("Min", min)}
 
 
 class Builder:
@@ -101,12 +134,12 @@ class Builder:
       return self.const(np.array([d], np.int64))
     key = str(d)
     if key not in self._dim_cache:
-      names = set(re.findall(r"[A-Za-z_][A-Za-z_0-9]*", key))
+      names = set(re.findall(r"[A-Za-z_][A-Za-z_0-9]*", key)) - set(_DIM_FUNCTIONS)
       unknown = names - set(self.symbols)
       if unknown:
         raise UnsupportedPrimitive(f"symbolic dimension {key!r} uses {sorted(unknown)}, which is no input's "
                                    f"dimension (inputs' symbols: {sorted(self.symbols)})")
-      env = {}
+      env = dict(_DIM_FUNCTIONS)
       for symbol in names:
         tensor, axis = self.symbols[symbol]
         env[symbol] = _Dim(self, self.node("Shape", [tensor], start=axis, end=axis + 1))
