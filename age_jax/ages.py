@@ -7,8 +7,8 @@ age in a report is the one its reader would write (the papers' labels are whole 
 Groups: the eight age groups of LAE Table 1 (1-10, ..., 61-70, 71-81), the first also taking
 ages below 1 and the last every age above 70 (open-ended), used by AAR/sigma, class-balanced
 sampling by age group and the Mondrian intervals.
-Both functions take numpy or JAX arrays (`xp`), and group_index the ONNX graph builder too
-(export_onnx.py), so every export computes what evaluation does.
+Both functions take numpy or JAX arrays (`xp`); the ONNX export converts the JAX function that
+calls them, so every export computes what evaluation does.
 """
 import numpy as np
 
@@ -35,5 +35,5 @@ def per_year_counts(ages) -> np.ndarray:
 
 def group_index(ages, xp=np):
   """LAE Table 1 group (0..7) of each age: <= 10 -> 0, (10, 20] -> 1, ..., > 70 -> 7 (int32)."""
-  # Written with xp functions only (no array methods), so the ONNX graph builder runs it too.
+  # Written with xp functions only (no array methods), so numpy and jax.numpy both run it.
   return xp.astype(xp.clip(xp.ceil(xp.asarray(ages) / 10.0) - 1.0, 0.0, float(len(GROUPS) - 1)), xp.int32)

@@ -1,10 +1,10 @@
 """The rules every path from a face crop to an age and its interval shares, written once.
 
-Training-side evaluation (numpy on the host, JAX in the predict step), the jax.export artifact
-(export.py) and the ONNX graph (export_onnx.py) all call these functions; only the array
-namespace `xp` differs: NUMPY, jax_ops() (jax.numpy + jax.nn.softmax), or export_onnx's graph
-builder, which turns the same calls into ONNX nodes. So a rule changed here changes everywhere.
-The functions use only what the three namespaces share: arithmetic, comparisons, slicing, and
+Training-side evaluation (numpy on the host, JAX in the predict step) and the jax.export artifact
+(export.py) call these functions; only the array namespace `xp` differs: NUMPY or jax_ops()
+(jax.numpy + jax.nn.softmax). The ONNX export converts the jax.export function itself
+(inference/jaxpr_onnx.py), so a rule changed here changes everywhere.
+The functions use only what the namespaces share: arithmetic, comparisons, slicing, and
 xp.{asarray, astype, clip, ceil, sqrt, maximum, sum, argmax, softmax, take, float32, int32}.
 
   center_crop      the evaluation view of the 'xing'/'none' presets: the centred size x size window

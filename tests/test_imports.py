@@ -29,11 +29,9 @@ FORBIDDEN = {
     "age_jax.losses": ("age_jax.data", "age_jax.models", "age_jax.train", INFERENCE),
     "age_jax.metrics": ("age_jax.data", "age_jax.models", "age_jax.train", INFERENCE),
     "age_jax.ages": ("age_jax",),   # the bottom layer: ages, groups, label codes
-    "age_jax.train": ("age_jax.evaluate", INFERENCE, "age_jax.export", "age_jax.export_onnx",
-                      "age_jax.faeb_benchmark"),
+    "age_jax.train": ("age_jax.evaluate", INFERENCE, "age_jax.faeb_benchmark"),
     # Inference restores and predicts; evaluation (reports on labelled data) and the FAEB protocol sit above it.
-    INFERENCE: ("age_jax.evaluate", "age_jax.faeb_benchmark", "age_jax.preflight", "age_jax.export",
-                "age_jax.export_onnx"),
+    INFERENCE: ("age_jax.evaluate", "age_jax.faeb_benchmark", "age_jax.preflight"),
 }
 # The shared inference rules sit just above ages: training-side code and both exports import them.
 RULES, RULES_MAY_IMPORT = "age_jax.inference_rules", ("age_jax.ages",)
@@ -188,8 +186,6 @@ MAY_IMPORT = {
     "train": BELOW_TRAIN,
     "inference": BELOW_TRAIN | {"train"},               # restore, predictor, intervals applied, export, web page
     "evaluate": BELOW_TRAIN | {"train", "inference"},   # restores through inference, reports on labelled data
-    "export": {"inference"},                            # the old name of inference.export_jax, for export_onnx
-    "export_onnx": BELOW_TRAIN | {"train", "evaluate", "export"},
     "preflight": BELOW_TRAIN | {"train"},                  # checks before a cluster run
     "faeb_benchmark": BELOW_TRAIN | {"train", "evaluate"},  # FAEB's protocol: trains and evaluates
 }
@@ -197,9 +193,9 @@ MAY_IMPORT = {
 MUTUAL_EXCEPTIONS = {frozenset({"models", "cpu"})}
 
 # Inside age_jax/inference, bottom first: a module imports only those before it. A new module states
-# its place here (export_onnx and jaxpr_onnx: the ONNX export's place once it moves in).
-INFERENCE_ORDER = ("uploads", "restore", "intervals", "predict", "export_jax", "jaxpr_onnx", "export_onnx",
-                   "pasted_faces", "photo_calibration", "webapp")
+# its place here.
+INFERENCE_ORDER = ("uploads", "restore", "intervals", "predict", "export_jax", "jaxpr_onnx", "symbolic_pooling",
+                   "export_onnx", "export_faces", "pasted_faces", "photo_calibration", "webapp")
 
 # config.py names things and validates the names against the registries that resolve them; it never
 # imports what runs them (builders, pipeline, objective, training, inference). Today it looks names up

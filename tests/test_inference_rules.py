@@ -1,5 +1,6 @@
 """The one implementation of preprocessing, decoders and intervals (age_jax/inference_rules.py)
-gives the same numbers in numpy, in JAX and as the ONNX graph export_onnx builds from it, with
+gives the same numbers in numpy, in JAX and as ONNX (the JAX rules converted by jaxpr_onnx, as the
+ONNX export does), with
 values checked by hand at the group edges; conformal's intervals are these rules."""
 import numpy as np
 import pytest
@@ -30,23 +31,17 @@ def test_conformal_intervals_are_the_rules():
   np.testing.assert_allclose(cal.intervals(EDGE_AGES, None, 0.9), rules.interval(EDGE_AGES, None, q, False, 0.5))
 
 
-def _onnx_run(build, inputs):
-  """Runs the ONNX graph that `build(graph, *input tensors)` -> {name: tensor} records."""
+def _onnx_run(fn, inputs):
+  """Runs fn(*JAX arrays) -> {name: array} converted to ONNX (jaxpr_onnx), on the inputs."""
   ort = pytest.importorskip("onnxruntime")
   pytest.importorskip("onnx")
-  from onnx import TensorProto, helper
-  from age_jax.export_onnx import OPSET, _Graph, _Tensor
-  g = _Graph()
-  tensors = [_Tensor(g, name, value.ndim) for name, value in inputs.items()]
-  outputs = build(g, *tensors)
-  for name, t in outputs.items():
-    g.nodes.append(helper.make_node("Identity", [t.name], ["out_" + name]))
-  graph = helper.make_graph(
-      g.nodes, "rules", [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(v.shape)) for n, v in inputs.items()],
-      [helper.make_tensor_value_info("out_" + n, TensorProto.FLOAT, None) for n in outputs], g.inits)
-  model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-  names = list(outputs)
-  return dict(zip(names, ort.InferenceSession(model.SerializeToString()).run(["out_" + n for n in names], inputs)))
+  import jax
+  from age_jax.inference import jaxpr_onnx
+  specs = [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in inputs.values()]
+  model = jaxpr_onnx.convert(fn, *specs, input_names=[f"in_{n}" for n in inputs])
+  names = [o.name for o in model.graph.output]
+  feeds = {f"in_{n}": v for n, v in inputs.items()}
+  return dict(zip(names, ort.InferenceSession(model.SerializeToString()).run(names, feeds)))
 
 
 def _every_rule(xp, logits, ordinal, one, age, spread):
@@ -70,7 +65,7 @@ def test_numpy_jax_and_onnx_compute_the_same_rules():
             "spread": rng.uniform(0.1, 6, n).astype(np.float32)}
   want = _every_rule(rules.NUMPY, *inputs.values())
   got_jax = _every_rule(rules.jax_ops(), *inputs.values())
-  got_onnx = _onnx_run(lambda g, *t: _every_rule(g, *t), inputs)
+  got_onnx = _onnx_run(lambda *t: _every_rule(rules.jax_ops(), *t), inputs)
   # by hand: the ordinal count and the argmax
   np.testing.assert_array_equal(want["ordinal"], (inputs["ordinal"] > 0).sum(1))
   np.testing.assert_array_equal(want["argmax"], inputs["logits"].argmax(1))
@@ -86,7 +81,5 @@ def test_center_crop_and_normalize_in_onnx():
   want = (images[:, 2:7, 2:7] - mean) * scale
   np.testing.assert_allclose(rules.normalize(rules.center_crop(images, 5), mean, scale), want, rtol=1e-6)
 
-  def build(g, x):
-    x._shape = images.shape
-    return {"x": rules.normalize(rules.center_crop(x, 5), mean, scale)}
+  build = lambda x: {"x": rules.normalize(rules.center_crop(x, 5), mean, scale)}
   np.testing.assert_allclose(_onnx_run(build, {"x": images})["x"], want, rtol=1e-6)

@@ -40,6 +40,13 @@ def _normalise(images_uint8):
   return (images_uint8.astype(jnp.float32) - 127.5) * 0.0078125
 
 
+def net_function(net: str):
+  """The pure function uint8 NHWC RGB images -> the net's outputs, its weights as constants: what
+  the detector runs (below, jitted with the weights as arguments) and what an export serialises."""
+  module, params = nets.MODULES[net](), _params(net)
+  return lambda images: module.apply(params, _normalise(images))
+
+
 @functools.lru_cache(maxsize=None)
 def _apply(net: str):
   module = nets.MODULES[net]()
@@ -98,6 +105,13 @@ class FaceDetector:
     self.nms_thresholds = tuple(float(t) for t in nms_thresholds)
     self.retry_pad = float(retry_pad)
     self._params = {net: _params(net) for net in weights.NETS}
+
+  def settings(self) -> dict:
+    """Every number of this detector's cascade, for a reimplementation outside age_jax (the
+    exported glue, faces/portable.py, reads them from its meta.json)."""
+    return {"min_face_size": self.min_face_size, "thresholds": list(self.thresholds),
+            "scale_factor": self.scale_factor, "nms_thresholds": list(self.nms_thresholds),
+            "retry_pad": self.retry_pad, "retry_fill": _PAD_GREY, "cell": _CELL, "stride": _STRIDE}
 
   def detect(self, image: np.ndarray) -> list[Face]:
     """Faces in one uint8 HxWx3 RGB image, best score first ([] when none)."""

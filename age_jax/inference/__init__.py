@@ -4,6 +4,9 @@
   intervals.py          which calibration a path reads, calibrating on the spot, intervals applied
   predict.py            photos -> faces -> ages and intervals (Predictor); files in, CSV/JSON out
   export_jax.py         the portable jax.export artifact (preprocessing, network, decoder, interval)
+  jaxpr_onnx.py         any JAX function -> ONNX, one rule per primitive (symbolic_pooling.py: P-Net's pool)
+  export_onnx.py        export_jax's function as ONNX (onnxruntime alone)
+  export_faces.py       the photo export: MTCNN's nets + the age model + faces/portable.py's numpy glue
   webapp.py             the web page and JSON API (webapp.html; uploads.py: the capped upload)
   pasted_faces.py       the check that a face gives the same age wherever it sits in a photo
   photo_calibration.py  calibration and coverage along the path photos take (detected, pasted)

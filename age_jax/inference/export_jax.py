@@ -21,6 +21,7 @@ The network is rebuilt with conv_lowering='xla' whatever it trained with: every 
 computes the same function on the same weights (models/layers.py), and the CPU corner's oneDNN
 custom calls (age_jax/cpu) exist only in this package's process, so none may reach the artifact.
 """
+import inspect
 import io
 import json
 import os
@@ -32,6 +33,7 @@ import ml_collections
 import numpy as np
 
 from age_jax import conformal, inference_rules as rules
+from age_jax.faces import portable
 from age_jax.faces.canonical import CANONICAL_TEMPLATE, run_crop_size
 from age_jax.inference.intervals import calibration_of  # export_onnx imports it from here too
 from age_jax.inference.restore import restore
@@ -45,7 +47,9 @@ LANDMARK_ORDER = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right") 
 # What a user without age_jax runs to make the model's input from a photo and five landmarks from
 # any detector (RetinaFace, MTCNN, MediaPipe, dlib's 68 points reduced to 5, ...): the similarity
 # that takes the points onto the template (least squares, Umeyama), a bilinear warp at the crop
-# size, then a bilinear resize to the input size; exactly age_jax's Predictor path.
+# size, low-passed first when it shrinks (faces/align.py's antialiasing), then a bilinear resize to
+# the input size; exactly age_jax's Predictor path. The warp is faces/portable.py's source, the
+# glue the photo export ships, so both exports carry one implementation.
 ALIGN_RECIPE = '''"""Align a face for the exported age model: numpy + PIL only.
 
   model, meta = load("age.jaxexport")
@@ -55,32 +59,20 @@ ALIGN_RECIPE = '''"""Align a face for the exported age model: numpy + PIL only.
 """
 import json, zipfile
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 
-def similarity(src, dst):
-  """Least-squares rotation + scale + translation taking src (N, 2) onto dst: 2x3 (Umeyama)."""
-  sm, dm = src.mean(0), dst.mean(0)
-  s, d = src - sm, dst - dm
-  u, sv, vt = np.linalg.svd(d.T @ s / len(src))
-  flip = np.diag([1.0, -1.0 if np.linalg.det(u) * np.linalg.det(vt) < 0 else 1.0])
-  rotation = u @ flip @ vt
-  scale = np.trace(np.diag(sv) @ flip) / np.mean(np.sum(s ** 2, axis=1))
-  return np.concatenate([scale * rotation, (dm - scale * rotation @ sm)[:, None]], axis=1)
-
+''' + "\n\n".join(inspect.getsource(f) for f in (
+    portable.similarity, portable.apply_transform, portable.warp_affine, portable._prefilter)) + '''
 
 def align(photo, points, contract):
   """contract: meta['input'] of the artifact."""
   size = contract["crop_size"]
   template = np.asarray(contract["template_fractions"]) * size - 0.5  # pixel centres of the crop
-  m = np.vstack([similarity(np.asarray(points, np.float64), template), [0, 0, 1]])
-  a, b, c, d, e, f = np.linalg.inv(m)[:2].ravel()  # PIL maps output -> input, pixel corners
-  c, f = c + 0.5 - 0.5 * (a + b), f + 0.5 - 0.5 * (d + e)
-  crop = Image.fromarray(np.ascontiguousarray(photo)).transform(
-      (size, size), Image.AFFINE, (a, b, c, d, e, f), Image.BILINEAR, fillcolor=(0, 0, 0))
+  crop = warp_affine(np.asarray(photo), similarity(points, template), size)
   side = contract["shape"][1]
   if side != size:
-    crop = crop.resize((side, side), Image.BILINEAR)
+    crop = np.asarray(Image.fromarray(crop).resize((side, side), Image.BILINEAR))
   return np.asarray(crop, np.uint8)
 
 

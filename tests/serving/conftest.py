@@ -11,7 +11,8 @@ from tests.data.fake_datasets import make_utkface_folder
 from tests.tiny import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-UTKFACE = os.path.join(ROOT, "..", "shared", "data", "utkface", "UTKFace")
+# ../shared beside the repository; AGE_JAX_SHARED names another copy (a git worktree's ../ has none)
+UTKFACE = os.path.join(os.environ.get("AGE_JAX_SHARED", os.path.join(ROOT, "..", "shared")), "data", "utkface", "UTKFace")
 NUM_FACES = 200  # enough for a 20-example validation split: finite 90% intervals
 
 

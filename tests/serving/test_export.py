@@ -90,7 +90,7 @@ def test_lae_preset_is_refused_with_the_reason(trained_workdir):
 def test_onnx_gives_the_artifacts_ages_and_intervals(trained_workdir, artifact, tmp_path):
   ort = pytest.importorskip("onnxruntime")
   pytest.importorskip("onnx")
-  from age_jax import export_onnx
+  from age_jax.inference import export_onnx
   workdir, folder, _ = trained_workdir
   path = str(tmp_path / "age.onnx")
   assert export_onnx.export_workdir(workdir, path) == ["age", "high", "low", "spread"]
@@ -101,44 +101,6 @@ def test_onnx_gives_the_artifacts_ages_and_intervals(trained_workdir, artifact, 
   want = export.load_artifact(artifact[0])[0].call(faces)
   for name in got:
     np.testing.assert_allclose(got[name], np.asarray(want[name]), atol=1e-4, err_msg=name)
-
-
-@pytest.mark.parametrize("name", ["mae", "oh", "ldl", "or"])
-def test_onnx_decoders_and_intervals_match_jax_and_conformal_on_a_fresh_model(name):
-  # Every decoder, and every interval method: 'mondrian' (one quantile per group of the predicted
-  # age) for regression and ordinal heads, 'normalized' and 'normalized_mondrian' for softmax heads; the ONNX graph, the
-  # jax.export function and conformal.Calibration.intervals on the checkpoint's own ages agree.
-  ort = pytest.importorskip("onnxruntime")
-  pytest.importorskip("onnx")
-  import jax
-  from age_jax import export_onnx
-  from age_jax.data import pipeline
-  from tests.tiny import tiny_config
-  cfg, exp = export.portable_experiment(tiny_config(**{"formulation.name": name}))
-  state = exp.init_state(jax.random.key(0))
-  mean = np.random.default_rng(0).uniform(0, 255, (64, 64, 3)).astype(np.float32)
-  normalizer = pipeline.Normalizer("mean_image", mean, 1 / 255)
-  faces = np.random.default_rng(1).integers(0, 256, (5, 72, 72, 3), np.uint8)
-  rng = np.random.default_rng(2)
-  cal_ages = rng.uniform(0, 90, 400)
-  spread = rng.uniform(1, 5, 400) if name in ("oh", "ldl") else None
-  method = {"oh": "normalized_mondrian", "ldl": "normalized"}.get(name, "mondrian")
-  calibration = conformal.calibrate(cal_ages, cal_ages + rng.normal(size=400) * (1 + cal_ages / 8), spread,
-                                    method=method)
-  if method != "normalized":
-    assert len(set(np.round(calibration.quantiles(0.9)[0], 4))) > 4  # the groups' quantiles differ
-  model = export_onnx.build_model(cfg, jax.device_get(state.params), normalizer, calibration, 0.9)
-  names = [o.name for o in model.graph.output]
-  got = dict(zip(names, ort.InferenceSession(model.SerializeToString()).run(names, {"faces": faces})))
-  want = {k: np.asarray(v) for k, v in export.inference_function(exp, cfg, state, normalizer, calibration, 0.9)(faces).items()}
-  assert sorted(got) == sorted(want)
-  for key in got:
-    np.testing.assert_allclose(got[key], want[key], atol=1e-4, err_msg=key)
-  low, high = calibration.intervals(want["age"], want.get("spread"), 0.9)
-  np.testing.assert_allclose(want["low"], low, atol=1e-4)
-  np.testing.assert_allclose(want["high"], high, atol=1e-4)
-  with pytest.raises(ValueError, match="xing_baseline"):
-    export_onnx._refuse(tiny_config(**{"model.name": "resnet18"}))
 
 
 def test_the_artifact_states_its_input_contract_and_its_recipe_makes_the_predictors_crop(trained_workdir, artifact):
