@@ -69,13 +69,20 @@ def with_face_statistics(model, state, images, momentum=0.9):
   if not state.batch_stats:
     return state
   variables = {"params": state.params, "batch_stats": state.batch_stats}
+  # no dropout or stochastic depth: the train-mode pass is then the eval pass with these statistics
+  model = model.clone(**{k: 0.0 for k in ("dropout_rate", "stochastic_depth_rate") if hasattr(model, k)})
   step = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"],
                                           rngs={"dropout": jax.random.key(0)})[1]["batch_stats"])
   updated = step(variables, images)
-  solve = lambda path, new, old: np.maximum(
-      (np.asarray(new) - momentum * np.asarray(old)) / (1 - momentum),
-      1e-3 if str(getattr(path[-1], "key", "")) == "var" else -np.inf).astype(np.float32)
-  return state.replace(batch_stats=jax.tree_util.tree_map_with_path(solve, updated, state.batch_stats))
+  batch = jax.tree.map(lambda new, old: (np.asarray(new) - momentum * np.asarray(old)) / (1 - momentum),
+                       updated, state.batch_stats)
+
+  def floor(layer):  # a channel nearly constant over these few faces would amplify rounding |mean|/std-fold
+    if isinstance(layer, dict) and set(layer) == {"mean", "var"}:
+      return {"mean": layer["mean"].astype(np.float32),
+              "var": np.maximum(layer["var"], np.maximum(1e-2, 0.01 * layer["mean"] ** 2)).astype(np.float32)}
+    return {k: floor(v) for k, v in layer.items()}
+  return state.replace(batch_stats=floor(jax.tree.map(np.asarray, batch, is_leaf=lambda x: x is None)))
 
 
 def _faces(folder, n, load_size):

@@ -51,7 +51,7 @@ def _calibration(method):
   return conformal.calibrate(ages, ages + rng.normal(size=400) * (1 + ages / 8), spread, method=method)
 
 
-def _check_family(faces, method, **overrides):
+def _check_family(faces, method, age_tolerance=AGE_TOLERANCE, relative=1e-5, **overrides):
   """The ONNX graph of a fresh model against the jitted jax function on the same faces."""
   from age_jax.data import pipeline
   cfg, exp = export.portable_experiment(tiny_config(**overrides))
@@ -69,12 +69,12 @@ def _check_family(faces, method, **overrides):
   for key, value in want.items():
     # ages to 1e-3 years; spread and interval ends, products of the spread, also to 1e-5 of their value
     # (random weights give random nets 30-year spreads and 100-year half-widths)
-    atol, rtol = (0, 0) if value.dtype.kind == "i" else (AGE_TOLERANCE, 0 if key == "age" else 1e-5)
+    atol, rtol = (0, 0) if value.dtype.kind == "i" else (age_tolerance, 0 if key == "age" else relative)
     np.testing.assert_allclose(got[key], value, atol=atol, rtol=rtol, err_msg=key)
     np.testing.assert_allclose(single[key], value[:1], atol=atol, rtol=rtol, err_msg=f"{key} at batch 1")
-  low, high = calibration.intervals(want["age"], want.get("spread"), 0.9)  # conformal's own intervals
-  np.testing.assert_allclose(got["low"], low, atol=AGE_TOLERANCE, rtol=1e-5)
-  np.testing.assert_allclose(got["high"], high, atol=AGE_TOLERANCE, rtol=1e-5)
+  low, high = calibration.intervals(got["age"], got.get("spread"), 0.9)  # conformal's own, on ONNX's ages
+  np.testing.assert_allclose(got["low"], low, atol=1e-4)
+  np.testing.assert_allclose(got["high"], high, atol=1e-4)
   return got
 
 
@@ -123,7 +123,11 @@ def test_vgg16(faces):  # VGG's own widths (no width option): 40M parameters at 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["efficientnetv2_s", "efficientnetv2_m", "efficientnetv2_l"])
 def test_efficientnetv2(faces, name):  # depthwise convolutions (feature_group_count), SiLU, squeeze-excite
-  _check_family(faces, "normalized", **{"model.name": name, "formulation.name": "dldl_v2"})
+  # 5e-3 years, spreads and interval ends to 5e-4 of their value: these random 40-100 block nets amplify
+  # float32 rounding; on efficientnetv2_s XLA's own jit and op-by-op runs differ by 2e-4 of the logits,
+  # as much as onnxruntime and the jit (1.1e-3 years; -L: 2e-4 of a 193-year interval end)
+  _check_family(faces, "normalized", age_tolerance=5e-3, relative=5e-4,
+                **{"model.name": name, "formulation.name": "dldl_v2"})
 
 
 def test_bfloat16_networks_are_refused_with_the_reason():

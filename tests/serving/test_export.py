@@ -97,7 +97,11 @@ def test_onnx_gives_the_artifacts_ages_and_intervals(trained_workdir, artifact, 
   _, cfg, _, _ = restore(workdir)
   from age_jax.data import pipeline
   faces = np.stack([pipeline.decode_image(r["image"], cfg.data.load_size) for r in face_records(folder, 16)])
-  got = dict(zip(["age", "high", "low", "spread"], ort.InferenceSession(path).run(None, {"faces": faces})))
+  session = ort.InferenceSession(path)
+  got = dict(zip(["age", "high", "low", "spread"], session.run(None, {"faces": faces})))
+  meta = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}  # as README says
+  assert meta["input"]["shape"] == ["batch", cfg.data.load_size, cfg.data.load_size, 3]
+  assert meta["interval"]["calibration_step"] == meta["step"] and meta["model"] == cfg.model.name
   want = export.load_artifact(artifact[0])[0].call(faces)
   for name in got:
     np.testing.assert_allclose(got[name], np.asarray(want[name]), atol=1e-4, err_msg=name)
