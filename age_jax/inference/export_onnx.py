@@ -55,7 +55,7 @@ def export_workdir(workdir: str, out: str, step: int | None = None,
                    coverage: float = conformal.DEFAULT_COVERAGE, calibrate: bool = False) -> list[str]:
   """Writes the workdir's checkpoint as ONNX to `out`; returns the output names. The interval's
   calibration must belong to these weights (export.calibration_of; calibrate: make it first)."""
-  from age_jax.evaluate import restore
+  from age_jax.inference.restore import restore
   restored, stage_cfg, state, normalizer = restore(workdir, step)
   _refuse(stage_cfg)
   calibration = calibration_of(workdir, restored, stage_cfg, normalizer, state, calibrate)
