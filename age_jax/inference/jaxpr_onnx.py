@@ -698,10 +698,11 @@ def _sub_jaxpr(eqn):
 # ---- the walk ----
 
 def _where(eqn):
-  info = getattr(eqn, "source_info", None)
+  """'file:line (function)' of the innermost code outside jax and flax that made the equation."""
   try:
-    from jax._src import source_info_util
-    return source_info_util.summarize(info)
+    frames = eqn.source_info.traceback.frames
+    outside = [f for f in frames if not any(p in f.file_name for p in ("/jax/", "/flax/"))] or frames
+    return f"{outside[0].file_name}:{outside[0].line_num} ({outside[0].function_name})"
   except Exception:  # noqa: BLE001 - only for the message
     return "?"
 

@@ -14,7 +14,7 @@ from jax import lax  # noqa: E402
 from age_jax import conformal  # noqa: E402
 from age_jax.inference import export_jax as export  # noqa: E402
 from age_jax.inference import export_onnx, jaxpr_onnx  # noqa: E402
-from launch.bench.bench_onnx import random_state, with_face_statistics  # noqa: E402  (no init to compile)
+from launch.bench.random_weights import random_state, with_face_statistics  # noqa: E402  (no init to compile)
 from tests.serving.conftest import real_faces  # noqa: E402
 from tests.tiny import tiny_config  # noqa: E402
 
