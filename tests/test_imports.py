@@ -158,7 +158,7 @@ def test_the_checker_sees_imports():
 # imports included). A module missing here fails test_every_top_level_module_has_a_rule: a new module
 # states where it sits. The inference modules (evaluate .. pasted_faces) sit on top and may use any
 # lower layer, not each other's callers (the train layer never imports them: FORBIDDEN above).
-BELOW_TRAIN = {"ages", "losses", "metrics", "formulations", "storage", "locks", "distributed", "stages",
+BELOW_TRAIN = {"ages", "losses", "fds", "metrics", "formulations", "storage", "locks", "distributed", "stages",
                "checkpoint", "faces", "models", "cpu", "data", "config", "objective", "conformal", "report",
                "versions", "pod_types", "inference_rules"}
 MAY_IMPORT = {
@@ -166,7 +166,8 @@ MAY_IMPORT = {
     "inference_rules": {"ages"},   # preprocessing, decoders, intervals: one implementation (test below)
     "losses": {"ages", "inference_rules"},
     "metrics": {"ages"},
-    "formulations": {"ages", "losses", "inference_rules"},
+    "fds": {"losses"},   # feature distribution smoothing's statistics and calibration (DIR)
+    "formulations": {"ages", "fds", "losses", "inference_rules"},
     "storage": set(), "locks": set(), "distributed": set(), "stages": set(),
     "versions": set(), "pod_types": set(), "uploads": set(),   # the tested JAX range; TPU pod types and their device counts
     "checkpoint": {"storage"},
@@ -175,7 +176,7 @@ MAY_IMPORT = {
     "cpu": {"models"},                     # models.layers only (tests above)
     "data": {"ages", "faces", "inference_rules", "locks", "storage"},
     "config": {"data", "formulations", "models", "stages", "storage"},   # see CONFIG_MAY_IMPORT
-    "objective": {"formulations", "losses", "models"},
+    "objective": {"fds", "formulations", "losses", "models"},
     "conformal": {"ages", "inference_rules", "metrics", "storage"},
     "report": {"metrics", "storage"},
     "train": BELOW_TRAIN,
