@@ -166,6 +166,31 @@ def test_the_age_head_reads_calibrated_features_inside_head_inputs():
   np.testing.assert_array_equal(model.apply(variables, images, train=False)["age"], plain["age"])  # outside: raw
 
 
+def test_the_head_only_train_step_learns_on_calibrated_features():
+  from age_jax.train import experiment, step as step_lib
+  from tests.tiny import random_batches
+  cfg = tiny_config(**{"formulation.fds": True, "train.trainable": "head", "model.dropout_rate": 0.0})
+  exp = experiment.build(cfg, devices=jax.devices()[:1])
+  state = exp.init_state(jax.random.key(0))
+  batch = {k: jnp.asarray(v) for k, v in next(random_batches(1, 16, 64, seed=7)).items()}
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  features = exp.model.apply(variables, batch["image"], train=False)["features"]
+  rng = np.random.default_rng(8)
+  stats = fds.statistics(rng.normal(size=(800, features.shape[1])) * 0.3 + 0.5, rng.integers(0, 101, 800), 101)
+  obj = exp.objective.with_fds(stats, 101, 0)
+  _, metrics = jax.jit(step_lib.make_train_step(exp.model, exp.tx, obj))(state, batch, jax.random.key(1))
+  z = fds.calibrate(features, losses.age_to_class(batch["age"], 101), stats)
+  head_loss = lambda head: jnp.mean(obj.formulation.loss(z @ head["kernel"] + head["bias"], batch["age"]))
+  loss, grads = jax.value_and_grad(head_loss)(state.params["age_head"])
+  np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-5)
+  # only the head trains, on z: the step's gradient norm is the head's gradient on calibrated features
+  np.testing.assert_allclose(metrics["grad_norm"], np.sqrt(sum(np.sum(np.square(g)) for g in jax.tree.leaves(grads))),
+                             rtol=1e-4)
+  raw = jnp.mean(obj.formulation.loss(features @ state.params["age_head"]["kernel"] + state.params["age_head"]["bias"],
+                                      batch["age"]))
+  assert abs(float(raw) - float(loss)) > 1e-3   # the calibration changed what the head saw
+
+
 @pytest.mark.parametrize("overrides,match", [
     ({"formulation.fds": True}, "fds=True with config.train.trainable='all'"),
     ({"formulation.fds": True, "train.trainable": "head", "formulation.fds_kernel": "box"}, "fds_kernel='box'"),
