@@ -242,6 +242,13 @@ def _validate_stage(cfg):
   if cfg.formulation.ranksim_weight > 0 and cfg.train.trainable == "head":
     raise ValueError("config.formulation.ranksim_weight > 0 with config.train.trainable='head': RankSim "
                      "shapes the backbone's features, which a head-only run freezes; set it to 0 or train 'all'")
+  if cfg.formulation.fds and cfg.train.trainable != "head":
+    raise ValueError("config.formulation.fds=True with config.train.trainable='all': FDS here calibrates the "
+                     "frozen backbone's features, whose statistics are computed once (train/fds_pass.py); "
+                     "set config.train.trainable='head' (a stage 2 from trained weights) or fds=False")
+  if cfg.formulation.fds and cfg.multitask.kind != "none":
+    raise ValueError(f"config.formulation.fds=True with config.multitask.kind={cfg.multitask.kind!r}: FDS "
+                     "calibrates the features of one age head; set config.multitask.kind='none'")
   if cfg.formulation.name in formulations.IDENTITY and cfg.multitask.kind != "none":
     raise ValueError(f"config.multitask.kind={cfg.multitask.kind!r} with config.formulation.name="
                      f"{cfg.formulation.name!r}: face-identity pre-training has no age heads; set "

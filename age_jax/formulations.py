@@ -55,6 +55,10 @@ Long-tail terms (imbalanced regression), off by default, for every age formulati
   bmse_weight   Balanced MSE (Ren et al. 2022, BMC) on the decoded age, added to the age loss by
                 age_jax/objective.py (a batch-level loss: it needs the batch's mask).
   ranksim_*     RankSim (Gong et al. 2022) on the model's 'features', added by objective.py.
+  fds, fds_*    FDS (DIR): during a head-only stage the age head reads each training example's
+                features calibrated to its age bin's kernel-smoothed feature statistics (age_jax/fds.py;
+                statistics of the frozen backbone computed once, train/fds_pass.py); evaluation reads
+                the raw features, as DIR.
 
 Hybrid multi-task nets (Xing eq. 13) fuse their groups' head outputs with `Formulation.fuse`
 before decoding: regression outputs by their probability-weighted mean, softmax heads as the
@@ -77,6 +81,7 @@ import numpy as np
 from absl import logging
 
 from age_jax import ages as ages_lib
+from age_jax import fds as fds_lib
 from age_jax import inference_rules as rules
 from age_jax import losses
 
@@ -151,6 +156,11 @@ def default_config() -> ml_collections.ConfigDict:
       "bmse_sigma": 1.0,            # its noise sigma s, years, fixed (the paper's initial value; it also learns s)
       "ranksim_weight": 0.0,        # RankSim (Gong et al. 2022) on the features: gamma; 0 = off
       "ranksim_lambda": 2.0,        # RankSim's blackbox interpolation lambda (paper: 2)
+      # FDS (DIR) on the features feeding the age head, head-only stages (train.trainable='head'):
+      "fds": False,                 # calibrate each training example's features to its age bin's smoothed statistics
+      "fds_kernel": "gaussian",     # its smoothing window over neighbouring ages: 'gaussian' | 'triang' | 'laplace'
+      "fds_ks": 5,                  # kernel size, odd (DIR: 5)
+      "fds_sigma": 2.0,             # kernel sigma, in bins (DIR: 2)
   })
 
 
@@ -248,8 +258,17 @@ def _validate_long_tail(cfg):
     _fail("bmse_sigma", cfg.bmse_sigma, "a positive number of years")
   if not cfg.ranksim_lambda > 0:
     _fail("ranksim_lambda", cfg.ranksim_lambda, "a positive number (RankSim: 2)")
+  if not isinstance(cfg.fds, bool):
+    _fail("fds", cfg.fds, "True or False")
+  _check_choice(cfg, "fds_kernel", fds_lib.KERNELS)
+  if not (isinstance(cfg.fds_ks, int) and cfg.fds_ks >= 1 and cfg.fds_ks % 2 == 1):
+    _fail("fds_ks", cfg.fds_ks, "an odd integer >= 1 (DIR: 5)")
+  if cfg.fds_ks > 1 and cfg.fds_ks // 2 >= cfg.num_classes:
+    _fail("fds_ks", cfg.fds_ks, f"a window whose half ({cfg.fds_ks // 2}) is below num_classes={cfg.num_classes}")
+  if not cfg.fds_sigma > 0:
+    _fail("fds_sigma", cfg.fds_sigma, "a positive number of bins (DIR: 2)")
   if cfg.name in IDENTITY:
-    for field, off in (("lds_reweight", "none"), ("bmse_weight", 0), ("ranksim_weight", 0)):
+    for field, off in (("lds_reweight", "none"), ("bmse_weight", 0), ("ranksim_weight", 0), ("fds", False)):
       if cfg[field] != off:
         _fail(field, cfg[field], f"{off!r}: formulation {cfg.name!r} trains on identities, not ages")
 

@@ -22,19 +22,25 @@ nor a neighbour): Balanced MSE (BMC) is added to each age term, on the decoded a
 outputs (the hybrid's own-group estimator in 'group_age', the fusion end to end; none in
 'group'); RankSim is added once per batch on outputs['features'], as the same value for every
 example (the masked mean is then the regulariser itself). LDS weights live in the formulation's
-loss (formulations.py).
+loss (formulations.py). FDS (config.formulation.fds) acts on the model's inside: within
+`Objective.head_inputs(batch)` the module named 'age_head' reads each example's features
+calibrated to its age bin (age_jax/fds.py), through flax's method interception, so every model
+with an 'age_head' takes part unchanged; training builds the statistics (`with_fds`).
 `Objective.trainable_mask` gives the parameters a run trains (the age head alone for LAE's
 classifier stage, each hybrid step its own parts): freeze the rest with
 optax.multi_transform({'train': tx, 'freeze': optax.set_to_zero()}, labels) (optax.masked
 alone passes the frozen leaves' gradients through unchanged).
 """
+import contextlib
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from age_jax import fds as fds_lib
 from age_jax import formulations, losses
 from age_jax.models import multitask as multitask_lib
 
@@ -235,6 +241,17 @@ def _is_head(path) -> bool:
   return any(getattr(k, "key", None) in ("age_head", "coral_bias") for k in path)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class FeatureCalibration:
+  """FDS on the age head's input: the statistics, and the bins the batch's ages fall in."""
+  stats: fds_lib.Statistics
+  num_bins: int
+  min_age: float
+
+  def __call__(self, features, ages):
+    return fds_lib.calibrate(features, losses.age_to_class(ages, self.num_bins, self.min_age), self.stats)
+
+
 @dataclasses.dataclass(frozen=True)
 class Objective:
   """One run's objective: its formulation, multi-task setting (config.multitask) and which
@@ -243,6 +260,29 @@ class Objective:
   multitask: ml_collections.ConfigDict
   trainable: str = "all"
   terms: BatchTerms = NO_TERMS     # Balanced MSE / RankSim (config.formulation)
+  fds: bool = False                # config.formulation.fds: training needs `calibration`
+  calibration: FeatureCalibration | None = None   # FDS statistics, from with_fds
+
+  def with_fds(self, stats: fds_lib.Statistics, num_bins: int, min_age: float) -> "Objective":
+    """This objective with the FDS statistics its training steps read."""
+    return dataclasses.replace(self, calibration=FeatureCalibration(stats, int(num_bins), float(min_age)))
+
+  def head_inputs(self, batch: dict):
+    """A context for the training forward pass: with FDS, the 'age_head' module's input
+    features are calibrated to each example's age bin (batch['age']); otherwise nothing changes.
+    Evaluation never enters it (DIR calibrates in training only)."""
+    if not self.fds:
+      return contextlib.nullcontext()
+    if self.calibration is None:
+      raise ValueError("config.formulation.fds=True, but the objective has no FDS statistics; training "
+                       "computes them (train/fds_pass.py) and passes them with Objective.with_fds")
+    ages, calibration = batch["age"], self.calibration
+
+    def calibrate_head_input(next_fun, args, kwargs, context):
+      if context.module.name == "age_head" and context.method_name == "__call__":
+        args = (calibration(args[0], ages),) + tuple(args[1:])
+      return next_fun(*args, **kwargs)
+    return nn.intercept_methods(calibrate_head_input)
 
   @property
   def frozen_backbone(self) -> bool:
@@ -275,7 +315,8 @@ def build(cfg, formulation: formulations.Formulation | None = None) -> Objective
   """cfg: a (stage) config; formulation: config.formulation's, when already built."""
   formulation = formulation or formulations.get_formulation(cfg.formulation)
   terms = NO_TERMS if formulation.task != "age" else BatchTerms.from_config(cfg.formulation)
-  return Objective(formulation, _multitask(cfg), cfg.train.trainable, terms)
+  fds = formulation.task == "age" and bool(cfg.formulation.get("fds", False))
+  return Objective(formulation, _multitask(cfg), cfg.train.trainable, terms, fds)
 
 
 def _required_labels(mt) -> tuple[str, ...]:

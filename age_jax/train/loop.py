@@ -11,7 +11,7 @@ from age_jax import checkpoint, config as config_lib, formulations, objective, s
 from age_jax import stages as stages_lib
 from age_jax.data import datasets, pipeline, run_data
 from age_jax.train import evaluator as evaluator_lib, experiment as experiment_lib
-from age_jax.train import init_from, optim, posthoc, preemption, sharding, state as state_lib, step as step_lib
+from age_jax.train import fds_pass, init_from, optim, posthoc, preemption, sharding, state as state_lib, step as step_lib
 from age_jax.train import workdir as workdir_lib
 from age_jax.train.logger import MetricLogger
 
@@ -113,6 +113,11 @@ def _train(cfg, workdir: str, stop) -> dict:
         exp = experiment_lib.build(stage.cfg)
         _log(f"stage {stage.name!r}: lae_mae={mae:.4f}, the validation MAE of the weights of "
              f"model.init_from={stage.cfg.model.init_from!r} (LAE eq. 5)")
+      if exp.objective.fds:   # the frozen backbone's per-age feature statistics (FDS), once per stage
+        with stop.during("the FDS statistics pass"):
+          exp = fds_pass.with_statistics(exp, state, train_source, normalizer, workdir, stage.first_step)
+        _log(f"stage {stage.name!r}: FDS statistics of {int(exp.objective.calibration.stats.count.sum())} "
+             "training images")
       with stop.between_steps():
         state, last = _run_stage(exp, stage, state, ckpt, logger, train_source, labels, normalizer, stop,
                                  start=max(latest, stage.first_step), many_stages=len(plan) > 1)

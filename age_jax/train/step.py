@@ -38,8 +38,9 @@ def make_train_step(model, tx, objective, prepare=None, ema_decay: float = 0.0):
   frozen_backbone = objective.frozen_backbone
 
   def loss_fn(params, batch_stats, batch, rng):
-    outputs, updates = model.apply(_variables(params, batch_stats), batch["image"], train=not frozen_backbone,
-                                   rngs={"dropout": rng}, mutable=["batch_stats"])
+    with objective.head_inputs(batch):   # FDS: the age head reads calibrated features
+      outputs, updates = model.apply(_variables(params, batch_stats), batch["image"], train=not frozen_backbone,
+                                     rngs={"dropout": rng}, mutable=["batch_stats"])
     per_example, terms = objective.loss(outputs, batch)
     weights = batch.get("mask", jnp.ones_like(per_example))
     metrics = {name: _masked_mean(value, weights) for name, value in terms.items()}

@@ -7,6 +7,8 @@ MAE, group- and age-balanced MAE, many/medium/few-shot MAE, sigma, AAR, three gr
 
 Stage-2 rows are read from their workdirs' eval/<source>/report.json (launch.evaluate writes it);
 their time from --times ('NAME train_s=SECONDS' lines, as launch/bench/longtail_table.sh writes).
+Each stage-2 row's final validation figures (metrics.jsonl: MAE, group-balanced MAE, AAR) are printed
+and kept in the JSON, so that sweeps are chosen on validation and reported on test.
 """
 import json
 import os
@@ -54,6 +56,22 @@ def _times(path) -> dict:
   return out
 
 
+def _final_validation(workdir) -> dict | None:
+  """The run's last validation record in metrics.jsonl (training writes it when the run ends)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return None
+  found = None
+  for line in open(path):
+    try:
+      record = json.loads(line)
+    except ValueError:   # a line cut short by a crash
+      continue
+    if record.get("split") == "validation":
+      found = record
+  return found
+
+
 def _report_of(workdir, source):
   with open(os.path.join(workdir, "eval", source, "report.json")) as f:
     return json.load(f)
@@ -91,9 +109,15 @@ def main(argv):
   for entry in _ROWS.value:
     name, _, workdir = entry.rpartition("=")  # a name may hold "=", a workdir never
     rows.append(_row(name, _report_of(workdir, source), times.get(name)))
+    rows[-1]["validation"] = _final_validation(workdir)
   table = _markdown(rows)
   print("validation sweep (tau: MAE / group-balanced MAE / sigma): " + "  ".join(
       f"{r['tau']:g}: {r['mae']:.3f}/{r['group_balanced_mae']:.3f}/{r['sigma']:.2f}" for r in sweep))
+  for r in rows:
+    v = r.get("validation")
+    if v:
+      print(f"validation, {r['run']}: MAE {v['mae']:.3f} / group-balanced MAE {v['group_balanced_mae']:.3f} / AAR "
+            f"{v['aar']:.2f}")
   print(table)
   if _OUT.value:
     with open(_OUT.value, "w") as out:

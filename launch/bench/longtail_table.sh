@@ -28,9 +28,12 @@ all_rows=(
   "LAE stage 2, eq. 4 per example, class-balanced|"
   "LAE stage 2, eq. 4 on the batch mean|--config.formulation.lae_reading=batch_mean"
   "stage 2 with the stage-1 loss, class-balanced|--config.formulation.name=dldl_v2"
+  "stage 2 with the stage-1 loss, shuffled, head only (control)|--config.formulation.name=dldl_v2 --config.data.sampler=shuffle"
   "balanced softmax, head only|--config.formulation.name=dldl_v2 --config.formulation.balanced_softmax=True --config.data.sampler=shuffle"
   "LDS (sqrt_inv), head only|--config.formulation.name=dldl_v2 --config.formulation.lds_reweight=sqrt_inv --config.data.sampler=shuffle"
   "Balanced MSE (BMC, s=3, weight 0.1), head only|--config.formulation.name=dldl_v2 --config.formulation.dldl_lambda=0 --config.formulation.bmse_weight=0.1 --config.formulation.bmse_sigma=3 --config.data.sampler=shuffle"
+  "FDS (gaussian, ks 5, sigma 2), head only|--config.formulation.name=dldl_v2 --config.formulation.fds=True --config.data.sampler=shuffle"
+  "LDS + FDS, head only|--config.formulation.name=dldl_v2 --config.formulation.lds_reweight=sqrt_inv --config.formulation.fds=True --config.data.sampler=shuffle"
   "fine-tune, all layers (control)|$fine_tune"
   "RankSim (gamma 1), fine-tune all layers|$fine_tune --config.formulation.ranksim_weight=1"
 )
