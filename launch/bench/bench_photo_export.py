@@ -82,7 +82,7 @@ def _iou(a, b):
 def main(argv):
   del argv
   common.setup_jax()
-  from age_jax import predict
+  from age_jax.inference import predict
   images = photos(_UTKFACE.value, _PHOTOS.value, _SEED.value)
   with tempfile.TemporaryDirectory() as tmp:
     paths = []

@@ -31,7 +31,7 @@ def test_the_glue_imports_only_numpy_pil_and_onnxruntime():
 
 
 def test_the_glues_box_rules_equal_the_detectors():
-  from age_jax.faces import find as face_crops
+  from age_jax.faces import find
   from age_jax.faces import Face, boxes
   rng = np.random.default_rng(0)
   corner = rng.uniform(0, 80, (60, 2))
@@ -48,7 +48,7 @@ def test_the_glues_box_rules_equal_the_detectors():
   for box in ([-5, -3, 20, 30], [10, 12, 80, 60], [30, 30, 30, 30]):
     np.testing.assert_array_equal(portable.crop(image, box), boxes.crop(image, box))
   faces = [Face(box=b, score=0.9, landmarks=np.zeros((5, 2))) for b in bxs[:8]]
-  assert portable.choose_face([{"box": f.box} for f in faces], 90, 70) == face_crops.choose_face(faces, 90, 70)
+  assert portable.choose_face([{"box": f.box} for f in faces], 90, 70) == find.choose_face(faces, 90, 70)
 
 
 @pytest.mark.parametrize("scale", [0.12, 0.45, 0.8, 2.5])
@@ -69,12 +69,12 @@ def test_the_glues_warp_is_age_jaxs_antialiased_warp(scale):
 
 def test_the_glues_pyramid_follows_the_detectors_settings():
   from age_jax.inference import export_faces
-  from age_jax.faces import find as face_crops
+  from age_jax.faces import find
   from age_jax.faces import FaceDetector
   for detector in (FaceDetector(), FaceDetector(min_face_size=40, scale_factor=0.6, thresholds=(0.5, 0.6, 0.7))):
     settings = export_faces.detector_settings(detector)
     assert settings["thresholds"] == list(detector.thresholds) and settings["retry_pad"] == detector.retry_pad
-    assert settings["photo_pad_fraction"] == face_crops.PAD_FRACTION
+    assert settings["photo_pad_fraction"] == find.PAD_FRACTION
     glue = portable.Detector(json.loads(json.dumps(settings)), nets={})
     for h, w in ((480, 640), (37, 200), (12, 12), (3000, 2000)):
       assert glue.scales(h, w) == detector.scales(h, w)
@@ -162,7 +162,7 @@ def _assert_same_faces(ours, theirs, iou, age_tol, point_tol):
 
 @pytest.fixture(scope="module")
 def predictor_and_photos(trained_workdir):
-  from age_jax import predict
+  from age_jax.inference import predict
   photos = _photos()
   predictor = predict.Predictor(trained_workdir[0])
   return predictor, photos, predictor.faces(photos)
