@@ -9,7 +9,7 @@ with a bare Python that has onnxruntime, numpy and pillow (nothing of age_jax, n
   DIR/portable.py      the reference glue (faces/portable.py, copied): pyramid, P/R/O-Net, NMS,
                        calibration, squaring, landmark refinement, antialiased similarity warp, age
   DIR/age.onnx         the age model (uint8 canonical crops -> age, spread, low, high)
-  DIR/age.jaxexport    the same model as export.py's jax.export artifact (runs with JAX alone)
+  DIR/age.jaxexport    the same model as export_jax.py's artifact (runs with JAX alone)
   DIR/{pnet,rnet,onet}.onnx and .jaxexport   MTCNN's nets: uint8 NHWC RGB in (the (x - 127.5) / 128
                        scaling inside), batch symbolic, P-Net's height and width symbolic too
 The folder is written beside `out` and renamed into place, so a failed export leaves no half folder.
