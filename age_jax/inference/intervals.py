@@ -10,8 +10,8 @@ from absl import logging
 
 from age_jax import conformal
 
-# Which calibration a face path prefers (conformal.FACES), by where its faces come from: faces
-# found in photos ('detect') are measured best by a calibration on detected faces; crops by one on chips.
+# Which calibration (conformal.FACES) a face path reads first: the one whose faces came the same way
+# (why: docs/intervals_and_export.md, "Face paths").
 FACES_FOR = {"detect": ("detected", "pasted", "chips"), "crops": ("chips", "detected", "pasted")}
 
 

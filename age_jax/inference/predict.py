@@ -50,7 +50,7 @@ class FaceAge:
   race: str | None = None
   low: float | None = None             # the conformal interval, with a calibration; an
   high: float | None = None            # unbounded side (too small a calibration) is None
-  calibrated_on: str | None = None     # what the interval's coverage was measured on: '<faces path>:<source>'
+  calibrated_on: str | None = None     # the interval's calibration: '<faces path>:<source>'
 
   def as_dict(self) -> dict:
     out = {"age": round(float(self.age), 2)}
